@@ -1,0 +1,221 @@
+//! Who is connected right now: one authenticated session per identifier, each with a bounded
+//! outbound queue. Everything that sends to a follower (replies, plugins, broadcasts, liveness)
+//! goes through here, and so do follower lifecycle events.
+
+use crate::liveness::Liveness;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// One item in a connection's outbound queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A text frame.
+    Text(String),
+    /// Send a close frame with this code and reason, then end the connection.
+    Close { code: u16, reason: String },
+}
+
+/// Why a message could not be queued for a follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("follower is not connected")]
+    Offline,
+    #[error("follower's outbound queue is full (slow consumer); its connection is being closed")]
+    QueueFull,
+}
+
+/// The sending side of one connection.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub conn_id: u64,
+    pub remote: SocketAddr,
+    /// Unix seconds when the socket was accepted.
+    pub connected_since: i64,
+    tx: mpsc::Sender<Outbound>,
+    cancel: CancellationToken,
+}
+
+impl SessionHandle {
+    pub fn new(
+        conn_id: u64,
+        remote: SocketAddr,
+        connected_since: i64,
+        tx: mpsc::Sender<Outbound>,
+        cancel: CancellationToken,
+    ) -> Self {
+        SessionHandle {
+            conn_id,
+            remote,
+            connected_since,
+            tx,
+            cancel,
+        }
+    }
+
+    /// Queue a frame without waiting. A full queue means the peer is not reading: the
+    /// connection is cancelled (closed) rather than letting memory grow or the sender block.
+    pub fn send(&self, item: Outbound) -> Result<(), SendError> {
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn = self.conn_id, remote = %self.remote, "slow consumer: outbound queue full, closing connection");
+                self.cancel.cancel();
+                Err(SendError::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Offline),
+        }
+    }
+
+    /// Queue a close frame; the connection ends after sending it.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self
+            .send(Outbound::Close {
+                code,
+                reason: reason.into(),
+            })
+            .is_err()
+        {
+            self.cancel.cancel();
+        }
+    }
+
+    /// True once the connection has been told to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// A follower lifecycle event, as plugins and the admin see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowerEvent {
+    Authenticated {
+        identifier: String,
+    },
+    Disconnected {
+        identifier: String,
+    },
+    LivenessChanged {
+        identifier: String,
+        status: Liveness,
+    },
+}
+
+/// The authenticated sessions, by identifier.
+#[derive(Debug)]
+pub struct Registry {
+    sessions: RwLock<HashMap<String, Arc<SessionHandle>>>,
+    events: broadcast::Sender<FollowerEvent>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Registry {
+            sessions: RwLock::new(HashMap::new()),
+            events,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<SessionHandle>>> {
+        // A poisoned lock only means another thread panicked while holding it; the map itself
+        // is always left consistent (single insert/remove operations), so keep serving.
+        self.sessions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<SessionHandle>>> {
+        self.sessions.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make `handle` the active session of `identifier`; returns the session it replaced.
+    pub fn promote(
+        &self,
+        identifier: &str,
+        handle: Arc<SessionHandle>,
+    ) -> Option<Arc<SessionHandle>> {
+        let old = self.write().insert(identifier.to_owned(), handle);
+        self.emit(FollowerEvent::Authenticated {
+            identifier: identifier.to_owned(),
+        });
+        old
+    }
+
+    /// Remove `identifier`'s session if it is still connection `conn_id`. Returns whether it was.
+    pub fn remove(&self, identifier: &str, conn_id: u64) -> bool {
+        let removed = {
+            let mut map = self.write();
+            match map.get(identifier) {
+                Some(h) if h.conn_id == conn_id => map.remove(identifier).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.emit(FollowerEvent::Disconnected {
+                identifier: identifier.to_owned(),
+            });
+        }
+        removed
+    }
+
+    pub fn get(&self, identifier: &str) -> Option<Arc<SessionHandle>> {
+        self.read().get(identifier).cloned()
+    }
+
+    pub fn is_connected(&self, identifier: &str) -> bool {
+        self.read().contains_key(identifier)
+    }
+
+    /// Queue a text frame for one follower.
+    pub fn send_to(&self, identifier: &str, text: String) -> Result<(), SendError> {
+        let handle = self.get(identifier).ok_or(SendError::Offline)?;
+        handle.send(Outbound::Text(text))
+    }
+
+    /// Queue a text frame for every authenticated follower except `except`. Never blocks; a
+    /// follower whose queue is full is closed as a slow consumer. Returns how many got it.
+    pub fn broadcast(&self, text: &str, except: Option<&str>) -> usize {
+        let targets: Vec<(String, Arc<SessionHandle>)> = self
+            .read()
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .map(|(id, h)| (id.clone(), Arc::clone(h)))
+            .collect();
+        targets
+            .iter()
+            .filter(|(_, h)| h.send(Outbound::Text(text.to_owned())).is_ok())
+            .count()
+    }
+
+    /// Identifiers of the authenticated followers, sorted.
+    pub fn connected(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Snapshot of every session (identifier, handle).
+    pub fn sessions(&self) -> Vec<(String, Arc<SessionHandle>)> {
+        self.read()
+            .iter()
+            .map(|(id, h)| (id.clone(), Arc::clone(h)))
+            .collect()
+    }
+
+    /// Subscribe to follower lifecycle events.
+    pub fn subscribe(&self) -> broadcast::Receiver<FollowerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publish a lifecycle event (no-op when nobody listens).
+    pub fn emit(&self, event: FollowerEvent) {
+        let _ = self.events.send(event);
+    }
+}

@@ -1,0 +1,169 @@
+//! Every frame the host sends to a follower is built here: one helper per message kind, so the
+//! wire shape of each lives in exactly one place.
+
+use yonexus_protocol::envelope::*;
+use yonexus_protocol::Envelope;
+
+fn frame(message: Message, now: i64, request_id: Option<&str>) -> String {
+    Envelope {
+        request_id: request_id.map(str::to_owned),
+        timestamp: Some(now),
+        message,
+    }
+    .to_frame()
+}
+
+/// `error{code, message}`.
+pub fn error(
+    code: ErrorCode,
+    message: impl Into<String>,
+    now: i64,
+    request_id: Option<&str>,
+) -> String {
+    frame(
+        Message::Error(ErrorPayload {
+            code,
+            message: message.into(),
+        }),
+        now,
+        request_id,
+    )
+}
+
+pub fn hello_ack(identifier: &str, next_action: NextAction, now: i64, rid: Option<&str>) -> String {
+    frame(
+        Message::HelloAck(HelloAck {
+            identifier: identifier.into(),
+            next_action,
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn pair_request(
+    identifier: &str,
+    expires_at: i64,
+    ttl_seconds: i64,
+    admin_notification: AdminNotification,
+    now: i64,
+    rid: Option<&str>,
+) -> String {
+    frame(
+        Message::PairRequest(PairRequest {
+            identifier: identifier.into(),
+            expires_at,
+            ttl_seconds,
+            admin_notification,
+            code_delivery: "out_of_band".into(),
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn pair_success(identifier: &str, secret: &str, paired_at: i64, rid: Option<&str>) -> String {
+    frame(
+        Message::PairSuccess(PairSuccess {
+            identifier: identifier.into(),
+            secret: secret.into(),
+            paired_at,
+        }),
+        paired_at,
+        rid,
+    )
+}
+
+pub fn pair_failed(
+    identifier: &str,
+    reason: PairFailReason,
+    now: i64,
+    rid: Option<&str>,
+) -> String {
+    frame(
+        Message::PairFailed(PairFailed {
+            identifier: identifier.into(),
+            reason,
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn auth_success(identifier: &str, now: i64, rid: Option<&str>) -> String {
+    frame(
+        Message::AuthSuccess(AuthSuccess {
+            identifier: identifier.into(),
+            authenticated_at: now,
+            status: "online".into(),
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn auth_failed(
+    identifier: &str,
+    reason: AuthFailReason,
+    now: i64,
+    rid: Option<&str>,
+) -> String {
+    frame(
+        Message::AuthFailed(AuthFailed {
+            identifier: identifier.into(),
+            reason,
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn re_pair_required(
+    identifier: &str,
+    reason: RePairReason,
+    now: i64,
+    rid: Option<&str>,
+) -> String {
+    frame(
+        Message::RePairRequired(RePairRequired {
+            identifier: identifier.into(),
+            reason,
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn heartbeat_ack(identifier: &str, status: &str, now: i64, rid: Option<&str>) -> String {
+    frame(
+        Message::HeartbeatAck(HeartbeatAck {
+            identifier: identifier.into(),
+            status: Some(status.into()),
+        }),
+        now,
+        rid,
+    )
+}
+
+pub fn status_update(identifier: &str, status: &str, reason: &str, now: i64) -> String {
+    frame(
+        Message::StatusUpdate(StatusUpdate {
+            identifier: identifier.into(),
+            status: status.into(),
+            reason: reason.into(),
+        }),
+        now,
+        None,
+    )
+}
+
+pub fn disconnect_notice(identifier: &str, reason: &str, now: i64) -> String {
+    frame(
+        Message::DisconnectNotice(DisconnectNotice {
+            identifier: identifier.into(),
+            reason: reason.into(),
+        }),
+        now,
+        None,
+    )
+}
