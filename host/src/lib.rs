@@ -1,14 +1,39 @@
 //! The Yonexus host library (the `yonexus` binary is a thin CLI over it).
 //!
+//! One message's way: TCP accept ([`server`]) → WebSocket upgrade and reader/writer
+//! ([`connection`]) → per-connection state machine ([`session`]) → pairing ([`pairing`]),
+//! authentication ([`auth`]), liveness ([`liveness`]) against the trust store ([`store`]) — or,
+//! for rule messages, the [`router`] → a handler → the [`registry`] of sessions → the target's
+//! outbound queue.
+//!
 //! Layout:
-//! - [`clock`]: the injectable wall clock.
-//! - [`reply`]: every frame the host sends, one builder per message kind.
+//! - [`config`]: the operator's TOML file, validated, errors naming file and key.
+//! - [`server`]: start (state dir lock, store, notifier, routes, listener), accept loop,
+//!   liveness sweep task, graceful shutdown.
+//! - [`connection`]: one socket: upgrade with limits, reader, batched writer.
+//! - [`session`]: the protocol state machine of one connection (no sockets inside).
+//! - [`pairing`], [`auth`], [`liveness`]: the protocol rules, as plain functions.
+//! - [`store`]: durable trust records, atomic writes, host lock.
+//! - [`hub`]: the shared context (settings, store, registry, router, notifier, clock).
 //! - [`registry`]: authenticated sessions, outbound queues, follower lifecycle events.
 //! - [`router`]: rule id → handler, swapped atomically; the built-in `echo` handler.
-//! - [`liveness`]: online / unstable / offline by heartbeat silence.
+//! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
+//! - [`admin`]: the admin socket and the CLI's client side.
+//! - [`reply`]: every frame the host sends, one builder per message kind.
+//! - [`clock`]: the injectable wall clock.
 
+pub mod admin;
+pub mod auth;
 pub mod clock;
+pub mod config;
+pub mod connection;
+pub mod hub;
 pub mod liveness;
+pub mod notify;
+pub mod pairing;
 pub mod registry;
 pub mod reply;
 pub mod router;
+pub mod server;
+pub mod session;
+pub mod store;

@@ -52,7 +52,7 @@ pub enum Transition {
 
 /// Human-readable threshold for reasons: `heartbeat_timeout_7m` for 420 s, `_90s` otherwise.
 fn reason_for(secs: i64) -> String {
-    if secs % 60 == 0 {
+    if secs.is_positive() && secs % 60 == 0 {
         format!("heartbeat_timeout_{}m", secs / 60)
     } else {
         format!("heartbeat_timeout_{secs}s")
@@ -72,6 +72,60 @@ pub fn evaluate(current: Liveness, last_heartbeat: i64, now: i64, t: Thresholds)
         }
     } else {
         Transition::Stay
+    }
+}
+
+/// Apply [`evaluate`] to every authenticated session once, then flush liveness lazily.
+pub async fn sweep(hub: &crate::hub::Hub) {
+    use crate::registry::FollowerEvent;
+    let now = hub.now();
+    let thresholds = hub.settings().thresholds();
+    for (identifier, handle) in hub.registry.sessions() {
+        let Some(record) = hub.store.get(&identifier) else {
+            continue;
+        };
+        let last = record
+            .last_heartbeat_at
+            .or(record.last_authenticated_at)
+            .unwrap_or(now);
+        match evaluate(record.status, last, now, thresholds) {
+            Transition::Stay => {}
+            Transition::Unstable { reason } => {
+                hub.store
+                    .update_existing(&identifier, |r| r.status = Liveness::Unstable);
+                tracing::warn!(identifier = %identifier, reason = %reason, "follower unstable");
+                let _ = handle.send(crate::registry::Outbound::Text(
+                    crate::reply::status_update(
+                        &identifier,
+                        Liveness::Unstable.as_str(),
+                        &reason,
+                        now,
+                    ),
+                ));
+                hub.registry.emit(FollowerEvent::LivenessChanged {
+                    identifier,
+                    status: Liveness::Unstable,
+                });
+            }
+            Transition::Offline { reason } => {
+                hub.store
+                    .update_existing(&identifier, |r| r.status = Liveness::Offline);
+                tracing::warn!(identifier = %identifier, reason = %reason, "follower offline: disconnecting");
+                let _ = handle.send(crate::registry::Outbound::Text(
+                    crate::reply::disconnect_notice(&identifier, &reason, now),
+                ));
+                handle.close(1001, &reason);
+                if hub.registry.remove(&identifier, handle.conn_id) {
+                    hub.registry.emit(FollowerEvent::LivenessChanged {
+                        identifier,
+                        status: Liveness::Offline,
+                    });
+                }
+            }
+        }
+    }
+    if let Err(e) = hub.store.flush_if_dirty().await {
+        tracing::warn!(error = %e, "cannot flush liveness to the state file");
     }
 }
 

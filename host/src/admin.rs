@@ -1,0 +1,291 @@
+//! The admin interface: a Unix socket in `state_dir` (mode 0600) that speaks one JSON request
+//! per line and answers one JSON line, plus the client side the CLI uses. When no host is
+//! running, `clients` and `pairing` are answered from the state file instead.
+
+use crate::hub::Hub;
+use crate::registry::Registry;
+use crate::store::{self, PairingStatus, TrustRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+/// File name of the admin socket inside `state_dir`.
+pub const SOCKET_FILE: &str = "admin.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 4096;
+
+/// An admin request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Clients,
+    Pairing,
+    Revoke { identifier: String },
+}
+
+/// One row of `yonexus clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientRow {
+    pub identifier: String,
+    pub allowed: bool,
+    pub pairing_status: String,
+    pub liveness: String,
+    pub last_heartbeat_at: Option<i64>,
+    pub last_authenticated_at: Option<i64>,
+    pub connected_since: Option<i64>,
+    pub remote: Option<String>,
+}
+
+/// One row of `yonexus pairing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairingRow {
+    pub identifier: String,
+    pub code: String,
+    pub expires_at: i64,
+    pub notify_status: Option<String>,
+    pub wrong_attempts: u32,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<ClientRow>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<Vec<PairingRow>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+}
+
+impl Response {
+    fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            clients: None,
+            pairing: None,
+            revoked: None,
+        }
+    }
+    fn ok() -> Self {
+        Response {
+            ok: true,
+            error: None,
+            clients: None,
+            pairing: None,
+            revoked: None,
+        }
+    }
+}
+
+/// Build the client table from trust records, the allowlist and (when running) the registry.
+pub fn client_rows(
+    records: &[TrustRecord],
+    allow: &BTreeSet<String>,
+    registry: Option<&Registry>,
+) -> Vec<ClientRow> {
+    let mut ids: BTreeSet<String> = allow.clone();
+    ids.extend(records.iter().map(|r| r.identifier.clone()));
+    ids.into_iter()
+        .map(|id| {
+            let record = records.iter().find(|r| r.identifier == id);
+            let session = registry.and_then(|reg| reg.get(&id));
+            ClientRow {
+                allowed: allow.contains(&id),
+                pairing_status: record
+                    .map_or(PairingStatus::Unpaired, |r| r.pairing_status)
+                    .as_str()
+                    .into(),
+                liveness: record.map_or("offline", |r| r.status.as_str()).into(),
+                last_heartbeat_at: record.and_then(|r| r.last_heartbeat_at),
+                last_authenticated_at: record.and_then(|r| r.last_authenticated_at),
+                connected_since: session.as_ref().map(|s| s.connected_since),
+                remote: session.as_ref().map(|s| s.remote.to_string()),
+                identifier: id,
+            }
+        })
+        .collect()
+}
+
+/// Pending pairings that are still live at `now`.
+pub fn pairing_rows(records: &[TrustRecord], now: i64) -> Vec<PairingRow> {
+    records
+        .iter()
+        .filter(|r| r.live_pending(now))
+        .map(|r| PairingRow {
+            identifier: r.identifier.clone(),
+            code: r.pairing_code.clone().unwrap_or_default(),
+            expires_at: r.pairing_expires_at.unwrap_or_default(),
+            notify_status: r
+                .pairing_notify_status
+                .map(|s| format!("{s:?}").to_lowercase()),
+            wrong_attempts: r.pairing_attempts,
+        })
+        .collect()
+}
+
+/// Bind the admin socket (removing a stale one: the caller holds the state-dir lock).
+pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = state_dir.join(SOCKET_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve admin requests until shutdown.
+pub async fn serve(hub: Arc<Hub>, listener: UnixListener, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let hub = Arc::clone(&hub);
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64);
+            let response =
+                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                        Ok(req) => handle(&hub, req).await,
+                        Err(e) => Response::error(format!("bad admin request: {e}")),
+                    },
+                    _ => Response::error("no request received"),
+                };
+            let mut out = serde_json::to_vec(&response).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn handle(hub: &Hub, req: Request) -> Response {
+    match req {
+        Request::Clients => {
+            let rows = client_rows(
+                &hub.store.snapshot(),
+                &hub.settings().allow,
+                Some(&hub.registry),
+            );
+            Response {
+                clients: Some(rows),
+                ..Response::ok()
+            }
+        }
+        Request::Pairing => Response {
+            pairing: Some(pairing_rows(&hub.store.snapshot(), hub.now())),
+            ..Response::ok()
+        },
+        Request::Revoke { identifier } => match hub
+            .revoke(&identifier, "trust revoked by the operator")
+            .await
+        {
+            Ok(existed) => {
+                tracing::info!(identifier = %identifier, "revoked by the operator");
+                Response {
+                    revoked: Some(existed),
+                    ..Response::ok()
+                }
+            }
+            Err(e) => Response::error(e.to_string()),
+        },
+    }
+}
+
+/// Why the CLI could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no yonexus host is running on state directory {0}")]
+    NotRunning(PathBuf),
+    #[error("admin socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the host answered: {0}")]
+    Host(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Send one request to the running host's admin socket.
+pub fn request(state_dir: &Path, req: &Request) -> Result<Response, ClientError> {
+    let path = state_dir.join(SOCKET_FILE);
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    if !store::host_running(state_dir) {
+        return Err(ClientError::NotRunning(state_dir.to_owned()));
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(req).unwrap_or_default();
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    let response: Response = serde_json::from_str(answer.trim())
+        .map_err(|e| ClientError::Host(format!("unreadable admin answer: {e}")))?;
+    if !response.ok {
+        return Err(ClientError::Host(response.error.unwrap_or_default()));
+    }
+    Ok(response)
+}
+
+/// Answer `clients`/`pairing` from the running host, or from the state file when none runs.
+pub fn query(
+    state_dir: &Path,
+    allow: &BTreeSet<String>,
+    req: &Request,
+    now: i64,
+) -> Result<(Response, bool), ClientError> {
+    match request(state_dir, req) {
+        Ok(r) => Ok((r, true)),
+        Err(ClientError::NotRunning(_)) => {
+            let records: Vec<TrustRecord> = store::load_file(&state_dir.join(store::STATE_FILE))?
+                .into_values()
+                .collect();
+            let response = match req {
+                Request::Clients => Response {
+                    clients: Some(client_rows(&records, allow, None)),
+                    ..Response::ok()
+                },
+                Request::Pairing => Response {
+                    pairing: Some(pairing_rows(&records, now)),
+                    ..Response::ok()
+                },
+                Request::Revoke { .. } => {
+                    return Err(ClientError::NotRunning(state_dir.to_owned()))
+                }
+            };
+            Ok((response, false))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,522 @@
+//! The operator's TOML configuration: parsing, defaults and validation.
+//!
+//! Every error names the file, the key and what is wrong, and a config with an error is never
+//! partly applied. Relative paths (`state_dir`, plugin `path`) are resolved against the directory
+//! of the config file, so the same file works from any working directory.
+
+use crate::notify::NotifierConfig;
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use yonexus_protocol::validate;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub path: String,
+    pub state_dir: PathBuf,
+}
+
+/// `[pairing]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingConfig {
+    pub ttl_secs: i64,
+    pub max_attempts: u32,
+    pub notifier: NotifierConfig,
+}
+
+/// `[liveness]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessConfig {
+    pub unstable_after_secs: i64,
+    pub offline_after_secs: i64,
+    pub sweep_interval_secs: u64,
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub name: String,
+    /// Absolute (resolved against the config file's directory).
+    pub path: PathBuf,
+    pub rules: Vec<String>,
+    /// The `[plugins.config]` table as JSON.
+    pub config: serde_json::Value,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from.
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub allow: BTreeSet<String>,
+    pub pairing: PairingConfig,
+    pub liveness: LivenessConfig,
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    followers: RawFollowers,
+    #[serde(default)]
+    pairing: RawPairing,
+    #[serde(default)]
+    liveness: RawLiveness,
+    #[serde(default)]
+    plugins: Vec<RawPlugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    path: String,
+    state_dir: PathBuf,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8787".into(),
+            path: "/".into(),
+            state_dir: PathBuf::from("./yonexus-state"),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFollowers {
+    allow: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPairing {
+    ttl_secs: i64,
+    max_attempts: u32,
+    notify: String,
+    command: Vec<String>,
+    discord_bot_token_env: String,
+    discord_admin_user_id: String,
+    discord_api_base: String,
+}
+
+impl Default for RawPairing {
+    fn default() -> Self {
+        RawPairing {
+            ttl_secs: 300,
+            max_attempts: 5,
+            notify: "log".into(),
+            command: Vec::new(),
+            discord_bot_token_env: "YONEXUS_DISCORD_TOKEN".into(),
+            discord_admin_user_id: String::new(),
+            discord_api_base: "https://discord.com/api/v10".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLiveness {
+    unstable_after_secs: i64,
+    offline_after_secs: i64,
+    sweep_interval_secs: u64,
+}
+
+impl Default for RawLiveness {
+    fn default() -> Self {
+        RawLiveness {
+            unstable_after_secs: 420,
+            offline_after_secs: 660,
+            sweep_interval_secs: 30,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: String,
+    path: PathBuf,
+    #[serde(default)]
+    rules: Vec<String>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            key: String::new(),
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parse and validate config text that came from `file` (used for messages and for
+    /// resolving relative paths).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_owned(),
+            key: key.into(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message already carries the line, column and offending key.
+            err("", format!("invalid TOML: {}", e.to_string().trim_end()))
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+            err(
+                "server.listen",
+                format!(
+                    "'{}' is not an IP:port address (e.g. \"127.0.0.1:8787\")",
+                    raw.server.listen
+                ),
+            )
+        })?;
+        if !raw.server.path.starts_with('/') {
+            return Err(err(
+                "server.path",
+                format!("'{}' must start with '/'", raw.server.path),
+            ));
+        }
+        if raw.server.state_dir.as_os_str().is_empty() {
+            return Err(err("server.state_dir", "must not be empty".into()));
+        }
+
+        let mut allow = BTreeSet::new();
+        for (i, id) in raw.followers.allow.iter().enumerate() {
+            validate::identifier(id)
+                .map_err(|e| err(&format!("followers.allow[{i}]"), format!("{id:?}: {e}")))?;
+            if !allow.insert(id.clone()) {
+                return Err(err(
+                    &format!("followers.allow[{i}]"),
+                    format!("{id:?} is listed twice"),
+                ));
+            }
+        }
+
+        let p = &raw.pairing;
+        if !(10..=86_400).contains(&p.ttl_secs) {
+            return Err(err(
+                "pairing.ttl_secs",
+                format!("{} is out of range (10..=86400 seconds)", p.ttl_secs),
+            ));
+        }
+        if p.max_attempts == 0 || p.max_attempts > 100 {
+            return Err(err(
+                "pairing.max_attempts",
+                format!("{} is out of range (1..=100)", p.max_attempts),
+            ));
+        }
+        let notifier = match p.notify.as_str() {
+            "log" => NotifierConfig::Log,
+            "command" => {
+                if p.command.is_empty() || p.command[0].trim().is_empty() {
+                    return Err(err("pairing.command", "notify = \"command\" needs a non-empty command array, e.g. [\"/usr/local/bin/notify-admin\"]".into()));
+                }
+                NotifierConfig::Command {
+                    program: p.command.clone(),
+                }
+            }
+            "discord" => {
+                if p.discord_admin_user_id.is_empty()
+                    || !p.discord_admin_user_id.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(err(
+                        "pairing.discord_admin_user_id",
+                        "notify = \"discord\" needs the admin's numeric Discord user id".into(),
+                    ));
+                }
+                if p.discord_bot_token_env.trim().is_empty() {
+                    return Err(err(
+                        "pairing.discord_bot_token_env",
+                        "must name an environment variable".into(),
+                    ));
+                }
+                if !(p.discord_api_base.starts_with("https://")
+                    || p.discord_api_base.starts_with("http://"))
+                {
+                    return Err(err(
+                        "pairing.discord_api_base",
+                        format!("'{}' is not an http(s) URL", p.discord_api_base),
+                    ));
+                }
+                NotifierConfig::Discord {
+                    token_env: p.discord_bot_token_env.clone(),
+                    admin_user_id: p.discord_admin_user_id.clone(),
+                    api_base: p.discord_api_base.clone(),
+                }
+            }
+            other => {
+                return Err(err(
+                    "pairing.notify",
+                    format!("'{other}' is not one of \"log\", \"command\", \"discord\""),
+                ))
+            }
+        };
+
+        let l = &raw.liveness;
+        if l.unstable_after_secs <= 0 {
+            return Err(err(
+                "liveness.unstable_after_secs",
+                "must be positive".into(),
+            ));
+        }
+        if l.offline_after_secs <= l.unstable_after_secs {
+            return Err(err(
+                "liveness.offline_after_secs",
+                format!(
+                    "{} must be greater than unstable_after_secs ({})",
+                    l.offline_after_secs, l.unstable_after_secs
+                ),
+            ));
+        }
+        if l.sweep_interval_secs == 0 {
+            return Err(err(
+                "liveness.sweep_interval_secs",
+                "must be positive".into(),
+            ));
+        }
+
+        let mut plugins = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut owners: HashMap<String, (usize, String)> = HashMap::new();
+        for (i, rp) in raw.plugins.into_iter().enumerate() {
+            let key = format!("plugins[{i}]");
+            if rp.name.trim().is_empty() {
+                return Err(err(&format!("{key}.name"), "must not be empty".into()));
+            }
+            if let Some(prev) = names.insert(rp.name.clone(), i) {
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!(
+                        "plugin name '{}' is already used by plugins[{prev}]",
+                        rp.name
+                    ),
+                ));
+            }
+            let path = resolve(&rp.path);
+            if !path.is_file() {
+                return Err(err(
+                    &format!("{key}.path"),
+                    format!("plugin file '{}' does not exist", path.display()),
+                ));
+            }
+            if rp.rules.is_empty() {
+                return Err(err(
+                    &format!("{key}.rules"),
+                    format!("plugin '{}' routes no rules", rp.name),
+                ));
+            }
+            for (j, rule) in rp.rules.iter().enumerate() {
+                let rkey = format!("{key}.rules[{j}]");
+                if rule == yonexus_protocol::BUILTIN_RULE {
+                    return Err(err(
+                        &rkey,
+                        "'builtin' is reserved for the control protocol".into(),
+                    ));
+                }
+                if rule.is_empty()
+                    || rule.contains(yonexus_protocol::SEPARATOR)
+                    || rule.chars().any(|c| c.is_whitespace() || c.is_control())
+                    || rule.len() > 128
+                {
+                    return Err(err(&rkey, format!("{rule:?} is not a valid rule id (1-128 chars, no '::', whitespace or control characters)")));
+                }
+                if let Some((other, other_name)) = owners.insert(rule.clone(), (i, rp.name.clone()))
+                {
+                    return Err(err(
+                        &rkey,
+                        format!("rule '{rule}' is claimed by both plugin '{other_name}' (plugins[{other}]) and plugin '{}' (plugins[{i}])", rp.name),
+                    ));
+                }
+            }
+            let config = serde_json::to_value(&rp.config).map_err(|e| {
+                err(
+                    &format!("{key}.config"),
+                    format!("cannot be converted to JSON: {e}"),
+                )
+            })?;
+            plugins.push(PluginConfig {
+                name: rp.name,
+                path,
+                rules: rp.rules,
+                config,
+            });
+        }
+
+        Ok(Config {
+            file: file.to_owned(),
+            server: ServerConfig {
+                listen,
+                path: raw.server.path,
+                state_dir: resolve(&raw.server.state_dir),
+            },
+            allow,
+            pairing: PairingConfig {
+                ttl_secs: p.ttl_secs,
+                max_attempts: p.max_attempts,
+                notifier,
+            },
+            liveness: LivenessConfig {
+                unstable_after_secs: l.unstable_after_secs,
+                offline_after_secs: l.offline_after_secs,
+                sweep_interval_secs: l.sweep_interval_secs,
+            },
+            plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/yonexus/yonexus.toml"), text)
+    }
+
+    #[test]
+    fn defaults_and_relative_state_dir() {
+        let c = parse("[followers]\nallow = [\"alpha\", \"beta\"]\n").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8787".parse().unwrap());
+        assert_eq!(c.server.path, "/");
+        assert_eq!(
+            c.server.state_dir,
+            PathBuf::from("/etc/yonexus/./yonexus-state")
+        );
+        assert_eq!(c.pairing.ttl_secs, 300);
+        assert_eq!(c.pairing.max_attempts, 5);
+        assert_eq!(c.pairing.notifier, NotifierConfig::Log);
+        assert_eq!(c.liveness.unstable_after_secs, 420);
+        assert_eq!(c.liveness.offline_after_secs, 660);
+        assert_eq!(c.allow.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        for (text, key, needle) in [
+            (
+                "[server]\nlisten = \"nope\"",
+                "server.listen",
+                "not an IP:port",
+            ),
+            ("[server]\nlisten = 5", "", "invalid TOML"),
+            ("[server]\nlistne = \"x\"", "", "unknown field"),
+            (
+                "[followers]\nallow = [\"a::b\"]",
+                "followers.allow[0]",
+                "'::'",
+            ),
+            (
+                "[followers]\nallow = [\"a\", \"a\"]",
+                "followers.allow[1]",
+                "twice",
+            ),
+            (
+                "[pairing]\nnotify = \"pigeon\"",
+                "pairing.notify",
+                "not one of",
+            ),
+            (
+                "[pairing]\nnotify = \"command\"",
+                "pairing.command",
+                "non-empty",
+            ),
+            (
+                "[pairing]\nnotify = \"discord\"",
+                "pairing.discord_admin_user_id",
+                "numeric",
+            ),
+            (
+                "[pairing]\nttl_secs = 0",
+                "pairing.ttl_secs",
+                "out of range",
+            ),
+            (
+                "[liveness]\nunstable_after_secs = 10\noffline_after_secs = 5",
+                "liveness.offline_after_secs",
+                "greater",
+            ),
+            (
+                "[[plugins]]\nname = \"x\"\npath = \"/nonexistent.so\"\nrules = [\"x\"]",
+                "plugins[0].path",
+                "does not exist",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+            assert!(
+                e.to_string().starts_with("/etc/yonexus/yonexus.toml"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn plugin_rule_conflicts_name_both_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let so = dir.path().join("lib.so");
+        std::fs::write(&so, b"x").unwrap();
+        let file = dir.path().join("y.toml");
+        let text = "[[plugins]]\nname = \"a\"\npath = \"lib.so\"\nrules = [\"echo\"]\n[[plugins]]\nname = \"b\"\npath = \"lib.so\"\nrules = [\"echo\"]\n";
+        let e = Config::parse(&file, text).unwrap_err();
+        assert_eq!(e.key, "plugins[1].rules[0]");
+        assert!(
+            e.message.contains("plugin 'a' (plugins[0])")
+                && e.message.contains("plugin 'b' (plugins[1])"),
+            "{e}"
+        );
+        let text = "[[plugins]]\nname = \"a\"\npath = \"lib.so\"\nrules = [\"builtin\"]\n";
+        assert!(Config::parse(&file, text)
+            .unwrap_err()
+            .message
+            .contains("reserved"));
+        let text = "[[plugins]]\nname = \"a\"\npath = \"lib.so\"\nrules = [\"echo\"]\n[plugins.config]\nprefix = \">\"\n";
+        let c = Config::parse(&file, text).unwrap();
+        assert_eq!(c.plugins[0].path, so);
+        assert_eq!(c.plugins[0].config["prefix"], ">");
+    }
+}

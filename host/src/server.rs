@@ -1,0 +1,187 @@
+//! Starting and stopping the host: state directory and lock, trust store, notifier, routes,
+//! the accept loop, the liveness sweep, the admin socket, and graceful shutdown.
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::hub::{Hub, Settings};
+use crate::liveness::Liveness;
+use crate::notify::Notifier;
+use crate::registry::Registry;
+use crate::router::{EchoHandler, Router, Routes};
+use crate::store::{self, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("pairing notifier: {0}")]
+    Notifier(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin socket: {0}")]
+    Admin(std::io::Error),
+}
+
+/// A running host.
+pub struct Host {
+    pub hub: Arc<Hub>,
+    pub local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    _lock: std::fs::File,
+}
+
+/// The routes of the built-in handlers.
+fn builtin_routes(registry: &Arc<Registry>) -> Routes {
+    let mut routes = Routes::new();
+    routes.insert(
+        "echo".into(),
+        Arc::new(EchoHandler::new(Arc::clone(registry))),
+    );
+    routes
+}
+
+impl Host {
+    /// Start serving `config` with `clock`. Returns once the listener is bound.
+    pub async fn start(config: &Config, clock: SharedClock) -> Result<Host, StartError> {
+        let state_dir = &config.server.state_dir;
+        store::ensure_state_dir(state_dir)?;
+        let lock = store::lock_state_dir(state_dir)?;
+        let store = Store::open(state_dir)?;
+        // Nobody is connected yet, whatever the file says from the last run.
+        for record in store.snapshot() {
+            if record.status != Liveness::Offline {
+                store.update_existing(&record.identifier, |r| r.status = Liveness::Offline);
+            }
+        }
+        let notifier = Notifier::from_config(&config.pairing.notifier)
+            .map_err(|e| StartError::Notifier(e.to_string()))?;
+        let registry = Arc::new(Registry::new());
+        let router = Router::new(builtin_routes(&registry));
+        let hub = Arc::new(Hub::new(
+            Settings::from_config(config),
+            notifier,
+            store,
+            Arc::clone(&registry),
+            router,
+            clock,
+        ));
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        tracing::info!(address = %local_addr, path = %config.server.path, "listening");
+
+        let shutdown = CancellationToken::new();
+        let admin = crate::admin::bind(state_dir).map_err(StartError::Admin)?;
+        let tracker = TaskTracker::new();
+        tracker.spawn(crate::admin::serve(
+            Arc::clone(&hub),
+            admin,
+            shutdown.clone(),
+        ));
+        tracker.spawn(sweep_loop(Arc::clone(&hub), shutdown.clone()));
+        let task = tokio::spawn(accept_loop(
+            Arc::clone(&hub),
+            listener,
+            shutdown.clone(),
+            tracker,
+        ));
+        Ok(Host {
+            hub,
+            local_addr,
+            shutdown,
+            task,
+            _lock: lock,
+        })
+    }
+
+    /// A token that stops the host when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stop accepting, close every follower with 1001, persist state, and wait.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Wait until the host stops (after its shutdown token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(crate::connection::run(
+                    Arc::clone(&hub),
+                    stream,
+                    remote,
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within the shutdown grace period");
+    }
+    if let Err(e) = hub.store.flush_if_dirty().await {
+        tracing::error!(error = %e, "cannot persist state at shutdown");
+    }
+    tracing::info!("host stopped");
+}
+
+async fn sweep_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
+    loop {
+        let every = Duration::from_secs(hub.settings().liveness.sweep_interval_secs.max(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => crate::liveness::sweep(&hub).await,
+        }
+    }
+}
