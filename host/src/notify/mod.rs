@@ -228,6 +228,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn notifier_and_its_future_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let n = Notifier::from_config(&NotifierConfig::Log).unwrap();
+        send_sync(&n);
+        let notice = PairingNotice {
+            identifier: "x".into(),
+            code: "y".into(),
+            expires_at: 0,
+        };
+        send(&n.notify(&notice));
+    }
+
+    #[test]
     fn notice_debug_redacts_code() {
         let n = PairingNotice {
             identifier: "node-a".into(),
