@@ -1,0 +1,26 @@
+//! The `log` notifier: prints the pairing code to stderr. Development only.
+//!
+//! It uses `eprintln!`, not `tracing`, on purpose: log files and collectors fed by the tracing
+//! subscriber must never receive the code. A tracing warning (without the code) records that the
+//! development-only notifier is in use.
+
+use super::PairingNotice;
+use crate::clock::{Clock, SystemClock};
+
+/// Prints the notice to stderr and warns (without the code) that this notifier is for development.
+pub(crate) fn notify(notice: &PairingNotice) {
+    let remaining = (notice.expires_at - SystemClock.now()).max(0);
+    eprintln!(
+        "==== YONEXUS PAIRING CODE (log notifier: for development only; use \"command\" or \"discord\" in production) ====\n\
+         identifier: {}\n\
+         code:       {}\n\
+         expires at: {} (unix seconds; {}s remaining)\n\
+         ==== END YONEXUS PAIRING CODE ====",
+        notice.identifier, notice.code, notice.expires_at, remaining
+    );
+    tracing::warn!(
+        identifier = %notice.identifier,
+        notifier = "log",
+        "pairing code printed to stderr by the log notifier, which is for development only; use \"command\" or \"discord\" in production"
+    );
+}
