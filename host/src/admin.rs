@@ -154,7 +154,12 @@ pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
 pub async fn serve(hub: Arc<Hub>, listener: UnixListener, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                if let Some(path) = listener.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+                    let _ = std::fs::remove_file(path);
+                }
+                return;
+            }
             a = listener.accept() => a,
         };
         let Ok((stream, _)) = accepted else { continue };

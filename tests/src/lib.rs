@@ -1,1 +1,385 @@
-//! placeholder
+//! Test harness for the end-to-end tests in `tests/tests/`.
+//!
+//! - [`build`]: builds the workspace binaries and plugins once per test process, into
+//!   `target/e2e` (a separate target dir, so it never waits on the outer `cargo test` lock and
+//!   always tests the current source).
+//! - [`HostProc`]: the real `yonexus` binary on an ephemeral loopback port, with a `command`
+//!   notifier that appends `<identifier> <code>` to `codes.txt` in the test directory.
+//! - [`Raw`]: a raw WebSocket follower that speaks frames directly, for protocol tests.
+//! - [`Identity`]: a follower's keypair and secret, with pairing and auth helpers.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ed25519_dalek::SigningKey;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yonexus_protocol::envelope::Message as Msg;
+use yonexus_protocol::{signing, validate, Envelope, Frame};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Build every workspace binary and plugin once; returns the directory holding them.
+pub fn build() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let target = root.join("target").join("e2e");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--workspace", "--bins", "--lib"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&root)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            other => panic!("building the workspace for end-to-end tests failed: {other:?}"),
+        }
+        target.join("debug")
+    })
+}
+
+/// Path of a built binary.
+pub fn bin(name: &str) -> PathBuf {
+    build().join(name)
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A config for tests: ephemeral port (or `port`), state in `dir/state`, a `command` notifier
+/// writing codes to `dir/codes.txt`, then `extra` TOML appended verbatim.
+pub fn config_text(dir: &Path, port: u16, allow: &[&str], extra: &str) -> String {
+    let script = dir.join("notify.sh");
+    let codes = dir.join("codes.txt");
+    let body = format!("#!/bin/sh\necho \"$YONEXUS_IDENTIFIER $YONEXUS_PAIRING_CODE $YONEXUS_EXPIRES_AT\" >> '{}'\n", codes.display());
+    std::fs::write(&script, body).ok();
+    let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n[followers]\nallow = [{}]\n\n[pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n{extra}\n",
+        allow.join(", "),
+        script.display()
+    )
+}
+
+/// The codes the `command` notifier delivered for `identifier`, oldest first.
+pub fn codes_for(dir: &Path, identifier: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join("codes.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(identifier)).then(|| parts.next().map(str::to_owned)).flatten()
+        })
+        .collect()
+}
+
+/// Wait until `f` returns Some, polling.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real host binary, running.
+pub struct HostProc {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostProc {
+    /// Write `config` to `dir/yonexus.toml` and start `yonexus serve` on it.
+    pub fn start(dir: &Path, config: &str) -> Result<HostProc> {
+        let path = dir.join("yonexus.toml");
+        std::fs::write(&path, config)?;
+        let mut child = Command::new(bin("yonexus"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning yonexus")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("YONEXUS_TEST_ECHO_LOGS").is_some() {
+                    eprintln!("host: {line}");
+                }
+                sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+        let mut host = HostProc { child, addr: "127.0.0.1:0".parse()?, dir: dir.to_owned(), config: path, logs };
+        let addr = wait_for(Duration::from_secs(20), || {
+            host.logs().iter().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["fields"]["message"] == "listening").then(|| v["fields"]["address"].as_str()?.parse().ok()).flatten()
+            })
+        });
+        match addr {
+            Some(a) => host.addr = a,
+            None => {
+                let status = host.child.try_wait().ok().flatten();
+                bail!("host did not start (exit {status:?}); stderr:\n{}", host.logs().join("\n"));
+            }
+        }
+        Ok(host)
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the `yonexus` CLI with `args` (and `--config <host config>`); returns (status, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("yonexus")).args(args).arg("--config").arg(config).output();
+    match out {
+        Ok(o) => (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ),
+        Err(e) => (-1, String::new(), e.to_string()),
+    }
+}
+
+/// Something received from the host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    Control(Envelope),
+    Rule(String),
+    Closed(Option<(u16, String)>),
+}
+
+/// A raw WebSocket follower.
+pub struct Raw {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Raw {
+    pub async fn connect(url: &str) -> Result<Raw> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Raw { ws })
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.ws.send(Message::binary(bytes)).await?;
+        Ok(())
+    }
+
+    /// Send a control envelope with `type` and `payload`.
+    pub async fn send(&mut self, type_name: &str, payload: Value) -> Result<()> {
+        let text = format!("builtin::{}", json!({"type": type_name, "timestamp": now(), "payload": payload}));
+        self.send_text(&text).await
+    }
+
+    /// Next frame (control, rule, or the close), within [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> Result<Incoming> {
+        self.recv_within(RECV_TIMEOUT).await
+    }
+
+    pub async fn recv_within(&mut self, timeout: Duration) -> Result<Incoming> {
+        loop {
+            let next = tokio::time::timeout(timeout, self.ws.next()).await.map_err(|_| anyhow!("timed out waiting for a frame"))?;
+            match next {
+                None => return Ok(Incoming::Closed(None)),
+                Some(Err(_)) => return Ok(Incoming::Closed(None)),
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(Incoming::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))))
+                }
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(match yonexus_protocol::frame::parse(t.as_str()) {
+                        Ok(Frame::Builtin(json)) => Incoming::Control(Envelope::decode(json)?),
+                        _ => Incoming::Rule(t.to_string()),
+                    })
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Next frame must be a control message; returns it.
+    pub async fn control(&mut self) -> Result<Msg> {
+        match self.recv().await? {
+            Incoming::Control(env) => Ok(env.message),
+            other => bail!("expected a control frame, got {other:?}"),
+        }
+    }
+
+    /// Next frame must be the close frame; returns (code, reason).
+    pub async fn closed(&mut self) -> Result<(u16, String)> {
+        loop {
+            match self.recv().await? {
+                Incoming::Closed(Some(c)) => return Ok(c),
+                Incoming::Closed(None) => bail!("connection ended without a close frame"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next frame must be an `error`; returns (code as wire string, message).
+    pub async fn error(&mut self) -> Result<(String, String)> {
+        match self.control().await? {
+            Msg::Error(e) => Ok((serde_json::to_value(e.code)?.as_str().unwrap_or_default().to_owned(), e.message)),
+            other => bail!("expected error, got {other:?}"),
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A follower identity for raw tests.
+pub struct Identity {
+    pub id: String,
+    pub key: SigningKey,
+    pub secret: Option<String>,
+}
+
+impl Identity {
+    pub fn new(id: &str) -> Identity {
+        Identity { id: id.into(), key: signing::generate_signing_key(), secret: None }
+    }
+
+    pub fn public_key(&self) -> String {
+        signing::encode_base64(&self.key.verifying_key().to_bytes())
+    }
+
+    /// Send `hello`; returns the `hello_ack.nextAction` as its wire string.
+    pub async fn hello(&self, raw: &mut Raw) -> Result<String> {
+        raw.send("hello", json!({"identifier": self.id, "protocolVersion": "1", "publicKey": self.public_key(), "hasSecret": self.secret.is_some(), "hasKeyPair": true})).await?;
+        match raw.control().await? {
+            Msg::HelloAck(ack) => Ok(serde_json::to_value(ack.next_action)?.as_str().unwrap_or_default().to_owned()),
+            other => bail!("expected hello_ack, got {other:?}"),
+        }
+    }
+
+    /// Pair on `raw` through the whole flow, reading the code the notifier delivered to `dir`.
+    pub async fn pair(&mut self, raw: &mut Raw, dir: &Path) -> Result<()> {
+        let action = self.hello(raw).await?;
+        if action != "pair_required" {
+            bail!("expected pair_required, got {action}");
+        }
+        match raw.control().await? {
+            Msg::PairRequest(req) => {
+                if req.code_delivery != "out_of_band" {
+                    bail!("code delivery {}", req.code_delivery);
+                }
+            }
+            other => bail!("expected pair_request, got {other:?}"),
+        }
+        let code = codes_for(dir, &self.id).pop().ok_or_else(|| anyhow!("no code delivered for {}", self.id))?;
+        raw.send("pair_confirm", json!({"identifier": self.id, "pairingCode": code})).await?;
+        match raw.control().await? {
+            Msg::PairSuccess(s) => {
+                self.secret = Some(s.secret);
+                Ok(())
+            }
+            other => bail!("expected pair_success, got {other:?}"),
+        }
+    }
+
+    /// An `auth_request` payload with a fresh nonce at `ts`.
+    pub fn auth_payload(&self, nonce: &str, ts: i64) -> Value {
+        let secret = self.secret.clone().unwrap_or_default();
+        json!({
+            "identifier": self.id,
+            "nonce": nonce,
+            "proofTimestamp": ts,
+            "signature": signing::sign(&self.key, &secret, nonce, ts),
+            "publicKey": self.public_key(),
+        })
+    }
+
+    /// Authenticate with a fresh nonce; returns the reply.
+    pub async fn auth(&self, raw: &mut Raw) -> Result<Msg> {
+        raw.send("auth_request", self.auth_payload(&validate::generate_nonce(), now())).await?;
+        raw.control().await
+    }
+
+    /// hello + auth, expecting success.
+    pub async fn login(&self, raw: &mut Raw) -> Result<()> {
+        let action = self.hello(raw).await?;
+        if action != "auth_required" {
+            bail!("expected auth_required, got {action}");
+        }
+        match self.auth(raw).await? {
+            Msg::AuthSuccess(_) => Ok(()),
+            other => bail!("expected auth_success, got {other:?}"),
+        }
+    }
+}
+
+/// Connect, pair and authenticate a fresh identity.
+pub async fn paired_session(host: &HostProc, id: &str) -> Result<(Raw, Identity)> {
+    let mut raw = Raw::connect(&host.url()).await?;
+    let mut ident = Identity::new(id);
+    ident.pair(&mut raw, &host.dir).await?;
+    match ident.auth(&mut raw).await? {
+        Msg::AuthSuccess(_) => Ok((raw, ident)),
+        other => bail!("expected auth_success, got {other:?}"),
+    }
+}
