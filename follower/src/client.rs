@@ -598,7 +598,13 @@ impl Runner {
                     None => "closed by host".to_string(),
                 };
                 s.close_reason = Some(reason);
-                Flow::Continue
+                // Let tungstenite answer the close, then stop even if the host keeps the TCP
+                // connection open.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                Flow::End(SessionEnd::Lost(s.lost_reason("closed by host".into())))
             }
             WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
         }

@@ -10,7 +10,7 @@
 //!   [`Event`], and the pairing-code callback [`CodeProvider`].
 //! - [`backoff`]: exponential reconnect backoff with jitter.
 //! - [`line`]: rule id validation and parsing of `rule::content` input lines.
-//! - [`error`]: [`FollowerError`].
+//! - [`error`]: the error type, [`FollowerError`].
 //!
 //! The wire format itself (frames, envelopes, signing input) comes from `yonexus-protocol`.
 
