@@ -76,11 +76,14 @@ struct Prompter {
 }
 
 impl Prompter {
+    /// The prompt still waiting for a code, if any (one the library stopped waiting for, e.g.
+    /// because the connection dropped, does not swallow a line).
     fn take_pending(&self) -> Option<oneshot::Sender<String>> {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+            .filter(|tx| !tx.is_closed())
     }
 
     async fn code(&self, prompt: PairingPrompt) -> Option<String> {
