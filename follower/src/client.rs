@@ -345,7 +345,13 @@ fn decode_inbound(json: &str) -> Option<Inbound> {
         Err(e) => {
             let lenient = decode_lenient(json);
             if lenient.is_none() {
-                tracing::warn!("ignoring malformed control frame from host: {e}");
+                // A malformed pair_success may carry the secret somewhere in the decode error:
+                // name the problem, not the details.
+                if json.contains("pair_success") {
+                    tracing::warn!("ignoring malformed control frame from host (pair_success)");
+                } else {
+                    tracing::warn!("ignoring malformed control frame from host: {e}");
+                }
             }
             lenient
         }
@@ -749,14 +755,16 @@ impl Runner {
                     reason: reason.clone(),
                 })
                 .await;
-                if reason == "invalid_code" && s.pending_code.is_none() {
-                    tracing::warn!("pairing code refused; asking again");
-                    let mut prompt = s
-                        .last_prompt
-                        .clone()
-                        .unwrap_or_else(|| self.prompt(None, None, None, true));
-                    prompt.retry = true;
-                    self.ask_code(s, prompt);
+                if reason == "invalid_code" {
+                    if s.pending_code.is_none() {
+                        tracing::warn!("pairing code refused; asking again");
+                        let mut prompt = s
+                            .last_prompt
+                            .clone()
+                            .unwrap_or_else(|| self.prompt(None, None, None, true));
+                        prompt.retry = true;
+                        self.ask_code(s, prompt);
+                    }
                     return Flow::Continue;
                 }
                 self.give_up(ws, format!("pairing failed: {reason}")).await

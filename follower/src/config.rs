@@ -52,6 +52,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), FollowerError> {
         yonexus_protocol::validate::identifier(&self.identifier)
             .map_err(|e| FollowerError::InvalidConfig(format!("identifier: {e}")))?;
+        // The identifier names the state file: keep it inside the state directory.
+        if self.identifier.starts_with('.') || self.identifier.contains(['/', '\\']) {
+            return Err(FollowerError::InvalidConfig(format!(
+                "identifier {:?} cannot name a state file (no '/', '\\' or leading '.')",
+                self.identifier
+            )));
+        }
         if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
             return Err(FollowerError::InvalidConfig(format!(
                 "url {:?} must start with ws:// or wss://",
@@ -88,6 +95,9 @@ mod tests {
             .validate()
             .is_err());
         assert!(Config::new("ws://x/", "a::b", "/tmp").validate().is_err());
+        assert!(Config::new("ws://x/", "../x", "/tmp").validate().is_err());
+        assert!(Config::new("ws://x/", "a/b", "/tmp").validate().is_err());
+        assert!(Config::new("ws://x/", "a.b-c_d", "/tmp").validate().is_ok());
         let mut c = Config::new("ws://x/", "alpha", "/tmp");
         c.heartbeat_interval = Duration::ZERO;
         assert!(c.validate().is_err());
