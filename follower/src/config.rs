@@ -1,0 +1,105 @@
+//! Follower configuration.
+
+use crate::error::FollowerError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default interval between heartbeats once authenticated.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+/// Default first reconnect delay.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// Default longest reconnect delay.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How to reach the host and where to keep this follower's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `ws://host:port/path` or `wss://…`.
+    pub url: String,
+    /// This follower's identifier (must be on the host's allowlist).
+    pub identifier: String,
+    /// Directory holding `<identifier>.json` (created with mode 0700 if missing).
+    pub state_dir: PathBuf,
+    /// Interval between `heartbeat` messages once authenticated.
+    pub heartbeat_interval: Duration,
+    /// First reconnect delay; doubles per failed attempt.
+    pub backoff_initial: Duration,
+    /// Upper bound of the reconnect delay.
+    pub backoff_max: Duration,
+    /// Reconnect after a disconnect (otherwise the connection task ends).
+    pub reconnect: bool,
+}
+
+impl Config {
+    /// A configuration with the default intervals and reconnection on.
+    pub fn new(
+        url: impl Into<String>,
+        identifier: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Config {
+            url: url.into(),
+            identifier: identifier.into(),
+            state_dir: state_dir.into(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            reconnect: true,
+        }
+    }
+
+    /// Check the values that would make the connection loop misbehave.
+    pub fn validate(&self) -> Result<(), FollowerError> {
+        yonexus_protocol::validate::identifier(&self.identifier)
+            .map_err(|e| FollowerError::InvalidConfig(format!("identifier: {e}")))?;
+        // The identifier names the state file: keep it inside the state directory.
+        if self.identifier.starts_with('.') || self.identifier.contains(['/', '\\']) {
+            return Err(FollowerError::InvalidConfig(format!(
+                "identifier {:?} cannot name a state file (no '/', '\\' or leading '.')",
+                self.identifier
+            )));
+        }
+        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
+            return Err(FollowerError::InvalidConfig(format!(
+                "url {:?} must start with ws:// or wss://",
+                self.url
+            )));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(FollowerError::InvalidConfig(
+                "heartbeat interval must be greater than zero".into(),
+            ));
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return Err(FollowerError::InvalidConfig(
+                "backoff must satisfy 0 < initial <= max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = Config::new("ws://127.0.0.1:1/", "alpha", "/tmp/x");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(60));
+        assert_eq!(c.backoff_initial, Duration::from_millis(500));
+        assert_eq!(c.backoff_max, Duration::from_secs(30));
+        assert!(c.reconnect);
+        assert!(c.validate().is_ok());
+        assert!(Config::new("http://x/", "alpha", "/tmp")
+            .validate()
+            .is_err());
+        assert!(Config::new("ws://x/", "a::b", "/tmp").validate().is_err());
+        assert!(Config::new("ws://x/", "../x", "/tmp").validate().is_err());
+        assert!(Config::new("ws://x/", "a/b", "/tmp").validate().is_err());
+        assert!(Config::new("ws://x/", "a.b-c_d", "/tmp").validate().is_ok());
+        let mut c = Config::new("ws://x/", "alpha", "/tmp");
+        c.heartbeat_interval = Duration::ZERO;
+        assert!(c.validate().is_err());
+    }
+}

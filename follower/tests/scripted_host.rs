@@ -1,0 +1,481 @@
+//! The real follower client against a small scripted host that plays the host side of the
+//! handshake over a real WebSocket.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+use yonexus_follower::{spawn, CodeProvider, Config, Event, FollowerError, PairingPrompt};
+use yonexus_protocol::envelope::{
+    AdminNotification, AuthSuccess, ErrorCode, ErrorPayload, HelloAck, Message, NextAction,
+    PairFailReason, PairFailed, PairRequest, PairSuccess, RePairReason, RePairRequired,
+};
+use yonexus_protocol::{frame, signing, validate, Envelope, Frame};
+
+type Ws = WebSocketStream<TcpStream>;
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    (l, url)
+}
+
+async fn accept(l: &TcpListener) -> Ws {
+    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
+        .await
+        .expect("follower did not connect")
+        .unwrap();
+    tokio_tungstenite::accept_async(tcp).await.unwrap()
+}
+
+async fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            WsMessage::Text(t) => return t.as_str().to_string(),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn recv_control(ws: &mut Ws) -> Message {
+    let text = recv_text(ws).await;
+    let Ok(Frame::Builtin(json)) = frame::parse(&text) else {
+        panic!("expected a control frame, got {text}")
+    };
+    Envelope::decode(json).unwrap().message
+}
+
+async fn send_control(ws: &mut Ws, m: Message) {
+    ws.send(WsMessage::text(Envelope::new(m, 1_700_000_000).to_frame()))
+        .await
+        .unwrap();
+}
+
+async fn next_matching(
+    rx: &mut mpsc::Receiver<Event>,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; events so far: {seen:?}"))
+            .expect("event channel closed");
+        if pred(&ev) {
+            return ev;
+        }
+        seen.push(ev);
+    }
+}
+
+/// A code provider answering from a script; records the prompts it got.
+fn scripted_codes(
+    codes: Vec<Option<&'static str>>,
+) -> (CodeProvider, Arc<Mutex<Vec<PairingPrompt>>>) {
+    let prompts = Arc::new(Mutex::new(Vec::new()));
+    let codes = Arc::new(Mutex::new(codes.into_iter()));
+    let p = prompts.clone();
+    let provider: CodeProvider = Arc::new(move |prompt| {
+        p.lock().unwrap().push(prompt);
+        let code = codes.lock().unwrap().next().flatten().map(str::to_string);
+        Box::pin(async move { code })
+    });
+    (provider, prompts)
+}
+
+fn config(url: &str, dir: &std::path::Path) -> Config {
+    let mut c = Config::new(url, "alpha", dir);
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    c
+}
+
+/// Host side of a successful authentication: read auth_request, check it, answer auth_success.
+async fn expect_valid_auth(ws: &mut Ws, public_key: &str, secret: &str) {
+    let Message::AuthRequest(a) = recv_control(ws).await else {
+        panic!("expected auth_request")
+    };
+    assert_eq!(a.identifier, "alpha");
+    assert!(validate::nonce(&a.nonce), "nonce {}", a.nonce);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((a.proof_timestamp - now).abs() < 10);
+    assert_eq!(a.public_key.as_deref(), Some(public_key));
+    let raw = signing::decode_public_key(public_key).unwrap();
+    let sig = signing::decode_signature(&a.signature).unwrap();
+    assert!(signing::verify(
+        &raw,
+        secret,
+        &a.nonce,
+        a.proof_timestamp,
+        &sig
+    ));
+    send_control(
+        ws,
+        Message::AuthSuccess(AuthSuccess {
+            identifier: "alpha".into(),
+            authenticated_at: 1_700_000_000,
+            status: "online".into(),
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pairs_authenticates_heartbeats_and_exchanges_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let (codes, prompts) = scripted_codes(vec![Some("WRONG234"), Some(" abcd2345 ")]);
+    let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
+    // Queued before authentication: delivered after auth_success, in order.
+    handle.send("echo", "first").unwrap();
+    handle.send("relay", "beta::second").unwrap();
+    assert!(matches!(
+        handle.send("builtin", "x"),
+        Err(FollowerError::InvalidRuleId(..))
+    ));
+    assert!(handle.send("", "x").is_err());
+    assert!(handle.send("a::b", "x").is_err());
+
+    let mut ws = accept(&l).await;
+    let Message::Hello(h) = recv_control(&mut ws).await else {
+        panic!("expected hello")
+    };
+    assert_eq!(h.identifier, "alpha");
+    assert!(h.version_supported());
+    assert_eq!(h.has_secret, Some(false));
+    assert_eq!(h.has_key_pair, Some(true));
+    let public_key = h.public_key.clone().unwrap();
+    signing::decode_public_key(&public_key).unwrap();
+
+    // Garbage from the host is ignored, never fatal.
+    ws.send(WsMessage::text("no separator")).await.unwrap();
+    ws.send(WsMessage::text("builtin::{not json"))
+        .await
+        .unwrap();
+    ws.send(WsMessage::text(r#"builtin::{"type":"bogus","payload":{}}"#))
+        .await
+        .unwrap();
+    ws.send(WsMessage::binary(vec![1u8, 2, 3])).await.unwrap();
+
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::PairRequired,
+        }),
+    )
+    .await;
+    send_control(
+        &mut ws,
+        Message::PairRequest(PairRequest {
+            identifier: "alpha".into(),
+            expires_at: 1_700_000_300,
+            ttl_seconds: 300,
+            admin_notification: AdminNotification::Sent,
+            code_delivery: "out_of_band".into(),
+        }),
+    )
+    .await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::PairingRequired { .. })).await;
+    assert_eq!(
+        ev,
+        Event::PairingRequired {
+            expires_at: Some(1_700_000_300),
+            ttl_seconds: Some(300),
+            admin_notification: Some("sent".into())
+        }
+    );
+
+    // First code is wrong: the provider is asked again with retry = true.
+    let Message::PairConfirm(c) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    assert_eq!(c.pairing_code, "WRONG234");
+    send_control(
+        &mut ws,
+        Message::PairFailed(PairFailed {
+            identifier: "alpha".into(),
+            reason: PairFailReason::InvalidCode,
+        }),
+    )
+    .await;
+    let Message::PairConfirm(c) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    assert_eq!(c.pairing_code, "abcd2345");
+    {
+        let prompts = prompts.lock().unwrap();
+        assert_eq!(prompts.len(), 2);
+        assert!(!prompts[0].retry && prompts[1].retry);
+        assert_eq!(prompts[1].ttl_seconds, Some(300));
+        assert_eq!(prompts[0].identifier, "alpha");
+    }
+    let secret = validate::generate_secret();
+    send_control(
+        &mut ws,
+        Message::PairSuccess(PairSuccess {
+            identifier: "alpha".into(),
+            secret: secret.clone(),
+            paired_at: 1_700_000_000,
+        }),
+    )
+    .await;
+    expect_valid_auth(&mut ws, &public_key, &secret).await;
+    // The secret was persisted before it was used.
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("alpha.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["secret"], secret.as_str());
+    assert_eq!(saved["publicKey"], public_key.as_str());
+
+    next_matching(&mut events, |e| *e == Event::Paired).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    assert!(handle.is_authenticated());
+
+    assert_eq!(recv_text(&mut ws).await, "echo::first");
+    assert_eq!(recv_text(&mut ws).await, "relay::beta::second");
+    assert!(handle.wait_flushed(WAIT).await);
+
+    let Message::Heartbeat(hb) = recv_control(&mut ws).await else {
+        panic!("expected heartbeat")
+    };
+    assert_eq!(hb.identifier, "alpha");
+    assert_eq!(hb.status.as_deref(), Some("online"));
+
+    ws.send(WsMessage::text("echo::alpha::hi::there"))
+        .await
+        .unwrap();
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Rule { .. })).await;
+    assert_eq!(
+        ev,
+        Event::Rule {
+            rule_id: "echo".into(),
+            content: "alpha::hi::there".into()
+        }
+    );
+    send_control(
+        &mut ws,
+        Message::Error(ErrorPayload {
+            code: ErrorCode::RuleNotFound,
+            message: "no handler for 'nope'".into(),
+        }),
+    )
+    .await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::HostError { .. })).await;
+    assert_eq!(
+        ev,
+        Event::HostError {
+            code: "RULE_NOT_FOUND".into(),
+            message: "no handler for 'nope'".into()
+        }
+    );
+
+    handle.send("echo", "after").unwrap();
+    loop {
+        let t = recv_text(&mut ws).await;
+        if t.starts_with("builtin::") {
+            continue; // heartbeats
+        }
+        assert_eq!(t, "echo::after");
+        break;
+    }
+
+    // Shutdown closes with 1000.
+    let host = tokio::spawn(async move {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Close(f))) => return f.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, handle.clone().shutdown())
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(WAIT, host).await.unwrap().unwrap();
+    assert_eq!(code, Some(CloseCode::Normal));
+    assert!(handle.is_stopped());
+    assert!(matches!(
+        handle.send("echo", "x"),
+        Err(FollowerError::Stopped)
+    ));
+}
+
+#[tokio::test]
+async fn re_pairs_reconnects_and_gives_up_without_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    // Pretend an earlier pairing: store a secret.
+    {
+        let mut s = yonexus_follower::State::load_or_create(dir.path(), "alpha").unwrap();
+        s.set_secret(Some("old-secret".into())).unwrap();
+    }
+    let (codes, prompts) = scripted_codes(vec![None]);
+    let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
+
+    let mut ws = accept(&l).await;
+    let Message::Hello(h) = recv_control(&mut ws).await else {
+        panic!("expected hello")
+    };
+    assert_eq!(h.has_secret, Some(true));
+    let public_key = h.public_key.unwrap();
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::AuthRequired,
+        }),
+    )
+    .await;
+    expect_valid_auth(&mut ws, &public_key, "old-secret").await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+
+    // Trust revoked: secret forgotten on disk, a fresh hello on the same socket.
+    send_control(
+        &mut ws,
+        Message::RePairRequired(RePairRequired {
+            identifier: "alpha".into(),
+            reason: RePairReason::NonceCollision,
+        }),
+    )
+    .await;
+    let Message::Hello(h) = recv_control(&mut ws).await else {
+        panic!("expected a second hello")
+    };
+    assert_eq!(h.has_secret, Some(false));
+    let ev = next_matching(&mut events, |e| matches!(e, Event::RePairRequired { .. })).await;
+    assert_eq!(
+        ev,
+        Event::RePairRequired {
+            reason: "nonce_collision".into()
+        }
+    );
+    assert!(!handle.is_authenticated());
+    let saved = std::fs::read_to_string(dir.path().join("alpha.json")).unwrap();
+    assert!(!saved.contains("old-secret"));
+
+    // The host closes with a policy violation: Disconnected carries the code, then reconnect.
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Policy,
+        reason: "Not authenticated".into(),
+    }))
+    .await
+    .unwrap();
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    let Event::Disconnected { reason } = ev else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("1008") && reason.contains("Not authenticated"),
+        "{reason}"
+    );
+
+    // Second connection: waiting_pair_confirm asks the provider directly; it has no code, so
+    // the follower gives up this attempt and disconnects.
+    let mut ws = accept(&l).await;
+    let Message::Hello(_) = recv_control(&mut ws).await else {
+        panic!("expected hello after reconnect")
+    };
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::WaitingPairConfirm,
+        }),
+    )
+    .await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::PairFailed { .. })).await;
+    assert_eq!(
+        ev,
+        Event::PairFailed {
+            reason: "no_pairing_code".into()
+        }
+    );
+    next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    assert_eq!(prompts.lock().unwrap()[0].expires_at, None);
+
+    // And it comes back again (backoff), until shut down.
+    let mut ws = accept(&l).await;
+    let Message::Hello(_) = recv_control(&mut ws).await else {
+        panic!("expected hello")
+    };
+    tokio::time::timeout(WAIT, handle.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn outbound_buffer_is_bounded_and_bad_state_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    drop(l); // nothing listens: the follower keeps retrying
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
+    for i in 0..yonexus_follower::OUTBOUND_BUFFER {
+        handle.send("echo", &i.to_string()).unwrap();
+    }
+    assert!(matches!(
+        handle.send("echo", "one too many"),
+        Err(FollowerError::QueueFull(_))
+    ));
+    assert_eq!(handle.queued(), yonexus_follower::OUTBOUND_BUFFER);
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    assert!(matches!(ev, Event::Disconnected { reason } if reason.contains("connect")));
+    assert!(!handle.wait_flushed(Duration::from_millis(50)).await);
+    tokio::time::timeout(WAIT, handle.shutdown()).await.unwrap();
+
+    let bad = tempfile::tempdir().unwrap();
+    let path = bad.path().join("alpha.json");
+    std::fs::write(&path, "{").unwrap();
+    let (codes, _) = scripted_codes(vec![]);
+    let err = spawn(config(&url, bad.path()), codes).unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{");
+}
+
+#[tokio::test]
+async fn no_reconnect_ends_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let mut c = config(&url, dir.path());
+    c.reconnect = false;
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    let _ = recv_control(&mut ws).await;
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::Rejected,
+        }),
+    )
+    .await;
+    next_matching(&mut events, |e| matches!(e, Event::HostError { .. })).await;
+    next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    // The channel closes when the task ends.
+    assert!(tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(handle.is_stopped());
+}
