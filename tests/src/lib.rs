@@ -26,7 +26,10 @@ use yonexus_protocol::{signing, validate, Envelope, Frame};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Build every workspace binary and plugin once; returns the directory holding them.
@@ -56,7 +59,10 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Unix seconds now.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A config for tests: ephemeral port (or `port`), state in `dir/state`, a `command` notifier
@@ -81,7 +87,9 @@ pub fn codes_for(dir: &Path, identifier: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| {
             let mut parts = l.split_whitespace();
-            (parts.next() == Some(identifier)).then(|| parts.next().map(str::to_owned)).flatten()
+            (parts.next() == Some(identifier))
+                .then(|| parts.next().map(str::to_owned))
+                .flatten()
         })
         .collect()
 }
@@ -134,18 +142,29 @@ impl HostProc {
                 sink.lock().map(|mut l| l.push(line)).ok();
             }
         });
-        let mut host = HostProc { child, addr: "127.0.0.1:0".parse()?, dir: dir.to_owned(), config: path, logs };
+        let mut host = HostProc {
+            child,
+            addr: "127.0.0.1:0".parse()?,
+            dir: dir.to_owned(),
+            config: path,
+            logs,
+        };
         let addr = wait_for(Duration::from_secs(20), || {
             host.logs().iter().find_map(|l| {
                 let v: Value = serde_json::from_str(l).ok()?;
-                (v["fields"]["message"] == "listening").then(|| v["fields"]["address"].as_str()?.parse().ok()).flatten()
+                (v["fields"]["message"] == "listening")
+                    .then(|| v["fields"]["address"].as_str()?.parse().ok())
+                    .flatten()
             })
         });
         match addr {
             Some(a) => host.addr = a,
             None => {
                 let status = host.child.try_wait().ok().flatten();
-                bail!("host did not start (exit {status:?}); stderr:\n{}", host.logs().join("\n"));
+                bail!(
+                    "host did not start (exit {status:?}); stderr:\n{}",
+                    host.logs().join("\n")
+                );
             }
         }
         Ok(host)
@@ -161,7 +180,10 @@ impl HostProc {
 
     /// Send SIGTERM and wait for exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -187,7 +209,11 @@ impl Drop for HostProc {
 
 /// Run the `yonexus` CLI with `args` (and `--config <host config>`); returns (status, stdout, stderr).
 pub fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("yonexus")).args(args).arg("--config").arg(config).output();
+    let out = Command::new(bin("yonexus"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output();
     match out {
         Ok(o) => (
             o.status.code().unwrap_or(-1),
@@ -231,7 +257,10 @@ impl Raw {
 
     /// Send a control envelope with `type` and `payload`.
     pub async fn send(&mut self, type_name: &str, payload: Value) -> Result<()> {
-        let text = format!("builtin::{}", json!({"type": type_name, "timestamp": now(), "payload": payload}));
+        let text = format!(
+            "builtin::{}",
+            json!({"type": type_name, "timestamp": now(), "payload": payload})
+        );
         self.send_text(&text).await
     }
 
@@ -242,12 +271,16 @@ impl Raw {
 
     pub async fn recv_within(&mut self, timeout: Duration) -> Result<Incoming> {
         loop {
-            let next = tokio::time::timeout(timeout, self.ws.next()).await.map_err(|_| anyhow!("timed out waiting for a frame"))?;
+            let next = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("timed out waiting for a frame"))?;
             match next {
                 None => return Ok(Incoming::Closed(None)),
                 Some(Err(_)) => return Ok(Incoming::Closed(None)),
                 Some(Ok(Message::Close(frame))) => {
-                    return Ok(Incoming::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))))
+                    return Ok(Incoming::Closed(
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    ))
                 }
                 Some(Ok(Message::Text(t))) => {
                     return Ok(match yonexus_protocol::frame::parse(t.as_str()) {
@@ -282,7 +315,13 @@ impl Raw {
     /// Next frame must be an `error`; returns (code as wire string, message).
     pub async fn error(&mut self) -> Result<(String, String)> {
         match self.control().await? {
-            Msg::Error(e) => Ok((serde_json::to_value(e.code)?.as_str().unwrap_or_default().to_owned(), e.message)),
+            Msg::Error(e) => Ok((
+                serde_json::to_value(e.code)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e.message,
+            )),
             other => bail!("expected error, got {other:?}"),
         }
     }
@@ -301,7 +340,11 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(id: &str) -> Identity {
-        Identity { id: id.into(), key: signing::generate_signing_key(), secret: None }
+        Identity {
+            id: id.into(),
+            key: signing::generate_signing_key(),
+            secret: None,
+        }
     }
 
     pub fn public_key(&self) -> String {
@@ -312,7 +355,10 @@ impl Identity {
     pub async fn hello(&self, raw: &mut Raw) -> Result<String> {
         raw.send("hello", json!({"identifier": self.id, "protocolVersion": "1", "publicKey": self.public_key(), "hasSecret": self.secret.is_some(), "hasKeyPair": true})).await?;
         match raw.control().await? {
-            Msg::HelloAck(ack) => Ok(serde_json::to_value(ack.next_action)?.as_str().unwrap_or_default().to_owned()),
+            Msg::HelloAck(ack) => Ok(serde_json::to_value(ack.next_action)?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()),
             other => bail!("expected hello_ack, got {other:?}"),
         }
     }
@@ -331,8 +377,14 @@ impl Identity {
             }
             other => bail!("expected pair_request, got {other:?}"),
         }
-        let code = codes_for(dir, &self.id).pop().ok_or_else(|| anyhow!("no code delivered for {}", self.id))?;
-        raw.send("pair_confirm", json!({"identifier": self.id, "pairingCode": code})).await?;
+        let code = codes_for(dir, &self.id)
+            .pop()
+            .ok_or_else(|| anyhow!("no code delivered for {}", self.id))?;
+        raw.send(
+            "pair_confirm",
+            json!({"identifier": self.id, "pairingCode": code}),
+        )
+        .await?;
         match raw.control().await? {
             Msg::PairSuccess(s) => {
                 self.secret = Some(s.secret);
@@ -356,7 +408,11 @@ impl Identity {
 
     /// Authenticate with a fresh nonce; returns the reply.
     pub async fn auth(&self, raw: &mut Raw) -> Result<Msg> {
-        raw.send("auth_request", self.auth_payload(&validate::generate_nonce(), now())).await?;
+        raw.send(
+            "auth_request",
+            self.auth_payload(&validate::generate_nonce(), now()),
+        )
+        .await?;
         raw.control().await
     }
 

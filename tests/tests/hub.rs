@@ -16,24 +16,45 @@ async fn pair_auth_heartbeat_echo_round_trip() {
     let host = start(tmp.path(), &["alpha"]);
     let (mut raw, ident) = paired_session(&host, "alpha").await.unwrap();
 
-    raw.send("heartbeat", json!({"identifier": "alpha", "status": "online"})).await.unwrap();
+    raw.send(
+        "heartbeat",
+        json!({"identifier": "alpha", "status": "online"}),
+    )
+    .await
+    .unwrap();
     match raw.control().await.unwrap() {
         Msg::HeartbeatAck(ack) => assert_eq!(ack.status.as_deref(), Some("online")),
         other => panic!("{other:?}"),
     }
     raw.send_text("echo::hello::with::colons ✓").await.unwrap();
-    assert_eq!(raw.recv().await.unwrap(), Incoming::Rule("echo::hello::with::colons ✓".into()));
+    assert_eq!(
+        raw.recv().await.unwrap(),
+        Incoming::Rule("echo::hello::with::colons ✓".into())
+    );
 
     // Durable, private, and no secret or code in the logs.
     let state = tmp.path().join("state/trust.json");
-    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(tmp.path().join("state")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("state"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(text.contains("\"pairingStatus\": \"paired\""), "{text}");
     let code = codes_for(tmp.path(), "alpha").pop().unwrap();
     let logs = host.logs().join("\n");
     assert!(!logs.contains(&code), "pairing code leaked into logs");
-    assert!(!logs.contains(ident.secret.as_deref().unwrap()), "secret leaked into logs");
+    assert!(
+        !logs.contains(ident.secret.as_deref().unwrap()),
+        "secret leaked into logs"
+    );
 }
 
 #[tokio::test]
@@ -50,29 +71,51 @@ async fn host_restart_reauthenticates_without_pairing() {
     let mut raw = Raw::connect(&host.url()).await.unwrap();
     ident.login(&mut raw).await.unwrap();
     raw.send_text("echo::after restart").await.unwrap();
-    assert_eq!(raw.recv().await.unwrap(), Incoming::Rule("echo::after restart".into()));
+    assert_eq!(
+        raw.recv().await.unwrap(),
+        Incoming::Rule("echo::after restart".into())
+    );
     assert_eq!(codes_for(tmp.path(), "alpha").len(), 1, "no second pairing");
 }
 
 #[tokio::test]
 async fn wrong_code_then_right_code_and_attempt_limit() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = HostProc::start(tmp.path(), &config_text(tmp.path(), 0, &["alpha", "beta"], "max_attempts = 3\n")).unwrap();
+    let host = HostProc::start(
+        tmp.path(),
+        &config_text(tmp.path(), 0, &["alpha", "beta"], "max_attempts = 3\n"),
+    )
+    .unwrap();
     let mut raw = Raw::connect(&host.url()).await.unwrap();
     let ident = Identity::new("alpha");
     assert_eq!(ident.hello(&mut raw).await.unwrap(), "pair_required");
     assert!(matches!(raw.control().await.unwrap(), Msg::PairRequest(_)));
     let code = codes_for(tmp.path(), "alpha").pop().unwrap();
-    raw.send("pair_confirm", json!({"identifier": "alpha", "pairingCode": "WRONG234"})).await.unwrap();
+    raw.send(
+        "pair_confirm",
+        json!({"identifier": "alpha", "pairingCode": "WRONG234"}),
+    )
+    .await
+    .unwrap();
     match raw.control().await.unwrap() {
         Msg::PairFailed(f) => assert_eq!(serde_json::to_value(f.reason).unwrap(), "invalid_code"),
         other => panic!("{other:?}"),
     }
     // The pending pairing stays: the right code still works.
-    raw.send("pair_confirm", json!({"identifier": "alpha", "pairingCode": code})).await.unwrap();
+    raw.send(
+        "pair_confirm",
+        json!({"identifier": "alpha", "pairingCode": code}),
+    )
+    .await
+    .unwrap();
     assert!(matches!(raw.control().await.unwrap(), Msg::PairSuccess(_)));
     // A second confirm after success is refused and trust is kept.
-    raw.send("pair_confirm", json!({"identifier": "alpha", "pairingCode": code})).await.unwrap();
+    raw.send(
+        "pair_confirm",
+        json!({"identifier": "alpha", "pairingCode": code}),
+    )
+    .await
+    .unwrap();
     match raw.control().await.unwrap() {
         Msg::PairFailed(f) => assert_eq!(serde_json::to_value(f.reason).unwrap(), "invalid_code"),
         other => panic!("{other:?}"),
@@ -85,10 +128,20 @@ async fn wrong_code_then_right_code_and_attempt_limit() {
     assert!(matches!(raw.control().await.unwrap(), Msg::PairRequest(_)));
     let code = codes_for(tmp.path(), "beta").pop().unwrap();
     for _ in 0..3 {
-        raw.send("pair_confirm", json!({"identifier": "beta", "pairingCode": "ZZZZZZZZ"})).await.unwrap();
+        raw.send(
+            "pair_confirm",
+            json!({"identifier": "beta", "pairingCode": "ZZZZZZZZ"}),
+        )
+        .await
+        .unwrap();
         assert!(matches!(raw.control().await.unwrap(), Msg::PairFailed(_)));
     }
-    raw.send("pair_confirm", json!({"identifier": "beta", "pairingCode": code})).await.unwrap();
+    raw.send(
+        "pair_confirm",
+        json!({"identifier": "beta", "pairingCode": code}),
+    )
+    .await
+    .unwrap();
     match raw.control().await.unwrap() {
         Msg::PairFailed(f) => assert_eq!(serde_json::to_value(f.reason).unwrap(), "expired"),
         other => panic!("{other:?}"),
@@ -100,18 +153,33 @@ async fn identifier_not_allowed_and_unsupported_version_close() {
     let tmp = tempfile::tempdir().unwrap();
     let host = start(tmp.path(), &["alpha"]);
     let mut raw = Raw::connect(&host.url()).await.unwrap();
-    raw.send("hello", json!({"identifier": "mallory", "protocolVersion": "1"})).await.unwrap();
+    raw.send(
+        "hello",
+        json!({"identifier": "mallory", "protocolVersion": "1"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(raw.error().await.unwrap().0, "IDENTIFIER_NOT_ALLOWED");
     assert_eq!(raw.closed().await.unwrap().0, 1008);
 
     let mut raw = Raw::connect(&host.url()).await.unwrap();
-    raw.send("hello", json!({"identifier": "  alpha  ", "protocolVersion": "2"})).await.unwrap();
+    raw.send(
+        "hello",
+        json!({"identifier": "  alpha  ", "protocolVersion": "2"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(raw.error().await.unwrap().0, "UNSUPPORTED_PROTOCOL_VERSION");
     assert_eq!(raw.closed().await.unwrap().0, 1002);
 
     // The number 1 is accepted as the version, and the identifier is trimmed.
     let mut raw = Raw::connect(&host.url()).await.unwrap();
-    raw.send("hello", json!({"identifier": " alpha", "protocolVersion": 1})).await.unwrap();
+    raw.send(
+        "hello",
+        json!({"identifier": " alpha", "protocolVersion": 1}),
+    )
+    .await
+    .unwrap();
     assert!(matches!(raw.control().await.unwrap(), Msg::HelloAck(_)));
 }
 
@@ -123,44 +191,89 @@ async fn auth_failures_replay_and_rate_limit() {
     raw.close().await;
 
     let reason = |m: Msg| match m {
-        Msg::AuthFailed(f) => serde_json::to_value(f.reason).unwrap().as_str().unwrap().to_owned(),
-        Msg::RePairRequired(r) => format!("re_pair:{}", serde_json::to_value(r.reason).unwrap().as_str().unwrap()),
+        Msg::AuthFailed(f) => serde_json::to_value(f.reason)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        Msg::RePairRequired(r) => format!(
+            "re_pair:{}",
+            serde_json::to_value(r.reason).unwrap().as_str().unwrap()
+        ),
         other => panic!("{other:?}"),
     };
     let mut raw = Raw::connect(&host.url()).await.unwrap();
     assert_eq!(ident.hello(&mut raw).await.unwrap(), "auth_required");
     // Stale and future timestamps.
-    raw.send("auth_request", ident.auth_payload(&validate::generate_nonce(), now() - 60)).await.unwrap();
+    raw.send(
+        "auth_request",
+        ident.auth_payload(&validate::generate_nonce(), now() - 60),
+    )
+    .await
+    .unwrap();
     assert_eq!(reason(raw.control().await.unwrap()), "stale_timestamp");
-    raw.send("auth_request", ident.auth_payload(&validate::generate_nonce(), now() + 60)).await.unwrap();
+    raw.send(
+        "auth_request",
+        ident.auth_payload(&validate::generate_nonce(), now() + 60),
+    )
+    .await
+    .unwrap();
     assert_eq!(reason(raw.control().await.unwrap()), "future_timestamp");
     // Wrong key.
     let mut imposter = Identity::new("alpha");
     imposter.secret = ident.secret.clone();
-    raw.send("auth_request", imposter.auth_payload(&validate::generate_nonce(), now())).await.unwrap();
+    raw.send(
+        "auth_request",
+        imposter.auth_payload(&validate::generate_nonce(), now()),
+    )
+    .await
+    .unwrap();
     assert_eq!(reason(raw.control().await.unwrap()), "invalid_signature");
     // Bad signature (right key, wrong secret).
-    let mut wrong_secret = Identity { id: "alpha".into(), key: ident.key.clone(), secret: Some("not-the-secret".into()) };
-    raw.send("auth_request", wrong_secret.auth_payload(&validate::generate_nonce(), now())).await.unwrap();
+    let mut wrong_secret = Identity {
+        id: "alpha".into(),
+        key: ident.key.clone(),
+        secret: Some("not-the-secret".into()),
+    };
+    raw.send(
+        "auth_request",
+        wrong_secret.auth_payload(&validate::generate_nonce(), now()),
+    )
+    .await
+    .unwrap();
     assert_eq!(reason(raw.control().await.unwrap()), "invalid_signature");
     wrong_secret.secret = None;
     // Malformed (mistyped proofTimestamp) is MALFORMED_MESSAGE, not an auth attempt.
-    raw.send("auth_request", json!({"identifier": "alpha", "nonce": "x", "proofTimestamp": "soon", "signature": "s"})).await.unwrap();
+    raw.send(
+        "auth_request",
+        json!({"identifier": "alpha", "nonce": "x", "proofTimestamp": "soon", "signature": "s"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(raw.error().await.unwrap().0, "MALFORMED_MESSAGE");
     // A good auth, then its nonce replayed → re_pair_required nonce_collision.
     let nonce = validate::generate_nonce();
     let ts = now();
-    raw.send("auth_request", ident.auth_payload(&nonce, ts)).await.unwrap();
+    raw.send("auth_request", ident.auth_payload(&nonce, ts))
+        .await
+        .unwrap();
     assert!(matches!(raw.control().await.unwrap(), Msg::AuthSuccess(_)));
     let mut raw2 = Raw::connect(&host.url()).await.unwrap();
     assert_eq!(ident.hello(&mut raw2).await.unwrap(), "auth_required");
-    raw2.send("auth_request", ident.auth_payload(&nonce, ts)).await.unwrap();
-    assert_eq!(reason(raw2.control().await.unwrap()), "re_pair:nonce_collision");
+    raw2.send("auth_request", ident.auth_payload(&nonce, ts))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(raw2.control().await.unwrap()),
+        "re_pair:nonce_collision"
+    );
     // Trust is revoked: the old authenticated session is told and closed; hello now needs pairing.
     let mut saw_revoked = false;
     while let Ok(frame) = raw.recv().await {
         match frame {
-            Incoming::Control(env) if matches!(env.message, Msg::RePairRequired(_)) => saw_revoked = true,
+            Incoming::Control(env) if matches!(env.message, Msg::RePairRequired(_)) => {
+                saw_revoked = true
+            }
             Incoming::Closed(Some((code, _))) => {
                 assert_eq!(code, 1008);
                 break;
@@ -181,16 +294,27 @@ async fn auth_failures_replay_and_rate_limit() {
     // 10th bad one (depending on whether it is still inside the window).
     let mut reasons = Vec::new();
     for _ in 0..10 {
-        raw.send("auth_request", beta.auth_payload("bad-nonce", now())).await.unwrap();
+        raw.send("auth_request", beta.auth_payload("bad-nonce", now()))
+            .await
+            .unwrap();
         let r = reason(raw.control().await.unwrap());
         reasons.push(r.clone());
         if r.starts_with("re_pair") {
             break;
         }
     }
-    assert_eq!(reasons.last().map(String::as_str), Some("re_pair:rate_limited"), "{reasons:?}");
+    assert_eq!(
+        reasons.last().map(String::as_str),
+        Some("re_pair:rate_limited"),
+        "{reasons:?}"
+    );
     assert!(reasons.len() >= 9, "{reasons:?}");
-    assert!(reasons[..reasons.len() - 1].iter().all(|r| r == "invalid_signature"), "{reasons:?}");
+    assert!(
+        reasons[..reasons.len() - 1]
+            .iter()
+            .all(|r| r == "invalid_signature"),
+        "{reasons:?}"
+    );
     let text = std::fs::read_to_string(tmp.path().join("state/trust.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["followers"]["beta"]["pairingStatus"], "revoked");
@@ -208,21 +332,37 @@ async fn rule_before_auth_closes_1008_and_malformed_frames_keep_the_connection()
     let (code, msg) = raw.error().await.unwrap();
     assert_eq!(code, "MALFORMED_MESSAGE");
     assert!(msg.contains("payload"), "{msg}");
-    raw.send_text(r#"builtin::{"type":"teleport","payload":{}}"#).await.unwrap();
-    assert_eq!(raw.error().await.unwrap(), ("MALFORMED_MESSAGE".into(), "Unsupported builtin type: teleport".into()));
+    raw.send_text(r#"builtin::{"type":"teleport","payload":{}}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.error().await.unwrap(),
+        (
+            "MALFORMED_MESSAGE".into(),
+            "Unsupported builtin type: teleport".into()
+        )
+    );
     raw.send_text("no separator here").await.unwrap();
     assert_eq!(raw.error().await.unwrap().0, "MALFORMED_MESSAGE");
     raw.send_text("::empty rule").await.unwrap();
     assert_eq!(raw.error().await.unwrap().0, "MALFORMED_MESSAGE");
     raw.send_binary(vec![0, 1, 2]).await.unwrap();
     assert_eq!(raw.error().await.unwrap().0, "MALFORMED_MESSAGE");
-    raw.send("heartbeat", json!({"identifier": "alpha"})).await.unwrap();
+    raw.send("heartbeat", json!({"identifier": "alpha"}))
+        .await
+        .unwrap();
     assert_eq!(raw.error().await.unwrap().0, "AUTH_FAILED");
     // Still usable.
-    assert_eq!(Identity::new("alpha").hello(&mut raw).await.unwrap(), "pair_required");
+    assert_eq!(
+        Identity::new("alpha").hello(&mut raw).await.unwrap(),
+        "pair_required"
+    );
     assert!(matches!(raw.control().await.unwrap(), Msg::PairRequest(_)));
     raw.send_text("echo::sneaky").await.unwrap();
-    assert_eq!(raw.closed().await.unwrap(), (1008, "Not authenticated".into()));
+    assert_eq!(
+        raw.closed().await.unwrap(),
+        (1008, "Not authenticated".into())
+    );
 }
 
 #[tokio::test]
@@ -232,11 +372,17 @@ async fn second_session_replaces_the_first_and_unknown_rule_errors() {
     let (mut first, ident) = paired_session(&host, "alpha").await.unwrap();
     let mut second = Raw::connect(&host.url()).await.unwrap();
     ident.login(&mut second).await.unwrap();
-    assert_eq!(first.closed().await.unwrap(), (1000, "session replaced".into()));
+    assert_eq!(
+        first.closed().await.unwrap(),
+        (1000, "session replaced".into())
+    );
     second.send_text("nosuchrule::x").await.unwrap();
     assert_eq!(second.error().await.unwrap().0, "RULE_NOT_FOUND");
     second.send_text("echo::still here").await.unwrap();
-    assert_eq!(second.recv().await.unwrap(), Incoming::Rule("echo::still here".into()));
+    assert_eq!(
+        second.recv().await.unwrap(),
+        Incoming::Rule("echo::still here".into())
+    );
 }
 
 #[tokio::test]
@@ -250,7 +396,10 @@ async fn pending_pairing_survives_restart_without_renotifying() {
         Msg::PairRequest(r) => r,
         other => panic!("{other:?}"),
     };
-    assert_eq!(serde_json::to_value(first.admin_notification).unwrap(), "sent");
+    assert_eq!(
+        serde_json::to_value(first.admin_notification).unwrap(),
+        "sent"
+    );
     let port = host.addr.port();
     host.stop();
     drop(host);
@@ -265,25 +414,42 @@ async fn pending_pairing_survives_restart_without_renotifying() {
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["code"], codes[0].as_str());
     assert_eq!(rows[0]["expiresAt"], first.expires_at);
-    raw.send("pair_confirm", json!({"identifier": "alpha", "pairingCode": codes[0]})).await.unwrap();
+    raw.send(
+        "pair_confirm",
+        json!({"identifier": "alpha", "pairingCode": codes[0]}),
+    )
+    .await
+    .unwrap();
     match raw.control().await.unwrap() {
         Msg::PairSuccess(s) => ident.secret = Some(s.secret),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(ident.auth(&mut raw).await.unwrap(), Msg::AuthSuccess(_)));
+    assert!(matches!(
+        ident.auth(&mut raw).await.unwrap(),
+        Msg::AuthSuccess(_)
+    ));
 }
 
 #[tokio::test]
 async fn failed_notification_leaves_code_for_the_admin_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let mut text = config_text(tmp.path(), 0, &["alpha"], "");
-    text = text.replace("command = [\"/bin/sh\"", "command = [\"/bin/false\", \"ignored\"] # ");
+    text = text.replace(
+        "command = [\"/bin/sh\"",
+        "command = [\"/bin/false\", \"ignored\"] # ",
+    );
     let host = HostProc::start(tmp.path(), &text).unwrap();
     let mut raw = Raw::connect(&host.url()).await.unwrap();
-    assert_eq!(Identity::new("alpha").hello(&mut raw).await.unwrap(), "pair_required");
+    assert_eq!(
+        Identity::new("alpha").hello(&mut raw).await.unwrap(),
+        "pair_required"
+    );
     match raw.control().await.unwrap() {
         Msg::PairRequest(r) => {
-            assert_eq!(serde_json::to_value(r.admin_notification).unwrap(), "failed");
+            assert_eq!(
+                serde_json::to_value(r.admin_notification).unwrap(),
+                "failed"
+            );
             assert_eq!(r.code_delivery, "out_of_band");
         }
         other => panic!("{other:?}"),
@@ -342,7 +508,10 @@ async fn corrupt_state_file_stops_the_host_and_is_left_alone() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("host started on a corrupt state file"),
     };
-    assert!(err.contains("trust.json") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("trust.json") && err.contains("corrupt"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(state.join("trust.json")).unwrap(), bad);
 }
 
@@ -350,13 +519,23 @@ async fn corrupt_state_file_stops_the_host_and_is_left_alone() {
 async fn wrong_path_is_404_and_config_errors_name_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let host = start(tmp.path(), &["alpha"]);
-    let err = Raw::connect(&format!("ws://{}/elsewhere", host.addr)).await.err().unwrap();
+    let err = Raw::connect(&format!("ws://{}/elsewhere", host.addr))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("404"), "{err}");
 
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "[pairing]\nnotify = \"pigeon\"\n").unwrap();
-    let out = std::process::Command::new(bin("yonexus")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(bin("yonexus"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.toml") && stderr.contains("pairing.notify"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("pairing.notify"),
+        "{stderr}"
+    );
 }
