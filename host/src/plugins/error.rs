@@ -47,6 +47,12 @@ pub enum LoadErrorKind {
     Empty,
     #[error("not a shared library: no ELF magic at the start of the file (first bytes {0})")]
     NotElf(String),
+    #[error(
+        "the file is truncated: its ELF headers describe {needed} bytes but it has {size} (incomplete build or copy?)"
+    )]
+    Truncated { needed: u64, size: u64 },
+    #[error("not a loadable plugin library: {0}")]
+    WrongElf(String),
     #[error("cannot stage a private copy in {dir}: {source}")]
     Stage {
         dir: PathBuf,

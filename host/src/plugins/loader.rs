@@ -5,7 +5,7 @@
 use super::error::LoadErrorKind;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -26,8 +26,9 @@ pub fn mapped_libraries() -> usize {
     mapped().lock().unwrap_or_else(|p| p.into_inner()).len()
 }
 
-/// Regular file, non-empty, ELF magic — each failure with its own message.
-pub(crate) fn check_file(path: &Path) -> Result<(), LoadErrorKind> {
+/// Regular file, non-empty, then the whole content (checked with [`check_elf`] and staged
+/// from memory, so what is checked is exactly what gets mapped).
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadErrorKind> {
     let meta = fs::metadata(path).map_err(LoadErrorKind::Unreadable)?;
     if !meta.is_file() {
         return Err(LoadErrorKind::NotRegularFile);
@@ -35,21 +36,108 @@ pub(crate) fn check_file(path: &Path) -> Result<(), LoadErrorKind> {
     if meta.len() == 0 {
         return Err(LoadErrorKind::Empty);
     }
-    let mut head = [0u8; 4];
-    let mut file = fs::File::open(path).map_err(LoadErrorKind::Unreadable)?;
-    let mut n = 0;
-    while n < head.len() {
-        match file
-            .read(&mut head[n..])
-            .map_err(LoadErrorKind::Unreadable)?
-        {
-            0 => break,
-            k => n += k,
+    let bytes = fs::read(path).map_err(LoadErrorKind::Unreadable)?;
+    if bytes.is_empty() {
+        return Err(LoadErrorKind::Empty);
+    }
+    Ok(bytes)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The ELF machine of this host.
+const HOST_MACHINE: Option<u16> = if cfg!(target_arch = "x86_64") {
+    Some(62)
+} else if cfg!(target_arch = "aarch64") {
+    Some(183)
+} else {
+    None
+};
+
+/// ELF sanity before `dlopen`: magic, 64-bit little-endian shared object for this machine, and
+/// every header, segment and section table inside the file. A truncated library would otherwise
+/// be mapped past its end and crash the host with SIGBUS during relocation.
+pub(crate) fn check_elf(b: &[u8]) -> Result<(), LoadErrorKind> {
+    if b.len() < 4 || b[..4] != ELF_MAGIC {
+        let shown: Vec<String> = b.iter().take(4).map(|x| format!("{x:02x}")).collect();
+        return Err(LoadErrorKind::NotElf(shown.join(" ")));
+    }
+    if !(cfg!(target_pointer_width = "64") && cfg!(target_endian = "little")) {
+        // Layout checks below are for ELF64 little-endian hosts; dlopen still validates.
+        return Ok(());
+    }
+    let truncated = |needed: u64| LoadErrorKind::Truncated {
+        needed,
+        size: b.len() as u64,
+    };
+    if b.len() < 64 {
+        return Err(truncated(64));
+    }
+    if b[4] != 2 || b[5] != 1 {
+        return Err(LoadErrorKind::WrongElf(format!(
+            "ELF class {} / data encoding {}, host needs 64-bit little-endian",
+            b[4], b[5]
+        )));
+    }
+    let e_type = u16_at(b, 16).unwrap_or(0);
+    if e_type != 3 {
+        return Err(LoadErrorKind::WrongElf(format!(
+            "ELF type {e_type} is not a shared object (ET_DYN = 3); build the plugin with crate-type = [\"cdylib\"]"
+        )));
+    }
+    let machine = u16_at(b, 18).unwrap_or(0);
+    if let Some(host) = HOST_MACHINE {
+        if machine != host {
+            return Err(LoadErrorKind::WrongElf(format!(
+                "built for ELF machine {machine}, host is machine {host}"
+            )));
         }
     }
-    if n < head.len() || head != ELF_MAGIC {
-        let shown: Vec<String> = head[..n].iter().map(|b| format!("{b:02x}")).collect();
-        return Err(LoadErrorKind::NotElf(shown.join(" ")));
+    let len = b.len() as u64;
+    let (phoff, shoff) = (u64_at(b, 32).unwrap_or(0), u64_at(b, 40).unwrap_or(0));
+    let (phentsize, phnum) = (
+        u16_at(b, 54).unwrap_or(0) as u64,
+        u16_at(b, 56).unwrap_or(0) as u64,
+    );
+    let (shentsize, shnum) = (
+        u16_at(b, 58).unwrap_or(0) as u64,
+        u16_at(b, 60).unwrap_or(0) as u64,
+    );
+    let ph_end = phoff.saturating_add(phentsize.saturating_mul(phnum));
+    if ph_end > len {
+        return Err(truncated(ph_end));
+    }
+    if phentsize < 56 && phnum > 0 {
+        return Err(LoadErrorKind::WrongElf(format!(
+            "program header size {phentsize} is invalid"
+        )));
+    }
+    for i in 0..phnum {
+        let at = (phoff + i * phentsize) as usize;
+        let p_type = u32_at(b, at).unwrap_or(0);
+        let offset = u64_at(b, at + 8).unwrap_or(u64::MAX);
+        let filesz = u64_at(b, at + 32).unwrap_or(u64::MAX);
+        // PT_NULL entries carry no data.
+        if p_type != 0 {
+            let end = offset.saturating_add(filesz);
+            if end > len {
+                return Err(truncated(end));
+            }
+        }
+    }
+    if shoff != 0 {
+        let sh_end = shoff.saturating_add(shentsize.saturating_mul(shnum));
+        if sh_end > len {
+            return Err(truncated(sh_end));
+        }
     }
     Ok(())
 }
@@ -75,14 +163,13 @@ fn sanitize(name: &str) -> String {
 
 /// Copy `src` to `<dir>/<name>-<pid>-<counter>-<nanos>.so`, a path never used before in this
 /// process (`create_new` guarantees we never write into an existing — possibly mapped — file).
-pub(crate) fn stage(name: &str, src: &Path, dir: &Path) -> Result<PathBuf, LoadErrorKind> {
+pub(crate) fn stage(name: &str, bytes: &[u8], dir: &Path) -> Result<PathBuf, LoadErrorKind> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let stage_err = |source| LoadErrorKind::Stage {
         dir: dir.to_owned(),
         source,
     };
     fs::create_dir_all(dir).map_err(stage_err)?;
-    let bytes = fs::read(src).map_err(LoadErrorKind::Unreadable)?;
     loop {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -102,7 +189,7 @@ pub(crate) fn stage(name: &str, src: &Path, dir: &Path) -> Result<PathBuf, LoadE
             .open(&path)
         {
             Ok(mut f) => {
-                f.write_all(&bytes).map_err(stage_err)?;
+                f.write_all(bytes).map_err(stage_err)?;
                 f.sync_all().map_err(stage_err)?;
                 return Ok(path);
             }
@@ -144,31 +231,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.so");
         fs::write(&empty, b"").unwrap();
-        assert!(matches!(check_file(&empty), Err(LoadErrorKind::Empty)));
-        let text = dir.path().join("text.so");
-        fs::write(&text, b"hello world").unwrap();
-        assert!(matches!(check_file(&text), Err(LoadErrorKind::NotElf(_))));
-        let short = dir.path().join("short.so");
-        fs::write(&short, b"\x7fE").unwrap();
-        assert!(matches!(check_file(&short), Err(LoadErrorKind::NotElf(_))));
+        assert!(matches!(read_file(&empty), Err(LoadErrorKind::Empty)));
         assert!(matches!(
-            check_file(dir.path()),
+            check_elf(b"hello world"),
+            Err(LoadErrorKind::NotElf(_))
+        ));
+        assert!(matches!(check_elf(b"\x7fE"), Err(LoadErrorKind::NotElf(_))));
+        assert!(matches!(
+            check_elf(b"\x7fELF\x02\x01"),
+            Err(LoadErrorKind::Truncated { .. })
+        ));
+        assert!(matches!(
+            read_file(dir.path()),
             Err(LoadErrorKind::NotRegularFile)
         ));
         assert!(matches!(
-            check_file(&dir.path().join("missing.so")),
+            read_file(&dir.path().join("missing.so")),
             Err(LoadErrorKind::Unreadable(_))
         ));
     }
 
     #[test]
+    fn the_test_binary_itself_passes_the_elf_layout_checks_but_is_not_a_library() {
+        // A PIE executable is ET_DYN too; it must pass the layout checks, and a truncated copy
+        // must not.
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        if check_elf(&me).is_ok() {
+            assert!(matches!(
+                check_elf(&me[..4096]),
+                Err(LoadErrorKind::Truncated { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn staged_names_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.so");
-        fs::write(&src, b"\x7fELFxyz").unwrap();
         let stage_dir = dir.path().join("staging");
-        let a = stage("my/plugin", &src, &stage_dir).unwrap();
-        let b = stage("my/plugin", &src, &stage_dir).unwrap();
+        let a = stage("my/plugin", b"\x7fELFxyz", &stage_dir).unwrap();
+        let b = stage("my/plugin", b"\x7fELFxyz", &stage_dir).unwrap();
         assert_ne!(a, b);
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(&format!("my_plugin-{}-", std::process::id())));

@@ -6,7 +6,7 @@
 //! - [`load`] (here): file → checked [`LoadedLibrary`]; [`LoadedLibrary::instantiate`] →
 //!   running [`PluginHandler`]; [`LoadedLibrary::describe`] for `yonexus check`.
 //! - `error`: [`PluginLoadError`] — one line naming the plugin, the file and the exact reason.
-//! - `loader`: file sanity (regular, non-empty, ELF), private staged copy under a never-reused
+//! - `loader`: file sanity (regular, non-empty, ELF header/segments inside the file), private staged copy under a never-reused
 //!   name, `dlopen(RTLD_NOW | RTLD_LOCAL)`, the never-unloaded library list.
 //! - `abi`: header and vtable checks (magic, size, ABI major, pointer width, target,
 //!   panic=unwind), reading newer optional fields only when the plugin's struct has them.
@@ -137,8 +137,10 @@ impl fmt::Display for PluginDescription {
 /// Runs no plugin code (only the library's ELF initializers, as any `dlopen` does). Blocking
 /// file I/O: call at startup or from `spawn_blocking`. Does not log; log the error's `Display`.
 pub fn load(spec: &PluginSpec, staging_dir: &Path) -> Result<LoadedLibrary, PluginLoadError> {
-    loader::check_file(&spec.path).map_err(|k| spec.error(k))?;
-    let staged = loader::stage(&spec.name, &spec.path, staging_dir).map_err(|k| spec.error(k))?;
+    let bytes = loader::read_file(&spec.path).map_err(|k| spec.error(k))?;
+    loader::check_elf(&bytes).map_err(|k| spec.error(k))?;
+    let staged = loader::stage(&spec.name, &bytes, staging_dir).map_err(|k| spec.error(k))?;
+    drop(bytes);
     let header = loader::open(&staged, yonexus_plugin_api::abi::HEADER_SYMBOL)
         .map_err(|k| spec.error(k))?
         .ok_or_else(|| {
