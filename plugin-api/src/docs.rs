@@ -3,8 +3,9 @@
 //! This module is documentation only. The types are in [`crate::abi`].
 //!
 //! ## Loading sequence
-//! 1. The host checks the file (regular, non-empty, ELF magic), copies it to a private path that
-//!    is never reused, and `dlopen`s the copy with `RTLD_NOW | RTLD_LOCAL` (unresolved symbols
+//! 1. The host checks the file (regular, non-empty, ELF magic, a 64-bit shared object for its
+//!    machine whose headers and segments all lie inside the file — a truncated copy is refused
+//!    instead of being mapped), copies it to a private path that is never reused, and `dlopen`s the copy with `RTLD_NOW | RTLD_LOCAL` (unresolved symbols
 //!    fail at load time).
 //! 2. It looks up the static [`ExportedHeader`](crate::abi::ExportedHeader) under the symbol
 //!    `yonexus_plugin_header_v1` and reads it **before running any plugin code**: `magic`,
