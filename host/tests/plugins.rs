@@ -21,15 +21,23 @@ const FIXTURES: &[(&str, &str)] = &[
     ("noheader", include_str!("fixtures/plugins/noheader.rs")),
 ];
 const HACKED: &str = include_str!("fixtures/plugins/hacked_header.rs");
-const HACKS: &[(&str, &str)] = &[
+/// (crate name, header hack, vtable hack)
+const HACKS: &[(&str, &str, &str)] = &[
     (
         "abi2",
         "$h.0.abi_major = yonexus_plugin_api::abi::ABI_MAJOR + 1; $h.0.abi_minor = 3;",
+        "",
     ),
-    ("badmagic", "$h.0.magic = *b\"NOTPLUG\\0\";"),
+    ("badmagic", "$h.0.magic = *b\"NOTPLUG\\0\";", ""),
     (
         "wrongtarget",
         "$h.0.target_triple = yonexus_plugin_api::abi::FfiStr::new(\"sparc64-unknown-none\");",
+        "",
+    ),
+    (
+        "short_vtable",
+        "",
+        "$v.struct_size = yonexus_plugin_api::abi::VTABLE_V1_0_MIN_SIZE as u32;",
     ),
 ];
 
@@ -89,10 +97,13 @@ fn generate_ws() -> PathBuf {
     for (name, src) in FIXTURES {
         crate_at(name, (*src).to_owned());
     }
-    for (name, hack) in HACKS {
+    for (name, hack, vt_hack) in HACKS {
         crate_at(
             name,
-            format!("macro_rules! HACK {{ ($h:ident) => {{ {hack} }}; }}\n{HACKED}"),
+            format!(
+                "macro_rules! HACK {{ ($h:ident) => {{ {hack} }}; }}\n\
+                 macro_rules! VT_HACK {{ ($v:ident) => {{ {vt_hack} }}; }}\n{HACKED}"
+            ),
         );
     }
     write_if_changed(
@@ -442,6 +453,21 @@ fn other_target_is_refused() {
             .contains("built for target sparc64-unknown-none, host is "),
         "{e}"
     );
+}
+
+#[test]
+fn vtable_without_on_event_loads_and_is_never_read_past_its_size() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let s = spec("short", fixture_so("short_vtable"));
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    // The plugin's vtable stops before `on_event` (as an older minor would): treated as absent.
+    assert!(!lib.handles_events());
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
+    let _bob = follower(&reg, "bob", 2); // an event nobody forwards
+    h.dispatch(msg("alice", "x")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hacked"));
+    assert_eq!(h.stats().calls, 1);
 }
 
 #[test]
