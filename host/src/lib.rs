@@ -17,6 +17,7 @@
 //! - [`hub`]: the shared context (settings, store, registry, router, notifier, clock).
 //! - [`registry`]: authenticated sessions, outbound queues, follower lifecycle events.
 //! - [`router`]: rule id → handler, swapped atomically; the built-in `echo` handler.
+//! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, worker threads).
 //! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
 //! - [`admin`]: the admin socket and the CLI's client side.
 //! - [`reply`]: every frame the host sends, one builder per message kind.
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod liveness;
 pub mod notify;
 pub mod pairing;
+pub mod plugins;
 pub mod registry;
 pub mod reply;
 pub mod router;

@@ -1,0 +1,689 @@
+//! Plugin loading and isolation, with real `.so` files built by cargo.
+//!
+//! Fixtures (`tests/fixtures/plugins/*.rs`) are copied into a separate cargo workspace under
+//! `CARGO_TARGET_TMPDIR/plugin-fixtures` (path dependency on `plugin-api` only, its own target
+//! dir, reused across runs so rebuilds are incremental) and built once per test binary. The
+//! host side uses the real `Registry` with fake-but-real sessions whose outbound queues we read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use yonexus_host::clock::{ManualClock, SharedClock};
+use yonexus_host::plugins::{self, LoadErrorKind, PluginHandler, PluginLoadError, PluginSpec};
+use yonexus_host::registry::{Outbound, Registry, SessionHandle};
+use yonexus_host::router::{DispatchError, RuleHandler, RuleMessage};
+
+const FIXTURES: &[(&str, &str)] = &[
+    ("ok", include_str!("fixtures/plugins/ok.rs")),
+    ("noheader", include_str!("fixtures/plugins/noheader.rs")),
+];
+const HACKED: &str = include_str!("fixtures/plugins/hacked_header.rs");
+/// (crate name, header hack, vtable hack)
+const HACKS: &[(&str, &str, &str)] = &[
+    (
+        "abi2",
+        "$h.0.abi_major = yonexus_plugin_api::abi::ABI_MAJOR + 1; $h.0.abi_minor = 3;",
+        "",
+    ),
+    ("badmagic", "$h.0.magic = *b\"NOTPLUG\\0\";", ""),
+    (
+        "wrongtarget",
+        "$h.0.target_triple = yonexus_plugin_api::abi::FfiStr::new(\"sparc64-unknown-none\");",
+        "",
+    ),
+    (
+        "short_vtable",
+        "",
+        "$v.struct_size = yonexus_plugin_api::abi::VTABLE_V1_0_MIN_SIZE as u32;",
+    ),
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host has a parent dir")
+        .to_owned()
+}
+
+fn fixture_ws() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-fixtures")
+}
+
+/// Write only when different, so cargo's mtime fingerprints keep incremental rebuilds cheap.
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.env_remove("CARGO_TARGET_DIR").env_remove("RUSTFLAGS");
+    c
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generate the fixture workspace; returns its root.
+fn generate_ws() -> PathBuf {
+    let ws = fixture_ws();
+    let api = repo_root().join("plugin-api");
+    let mut members = Vec::new();
+    let mut crate_at = |name: &str, src: String| {
+        members.push(format!("\"{name}\""));
+        write_if_changed(
+            &ws.join(name).join("Cargo.toml"),
+            &format!(
+                "[package]\nname = \"fixture-{name}\"\nversion = \"0.3.1\"\nedition = \"2021\"\npublish = false\n\n\
+                 [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nyonexus-plugin-api = {{ path = {:?} }}\n",
+                api.display().to_string()
+            ),
+        );
+        write_if_changed(&ws.join(name).join("src/lib.rs"), &src);
+    };
+    for (name, src) in FIXTURES {
+        crate_at(name, (*src).to_owned());
+    }
+    for (name, hack, vt_hack) in HACKS {
+        crate_at(
+            name,
+            format!(
+                "macro_rules! HACK {{ ($h:ident) => {{ {hack} }}; }}\n\
+                 macro_rules! VT_HACK {{ ($v:ident) => {{ {vt_hack} }}; }}\n{HACKED}"
+            ),
+        );
+    }
+    write_if_changed(
+        &ws.join("Cargo.toml"),
+        &format!(
+            "[workspace]\nresolver = \"2\"\nmembers = [{}]\n\n[profile.abort]\ninherits = \"dev\"\npanic = \"abort\"\n",
+            members.join(", ")
+        ),
+    );
+    ws
+}
+
+/// Build every fixture once per test binary (dev profile, plus `ok` with panic = "abort").
+fn fixtures() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let ws = generate_ws();
+        let mut c = cargo();
+        c.current_dir(&ws)
+            .args(["build", "--offline", "--workspace", "--target-dir"])
+            .arg(ws.join("target"));
+        run(c, "cargo build (fixture workspace)");
+        let mut c = cargo();
+        c.current_dir(&ws)
+            .args([
+                "build",
+                "--offline",
+                "-p",
+                "fixture-ok",
+                "--profile",
+                "abort",
+                "--target-dir",
+            ])
+            .arg(ws.join("target"));
+        run(c, "cargo build --profile abort (fixture-ok)");
+        ws
+    })
+}
+
+fn fixture_so(name: &str) -> PathBuf {
+    fixtures()
+        .join("target/debug")
+        .join(format!("libfixture_{name}.so"))
+}
+
+fn tracing_capture() -> &'static Mutex<Vec<u8>> {
+    static BUF: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    static INIT: OnceLock<()> = OnceLock::new();
+    let buf = BUF.get_or_init(|| Mutex::new(Vec::new()));
+    INIT.get_or_init(|| {
+        struct W;
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                tracing_capture().lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(|| W)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(sub);
+    });
+    buf
+}
+
+fn staging() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-staging")
+}
+
+fn spec(name: &str, path: PathBuf) -> PluginSpec {
+    PluginSpec::new(name, path, vec!["fx".into()])
+}
+
+fn clock() -> SharedClock {
+    Arc::new(ManualClock::new(1_700_000_000))
+}
+
+/// A follower session in the real registry; returns the receiving end of its outbound queue.
+fn follower(reg: &Registry, id: &str, conn: u64) -> mpsc::Receiver<Outbound> {
+    let (tx, rx) = mpsc::channel(256);
+    let handle = SessionHandle::new(
+        conn,
+        "127.0.0.1:9".parse().unwrap(),
+        0,
+        tx,
+        CancellationToken::new(),
+    );
+    reg.promote(id, Arc::new(handle));
+    rx
+}
+
+fn recv(rx: &mut mpsc::Receiver<Outbound>, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match rx.try_recv() {
+            Ok(Outbound::Text(t)) => return Some(t),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn msg(sender: &str, content: &str) -> RuleMessage {
+    RuleMessage {
+        rule_id: "fx".into(),
+        sender: sender.into(),
+        content: content.into(),
+    }
+}
+
+fn start(s: &PluginSpec, reg: &Arc<Registry>) -> Arc<PluginHandler> {
+    let lib = plugins::load(s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    lib.instantiate(s, Arc::clone(reg), clock())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const T: Duration = Duration::from_secs(5);
+
+#[test]
+fn separate_workspace_plugin_loads_and_answers() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut s = spec("fx", fixture_so("ok"));
+    s.config = serde_json::json!({"prefix": "> "});
+    let lib = plugins::load(&s, &staging()).unwrap();
+    let d = lib.describe(&s);
+    assert_eq!(
+        (d.plugin_name.as_str(), d.version.as_str()),
+        ("fixture", "0.3.1")
+    );
+    assert_eq!(
+        (d.abi_major, d.abi_minor),
+        (plugins::ABI_MAJOR, plugins::ABI_MINOR)
+    );
+    println!("{d}");
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
+    assert_eq!(h.name(), "fx");
+    h.dispatch(msg("alice", "hello::world")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::> hello::world"));
+    h.dispatch(msg("alice", "now")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::> 1700000000"));
+    let _bob = follower(&reg, "bob", 2);
+    h.dispatch(msg("alice", "who")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::> alice,bob"));
+    // The staged copy is private and uniquely named.
+    assert_ne!(lib.staged_path(), s.path.as_path());
+    assert!(plugins::mapped_libraries() >= 1);
+}
+
+#[test]
+fn create_error_is_reported_with_the_plugins_message() {
+    let reg = Arc::new(Registry::new());
+    let mut s = spec("fx", fixture_so("ok"));
+    s.config = serde_json::json!({"refuse": true});
+    let lib = plugins::load(&s, &staging()).unwrap();
+    let e = lib.instantiate(&s, reg, clock()).err().expect("refused");
+    assert!(matches!(e.kind, LoadErrorKind::Create(_)), "{e}");
+    assert!(e.to_string().contains("refused by config"), "{e}");
+}
+
+#[test]
+fn plugin_built_with_nightly_loads() {
+    let list = Command::new("rustup").args(["toolchain", "list"]).output();
+    let has_nightly = list
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("nightly"))
+        .unwrap_or(false);
+    if !has_nightly {
+        println!("SKIPPED: no nightly toolchain (rustup toolchain list)");
+        return;
+    }
+    let ws = fixtures();
+    let target = ws.join("target-nightly");
+    let mut c = Command::new("rustup");
+    c.current_dir(ws)
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--offline",
+            "-p",
+            "fixture-ok",
+            "--target-dir",
+        ])
+        .arg(&target);
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO_TARGET_DIR",
+        "RUSTFLAGS",
+    ] {
+        c.env_remove(var);
+    }
+    run(c, "cargo +nightly build (fixture-ok)");
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let s = spec("nightly", target.join("debug/libfixture_ok.so"));
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", lib.describe(&s));
+    assert!(
+        lib.info().rustc_version.contains("nightly"),
+        "{:?}",
+        lib.info()
+    );
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
+    h.dispatch(msg("alice", "hi")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hi"));
+}
+
+/// Build the bundled plugins (`plugins/*`) once, into the fixture target dir (the main
+/// target dir is locked by the running `cargo test`).
+fn bundled(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let target = BUILT.get_or_init(|| {
+        let target = fixture_ws().join("target-bundled");
+        let mut c = cargo();
+        c.current_dir(repo_root()).args(["build", "--offline"]);
+        for p in ["echo", "relay", "broadcast", "presence"] {
+            c.args(["-p", &format!("yonexus-plugin-{p}")]);
+        }
+        c.arg("--target-dir").arg(&target);
+        run(c, "cargo build (bundled plugins)");
+        target
+    });
+    target.join(format!("debug/libyonexus_plugin_{name}.so"))
+}
+
+fn rule(rule: &str, sender: &str, content: &str) -> RuleMessage {
+    RuleMessage {
+        rule_id: rule.into(),
+        sender: sender.into(),
+        content: content.into(),
+    }
+}
+
+#[test]
+fn bundled_echo_plugin_loads_with_prefix() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut s = PluginSpec::new("echo", bundled("echo"), vec!["echo".into()]);
+    s.config = serde_json::json!({"prefix": "E:"});
+    let h = start(&s, &reg);
+    h.dispatch(rule("echo", "alice", "hi::x")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("echo::E:hi::x"));
+}
+
+#[test]
+fn bundled_relay_delivers_or_answers_target_offline() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut bob = follower(&reg, "bob", 2);
+    let h = start(
+        &PluginSpec::new("relay", bundled("relay"), vec!["relay".into()]),
+        &reg,
+    );
+    h.dispatch(rule("relay", "alice", "bob::hi::there"))
+        .unwrap();
+    assert_eq!(
+        recv(&mut bob, T).as_deref(),
+        Some("relay::alice::hi::there")
+    );
+    h.dispatch(rule("relay", "alice", "carol::hello")).unwrap();
+    let err = recv(&mut alice, T).unwrap();
+    assert!(err.contains("\"code\":\"TARGET_OFFLINE\""), "{err}");
+}
+
+#[test]
+fn bundled_broadcast_and_presence() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut bob = follower(&reg, "bob", 2);
+    let b = start(
+        &PluginSpec::new("broadcast", bundled("broadcast"), vec!["broadcast".into()]),
+        &reg,
+    );
+    let p = start(
+        &PluginSpec::new("presence", bundled("presence"), vec!["presence".into()]),
+        &reg,
+    );
+    b.dispatch(rule("broadcast", "alice", "hi all")).unwrap();
+    assert_eq!(
+        recv(&mut bob, T).as_deref(),
+        Some("broadcast::alice::hi all")
+    );
+    assert_eq!(recv(&mut alice, Duration::from_millis(100)), None);
+    p.dispatch(rule("presence", "alice", "subscribe")).unwrap();
+    // Let the subscription be processed before the event (same queue, so order holds anyway).
+    let _carol = follower(&reg, "carol", 3);
+    assert_eq!(
+        recv(&mut alice, T).as_deref(),
+        Some("presence::carol::online")
+    );
+    assert!(reg.remove("carol", 3));
+    assert_eq!(
+        recv(&mut alice, T).as_deref(),
+        Some("presence::carol::offline")
+    );
+}
+
+fn refused(name: &str, path: PathBuf) -> PluginLoadError {
+    let s = spec(name, path.clone());
+    let e = plugins::load(&s, &staging()).expect_err("must be refused");
+    let line = e.to_string();
+    println!("{line}");
+    assert!(
+        line.starts_with(&format!("plugin '{name}' ({}): ", path.display())),
+        "{line}"
+    );
+    assert!(!line.contains('\n'), "one line: {line}");
+    e
+}
+
+#[test]
+fn wrong_abi_major_is_refused_naming_both_versions() {
+    let e = refused("abi2", fixture_so("abi2"));
+    assert!(matches!(e.kind, LoadErrorKind::AbiMajor { .. }), "{e}");
+    let want = format!(
+        "built for plugin ABI {}.3 (plugin-api 0.1.0), host supports ABI {}.x",
+        plugins::ABI_MAJOR + 1,
+        plugins::ABI_MAJOR
+    );
+    assert!(e.to_string().contains(&want), "{e}");
+}
+
+#[test]
+fn bad_magic_is_refused() {
+    let e = refused("badmagic", fixture_so("badmagic"));
+    assert!(matches!(e.kind, LoadErrorKind::BadMagic { .. }), "{e}");
+    assert!(e.to_string().contains("NOTPLUG"), "{e}");
+}
+
+#[test]
+fn other_target_is_refused() {
+    let e = refused("wrongtarget", fixture_so("wrongtarget"));
+    assert!(matches!(e.kind, LoadErrorKind::Target { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("built for target sparc64-unknown-none, host is "),
+        "{e}"
+    );
+}
+
+#[test]
+fn vtable_without_on_event_loads_and_is_never_read_past_its_size() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let s = spec("short", fixture_so("short_vtable"));
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    // The plugin's vtable stops before `on_event` (as an older minor would): treated as absent.
+    assert!(!lib.handles_events());
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
+    let _bob = follower(&reg, "bob", 2); // an event nobody forwards
+    h.dispatch(msg("alice", "x")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hacked"));
+    assert_eq!(h.stats().calls, 1);
+}
+
+#[test]
+fn missing_header_symbol_is_refused() {
+    let e = refused("noheader", fixture_so("noheader"));
+    assert!(matches!(e.kind, LoadErrorKind::MissingHeader { .. }), "{e}");
+    assert!(e.to_string().contains("not a Yonexus plugin"), "{e}");
+}
+
+#[test]
+fn panic_abort_build_is_refused() {
+    let path = fixtures().join("target/abort/libfixture_ok.so");
+    let e = refused("abort", path);
+    assert!(matches!(e.kind, LoadErrorKind::PanicAbort { .. }), "{e}");
+    assert!(e.to_string().contains("panic = \"abort\""), "{e}");
+}
+
+#[test]
+fn garbage_files_are_refused_each_with_its_own_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let random = dir.path().join("random.so");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..8192)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&random, bytes).unwrap();
+    assert!(matches!(
+        refused("random", random).kind,
+        LoadErrorKind::NotElf(_)
+    ));
+
+    let empty = dir.path().join("empty.so");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(refused("empty", empty).kind, LoadErrorKind::Empty));
+
+    let truncated = dir.path().join("truncated.so");
+    let full = std::fs::read(fixture_so("ok")).unwrap();
+    std::fs::write(&truncated, &full[..4096]).unwrap();
+    let e = refused("truncated", truncated);
+    assert!(matches!(e.kind, LoadErrorKind::Truncated { .. }), "{e}");
+    assert!(e.to_string().contains("the file is truncated"), "{e}");
+
+    let text = dir.path().join("text.so");
+    std::fs::write(&text, b"#!/bin/sh\necho not a library\n").unwrap();
+    assert!(matches!(
+        refused("text", text).kind,
+        LoadErrorKind::NotElf(_)
+    ));
+
+    assert!(matches!(
+        refused("dir", dir.path().to_owned()).kind,
+        LoadErrorKind::NotRegularFile
+    ));
+    assert!(matches!(
+        refused("missing", dir.path().join("nope.so")).kind,
+        LoadErrorKind::Unreadable(_)
+    ));
+}
+
+#[test]
+fn panicking_plugin_keeps_serving_and_others_are_unaffected() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut s = spec("fx", fixture_so("ok"));
+    s.panic_limit = 3;
+    let h = start(&s, &reg);
+    let other = start(&spec("other", fixture_so("ok")), &reg);
+
+    h.dispatch(msg("alice", "panic")).unwrap();
+    let err = recv(&mut alice, T).unwrap();
+    assert!(err.starts_with("builtin::"), "{err}");
+    assert!(err.contains("\"code\":\"HANDLER_FAILED\""), "{err}");
+    h.dispatch(msg("alice", "still here")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::still here"));
+    h.dispatch(msg("alice", "err")).unwrap();
+    let err = recv(&mut alice, T).unwrap();
+    assert!(
+        err.contains("HANDLER_FAILED") && err.contains("bad input"),
+        "{err}"
+    );
+    other.dispatch(msg("alice", "other ok")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::other ok"));
+
+    // Two more panics within the window trip the breaker: dispatch now fails up front.
+    for _ in 0..2 {
+        h.dispatch(msg("alice", "panic")).unwrap();
+        assert!(recv(&mut alice, T).unwrap().contains("HANDLER_FAILED"));
+    }
+    assert!(matches!(
+        h.dispatch(msg("alice", "x")),
+        Err(DispatchError::Failed { .. })
+    ));
+    let st = h.stats();
+    assert_eq!((st.panics, st.errors, st.disabled), (3, 1, true));
+    // The other instance is untouched.
+    other.dispatch(msg("alice", "fine")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::fine"));
+    assert!(!other.is_disabled());
+}
+
+#[test]
+fn slow_plugin_does_not_delay_another() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut bob = follower(&reg, "bob", 2);
+    let mut slow_spec = spec("slow", fixture_so("ok"));
+    slow_spec.call_deadline = Duration::from_millis(100);
+    let slow = start(&slow_spec, &reg);
+    let fast = start(&spec("fast", fixture_so("ok")), &reg);
+    slow.dispatch(msg("alice", "sleep:1500")).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    fast.dispatch(msg("bob", "quick")).unwrap();
+    assert_eq!(recv(&mut bob, T).as_deref(), Some("fx::quick"));
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "fast plugin took {took:?}"
+    );
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::slept"));
+    assert_eq!(slow.stats().overdue, 1);
+}
+
+#[test]
+fn full_queue_answers_busy() {
+    let reg = Arc::new(Registry::new());
+    let _alice = follower(&reg, "alice", 1);
+    let mut s = spec("fx", fixture_so("ok"));
+    s.queue_capacity = 1;
+    let h = start(&s, &reg);
+    h.dispatch(msg("alice", "sleep:800")).unwrap();
+    let results: Vec<_> = (0..4).map(|_| h.dispatch(msg("alice", "x"))).collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(DispatchError::Busy(rule)) if rule == "fx")),
+        "{results:?}"
+    );
+    assert!(h.stats().busy_rejections >= 1);
+}
+
+#[test]
+fn plugin_logs_arrive_via_tracing_with_its_name() {
+    let buf = tracing_capture();
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let h = start(&spec("logtest", fixture_so("ok")), &reg);
+    h.dispatch(msg("alice", "log:hello from the plugin"))
+        .unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::logged"));
+    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("hello from the plugin"))
+        .unwrap_or_else(|| panic!("no plugin log line in:\n{text}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains(plugins::LOG_TARGET), "{line}");
+    assert!(line.contains("plugin=logtest"), "{line}");
+}
+
+#[test]
+fn lifecycle_events_reach_the_plugin() {
+    let reg = Arc::new(Registry::new());
+    let mut watcher = follower(&reg, "watcher", 1);
+    let h = start(&spec("fx", fixture_so("ok")), &reg);
+    let _bob = follower(&reg, "bob", 2);
+    assert_eq!(
+        recv(&mut watcher, T).as_deref(),
+        Some("ev::authenticated:bob")
+    );
+    reg.emit(yonexus_host::registry::FollowerEvent::LivenessChanged {
+        identifier: "bob".into(),
+        status: yonexus_host::liveness::Liveness::Unstable,
+    });
+    assert_eq!(
+        recv(&mut watcher, T).as_deref(),
+        Some("ev::liveness:bob:unstable")
+    );
+    assert!(reg.remove("bob", 2));
+    assert_eq!(
+        recv(&mut watcher, T).as_deref(),
+        Some("ev::disconnected:bob")
+    );
+    drop(h);
+}
+
+/// `cargo test -p yonexus-host --test plugins -- --ignored --nocapture plugin_call_cost`
+#[test]
+#[ignore]
+fn plugin_call_cost() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let h = start(&spec("bench", fixture_so("ok")), &reg);
+    let round = |n: usize, alice: &mut mpsc::Receiver<Outbound>| {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            h.dispatch(msg("alice", "ping")).unwrap();
+            loop {
+                if let Ok(Outbound::Text(_)) = alice.try_recv() {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        t0.elapsed()
+    };
+    round(2_000, &mut alice);
+    let n = 50_000;
+    let took = round(n, &mut alice);
+    println!(
+        "plugin call round trip (dispatch → worker → plugin → send_to → follower queue): {} ns/call over {n} calls",
+        took.as_nanos() / n as u128
+    );
+}
