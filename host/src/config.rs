@@ -65,6 +65,13 @@ pub struct PluginConfig {
     pub rules: Vec<String>,
     /// The `[plugins.config]` table as JSON.
     pub config: serde_json::Value,
+    /// Messages that may wait for the plugin's worker before senders get `HANDLER_BUSY`.
+    pub queue_capacity: usize,
+    /// A call running longer than this is logged and counted.
+    pub call_deadline_ms: u64,
+    /// Panics within `panic_window_secs` that disable the plugin's rules (0 = never).
+    pub panic_limit: u32,
+    pub panic_window_secs: u64,
 }
 
 /// The whole, validated configuration.
@@ -171,6 +178,27 @@ struct RawPlugin {
     rules: Vec<String>,
     #[serde(default)]
     config: toml::Table,
+    #[serde(default = "default_queue_capacity")]
+    queue_capacity: usize,
+    #[serde(default = "default_call_deadline_ms")]
+    call_deadline_ms: u64,
+    #[serde(default = "default_panic_limit")]
+    panic_limit: u32,
+    #[serde(default = "default_panic_window_secs")]
+    panic_window_secs: u64,
+}
+
+fn default_queue_capacity() -> usize {
+    1024
+}
+fn default_call_deadline_ms() -> u64 {
+    1000
+}
+fn default_panic_limit() -> u32 {
+    5
+}
+fn default_panic_window_secs() -> u64 {
+    60
 }
 
 impl Config {
@@ -378,11 +406,33 @@ impl Config {
                     format!("cannot be converted to JSON: {e}"),
                 )
             })?;
+            if !(1..=1_000_000).contains(&rp.queue_capacity) {
+                return Err(err(
+                    &format!("{key}.queue_capacity"),
+                    format!("{} is out of range (1..=1000000)", rp.queue_capacity),
+                ));
+            }
+            if rp.call_deadline_ms == 0 {
+                return Err(err(
+                    &format!("{key}.call_deadline_ms"),
+                    "must be positive".into(),
+                ));
+            }
+            if rp.panic_window_secs == 0 {
+                return Err(err(
+                    &format!("{key}.panic_window_secs"),
+                    "must be positive".into(),
+                ));
+            }
             plugins.push(PluginConfig {
                 name: rp.name,
                 path,
                 rules: rp.rules,
                 config,
+                queue_capacity: rp.queue_capacity,
+                call_deadline_ms: rp.call_deadline_ms,
+                panic_limit: rp.panic_limit,
+                panic_window_secs: rp.panic_window_secs,
             });
         }
 

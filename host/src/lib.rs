@@ -16,7 +16,7 @@
 //! - [`store`]: durable trust records, atomic writes, host lock.
 //! - [`hub`]: the shared context (settings, store, registry, router, notifier, clock).
 //! - [`registry`]: authenticated sessions, outbound queues, follower lifecycle events.
-//! - [`router`]: rule id → handler, swapped atomically; the built-in `echo` handler.
+//! - [`router`]: rule id → handler, swapped atomically.
 //! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, worker threads).
 //! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
 //! - [`admin`]: the admin socket and the CLI's client side.

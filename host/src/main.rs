@@ -8,6 +8,7 @@ use std::sync::Arc;
 use yonexus_host::admin::{self, Request};
 use yonexus_host::clock::{Clock, SystemClock};
 use yonexus_host::config::Config;
+use yonexus_host::plugins::{self, PluginSpec};
 use yonexus_host::server::Host;
 use yonexus_host::store::{self, Store};
 
@@ -111,19 +112,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => serve(&load(&config)?).await,
         Command::Check { config } => {
             let c = load(&config)?;
-            println!("{}: OK", c.file.display());
+            println!("{}: config OK", c.file.display());
             println!("  listen {} path {}", c.server.listen, c.server.path);
             println!("  state_dir {}", c.server.state_dir.display());
             println!("  {} allowlisted follower(s)", c.allow.len());
-            for p in &c.plugins {
-                println!(
-                    "  plugin '{}' {} rules {:?}",
-                    p.name,
-                    p.path.display(),
-                    p.rules
-                );
-            }
-            Ok(())
+            check_plugins(&c)
         }
         Command::Clients { config, json } => {
             let c = load(&config)?;
@@ -239,6 +232,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Load every configured plugin (from a throwaway staging dir) and report it, or why not.
+fn check_plugins(config: &Config) -> anyhow::Result<()> {
+    let staging = tempfile::tempdir().context("creating a staging directory")?;
+    let registry = Arc::new(yonexus_host::registry::Registry::new());
+    let clock: yonexus_host::clock::SharedClock = Arc::new(SystemClock);
+    let mut failures = 0;
+    for p in &config.plugins {
+        let spec = PluginSpec::from_config(p);
+        match plugins::load(&spec, staging.path()).and_then(|lib| {
+            lib.instantiate(&spec, Arc::clone(&registry), Arc::clone(&clock))?;
+            Ok(lib.describe(&spec))
+        }) {
+            Ok(d) => println!("  {d}"),
+            Err(e) => {
+                failures += 1;
+                println!("  REFUSED {e}");
+            }
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} plugin(s) refused");
+    }
+    Ok(())
 }
 
 /// Revoke in the state file while no host runs (taking the host's lock so none starts meanwhile).

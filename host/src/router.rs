@@ -1,10 +1,9 @@
 //! Rule routing: rule id → handler. The one interface through which every rule message leaves
-//! the session, whether the handler is built in or a plugin.
+//! the session; the handlers are plugins (see [`crate::plugins`]).
 //!
 //! The routing table is swapped as a whole (an `Arc` behind a lock held only to clone or
 //! replace it), so a dispatch sees either the old table or the new one, never a mix.
 
-use crate::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -77,29 +76,5 @@ impl Router {
             Some(handler) => handler.dispatch(msg),
             None => Err(DispatchError::NotFound(msg.rule_id)),
         }
-    }
-}
-
-/// The built-in `echo` rule: replies `echo::<content>` to the sender.
-pub struct EchoHandler {
-    registry: Arc<Registry>,
-}
-
-impl EchoHandler {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        EchoHandler { registry }
-    }
-}
-
-impl RuleHandler for EchoHandler {
-    fn name(&self) -> &str {
-        "builtin-echo"
-    }
-
-    fn dispatch(&self, msg: RuleMessage) -> Result<(), DispatchError> {
-        let reply = yonexus_protocol::frame::encode_rule(&msg.rule_id, &msg.content);
-        // The sender may have gone away meanwhile; an echo to nobody is not an error.
-        let _ = self.registry.send_to(&msg.sender, reply);
-        Ok(())
     }
 }

@@ -6,10 +6,12 @@ use crate::config::Config;
 use crate::hub::{Hub, Settings};
 use crate::liveness::Liveness;
 use crate::notify::Notifier;
+use crate::plugins::{self, PluginSpec};
 use crate::registry::Registry;
-use crate::router::{EchoHandler, Router, Routes};
+use crate::router::{Router, Routes};
 use crate::store::{self, Store};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -34,6 +36,8 @@ pub enum StartError {
     },
     #[error("admin socket: {0}")]
     Admin(std::io::Error),
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// A running host.
@@ -45,14 +49,32 @@ pub struct Host {
     _lock: std::fs::File,
 }
 
-/// The routes of the built-in handlers.
-fn builtin_routes(registry: &Arc<Registry>) -> Routes {
-    let mut routes = Routes::new();
-    routes.insert(
-        "echo".into(),
-        Arc::new(EchoHandler::new(Arc::clone(registry))),
-    );
-    routes
+/// Directory (inside `state_dir`) holding the private copies of loaded plugin libraries.
+pub const STAGING_DIR: &str = "plugins-staging";
+
+/// Load the configured plugins off the async reactor; returns their routing table.
+async fn load_plugins(
+    config: &Config,
+    state_dir: &Path,
+    registry: &Arc<Registry>,
+    clock: &SharedClock,
+) -> Result<Routes, StartError> {
+    let staging = state_dir.join(STAGING_DIR);
+    // We hold the state-dir lock, so anything staged here belongs to a previous run.
+    let _ = std::fs::remove_dir_all(&staging);
+    store::ensure_state_dir(&staging)?;
+    let specs: Vec<PluginSpec> = config.plugins.iter().map(PluginSpec::from_config).collect();
+    let (registry, clock) = (Arc::clone(registry), Arc::clone(clock));
+    let loaded = tokio::task::spawn_blocking(move || {
+        plugins::load_routes(&specs, &staging, &registry, &clock)
+    })
+    .await
+    .map_err(|e| StartError::Plugin(format!("plugin loader task failed: {e}")))?;
+    let (routes, described) = loaded.map_err(|e| StartError::Plugin(e.to_string()))?;
+    for d in described {
+        tracing::info!(plugin = %d.name, "{d}");
+    }
+    Ok(routes)
 }
 
 impl Host {
@@ -71,7 +93,7 @@ impl Host {
         let notifier = Notifier::from_config(&config.pairing.notifier)
             .map_err(|e| StartError::Notifier(e.to_string()))?;
         let registry = Arc::new(Registry::new());
-        let router = Router::new(builtin_routes(&registry));
+        let router = Router::new(load_plugins(config, state_dir, &registry, &clock).await?);
         let hub = Arc::new(Hub::new(
             Settings::from_config(config),
             notifier,

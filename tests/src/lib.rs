@@ -65,8 +65,27 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Path of a bundled plugin library built by [`build`] (`echo`, `relay`, `broadcast`, `presence`).
+pub fn plugin(name: &str) -> PathBuf {
+    build().join(format!("libyonexus_plugin_{name}.so"))
+}
+
+/// `[[plugins]]` entries routing each bundled plugin's own rule to it.
+pub fn bundled_plugins(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "[[plugins]]\nname = \"{n}\"\npath = \"{}\"\nrules = [\"{n}\"]\n",
+                plugin(n).display()
+            )
+        })
+        .collect()
+}
+
 /// A config for tests: ephemeral port (or `port`), state in `dir/state`, a `command` notifier
-/// writing codes to `dir/codes.txt`, then `extra` TOML appended verbatim.
+/// writing codes to `dir/codes.txt`, the bundled `echo` plugin, then `extra` TOML appended to
+/// the `[pairing]` table verbatim (start a new table in `extra` to set others).
 pub fn config_text(dir: &Path, port: u16, allow: &[&str], extra: &str) -> String {
     let script = dir.join("notify.sh");
     let codes = dir.join("codes.txt");
@@ -74,7 +93,8 @@ pub fn config_text(dir: &Path, port: u16, allow: &[&str], extra: &str) -> String
     std::fs::write(&script, body).ok();
     let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n[followers]\nallow = [{}]\n\n[pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n{extra}\n",
+        "{}[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n[followers]\nallow = [{}]\n\n[pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n{extra}\n",
+        bundled_plugins(&["echo"]),
         allow.join(", "),
         script.display()
     )
@@ -438,4 +458,36 @@ pub async fn paired_session(host: &HostProc, id: &str) -> Result<(Raw, Identity)
         Msg::AuthSuccess(_) => Ok((raw, ident)),
         other => bail!("expected auth_success, got {other:?}"),
     }
+}
+
+/// The test fixture plugin (`host/tests/fixtures/plugins/ok.rs`: content `panic`, `sleep:<ms>`,
+/// `log:<text>`, `err`, else echo) built as its own crate outside this workspace, once.
+pub fn fixture_plugin() -> PathBuf {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let root = workspace_root();
+        let ws = root.join("target").join("e2e-fixture");
+        let src = std::fs::read_to_string(root.join("host/tests/fixtures/plugins/ok.rs")).unwrap_or_default();
+        std::fs::create_dir_all(ws.join("src")).ok();
+        let manifest = format!(
+            "[package]\nname = \"e2e-fixture\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nyonexus-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
+            root.join("plugin-api").display().to_string()
+        );
+        for (path, text) in [(ws.join("Cargo.toml"), manifest), (ws.join("src/lib.rs"), src)] {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&path, text).ok();
+            }
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--offline"])
+            .env_remove("CARGO_TARGET_DIR")
+            .current_dir(&ws)
+            .status();
+        match status {
+            Ok(s) if s.success() => ws.join("target/debug/libe2e_fixture.so"),
+            other => panic!("building the fixture plugin failed: {other:?}"),
+        }
+    })
+    .clone()
 }

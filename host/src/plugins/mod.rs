@@ -80,6 +80,20 @@ impl PluginSpec {
         }
     }
 
+    /// The spec of a configured plugin.
+    pub fn from_config(p: &crate::config::PluginConfig) -> Self {
+        PluginSpec {
+            name: p.name.clone(),
+            path: p.path.clone(),
+            rules: p.rules.clone(),
+            config: p.config.clone(),
+            queue_capacity: p.queue_capacity,
+            call_deadline: Duration::from_millis(p.call_deadline_ms),
+            panic_limit: p.panic_limit,
+            panic_window: Duration::from_secs(p.panic_window_secs),
+        }
+    }
+
     fn error(&self, kind: LoadErrorKind) -> PluginLoadError {
         PluginLoadError::new(&self.name, &self.path, kind)
     }
@@ -246,4 +260,27 @@ impl LoadedLibrary {
         tracing::info!(plugin = %spec.name, rules = ?spec.rules, "plugin instance created");
         Ok(handler)
     }
+}
+
+/// Load every configured plugin and create its instance; returns the routing table (rule →
+/// handler) and a description of each plugin. The first failure aborts the whole set.
+/// Blocking: call at startup or from `spawn_blocking`.
+pub fn load_routes(
+    specs: &[PluginSpec],
+    staging_dir: &Path,
+    registry: &Arc<Registry>,
+    clock: &SharedClock,
+) -> Result<(crate::router::Routes, Vec<PluginDescription>), PluginLoadError> {
+    let mut routes = crate::router::Routes::new();
+    let mut described = Vec::new();
+    for spec in specs {
+        let lib = load(spec, staging_dir)?;
+        let handler = lib.instantiate(spec, Arc::clone(registry), Arc::clone(clock))?;
+        for rule in &spec.rules {
+            let h: Arc<dyn crate::router::RuleHandler> = handler.clone();
+            routes.insert(rule.clone(), h);
+        }
+        described.push(lib.describe(spec));
+    }
+    Ok((routes, described))
 }
