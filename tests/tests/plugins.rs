@@ -136,3 +136,67 @@ async fn panicking_slow_and_busy_plugins_do_not_hurt_the_hub() {
     alpha.send_text("echo::fine").await.unwrap();
     assert_eq!(rule(&mut alpha).await, "echo::fine");
 }
+
+#[test]
+fn the_plugin_template_builds_outside_the_workspace_and_passes_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("my-plugin");
+    let template = workspace_root().join("examples/plugin-template");
+    std::fs::create_dir_all(copy.join("src")).unwrap();
+    let manifest = std::fs::read_to_string(template.join("Cargo.toml"))
+        .unwrap()
+        .replace(
+            "path = \"../../plugin-api\"",
+            &format!(
+                "path = {:?}",
+                workspace_root().join("plugin-api").display().to_string()
+            ),
+        );
+    std::fs::write(copy.join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(template.join("src/lib.rs"), copy.join("src/lib.rs")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--offline", "--target-dir"])
+        .arg(tmp.path().join("target"))
+        .env_remove("CARGO_TARGET_DIR")
+        .current_dir(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let so = tmp.path().join("target/debug/libmy_yonexus_plugin.so");
+    let config = tmp.path().join("yonexus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[plugins]]\nname = \"mine\"\npath = {:?}\nrules = [\"mine\"]\n",
+            so.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("yonexus"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("plugin 'mine'") && stdout.contains("ABI 1."),
+        "{stdout}"
+    );
+
+    // A file that is not a plugin is refused by `check` with the reason.
+    std::fs::write(&so, b"definitely not an ELF file").unwrap();
+    let out = std::process::Command::new(bin("yonexus"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("REFUSED plugin 'mine'"), "{stdout}");
+}

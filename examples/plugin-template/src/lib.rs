@@ -12,7 +12,7 @@ pub struct MyPlugin {
 impl Plugin for MyPlugin {
     const NAME: &'static str = "my-plugin";
 
-    /// Called once with the `[plugins.<name>.config]` table (as JSON).
+    /// Called once with the `[plugins.config]` table (as JSON).
     fn create(config: &Config, host: &Host) -> Result<Self, String> {
         let greeting = config.get_str("greeting")?.unwrap_or("hello").to_owned();
         host.info(&format!("starting with greeting '{greeting}'"));
