@@ -4,6 +4,7 @@
 
 use crate::hub::Hub;
 use crate::registry::Registry;
+use crate::reload::Reloader;
 use crate::store::{self, PairingStatus, TrustRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -27,7 +28,11 @@ const MAX_REQUEST: usize = 4096;
 pub enum Request {
     Clients,
     Pairing,
-    Revoke { identifier: String },
+    Revoke {
+        identifier: String,
+    },
+    /// Re-read the config file and apply it (as SIGHUP does).
+    Reload,
 }
 
 /// One row of `yonexus clients`.
@@ -68,6 +73,8 @@ pub struct Response {
     pub pairing: Option<Vec<PairingRow>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<crate::reload::ReloadReport>,
 }
 
 impl Response {
@@ -78,6 +85,7 @@ impl Response {
             clients: None,
             pairing: None,
             revoked: None,
+            reload: None,
         }
     }
     fn ok() -> Self {
@@ -87,6 +95,7 @@ impl Response {
             clients: None,
             pairing: None,
             revoked: None,
+            reload: None,
         }
     }
 }
@@ -151,7 +160,12 @@ pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serve admin requests until shutdown.
-pub async fn serve(hub: Arc<Hub>, listener: UnixListener, shutdown: CancellationToken) {
+pub async fn serve(
+    hub: Arc<Hub>,
+    reloader: Arc<Reloader>,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -164,6 +178,7 @@ pub async fn serve(hub: Arc<Hub>, listener: UnixListener, shutdown: Cancellation
         };
         let Ok((stream, _)) = accepted else { continue };
         let hub = Arc::clone(&hub);
+        let reloader = Arc::clone(&reloader);
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -173,7 +188,7 @@ pub async fn serve(hub: Arc<Hub>, listener: UnixListener, shutdown: Cancellation
                     .await
                 {
                     Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                        Ok(req) => handle(&hub, req).await,
+                        Ok(req) => handle(&hub, &reloader, req).await,
                         Err(e) => Response::error(format!("bad admin request: {e}")),
                     },
                     _ => Response::error("no request received"),
@@ -187,7 +202,7 @@ pub async fn serve(hub: Arc<Hub>, listener: UnixListener, shutdown: Cancellation
 
 use tokio::io::AsyncReadExt as _;
 
-async fn handle(hub: &Hub, req: Request) -> Response {
+async fn handle(hub: &Hub, reloader: &Reloader, req: Request) -> Response {
     match req {
         Request::Clients => {
             let rows = client_rows(
@@ -216,6 +231,13 @@ async fn handle(hub: &Hub, req: Request) -> Response {
                 }
             }
             Err(e) => Response::error(e.to_string()),
+        },
+        Request::Reload => match reloader.reload("yonexus reload").await {
+            Ok(report) => Response {
+                reload: Some(report),
+                ..Response::ok()
+            },
+            Err(e) => Response::error(format!("reload refused: {e}")),
         },
     }
 }
@@ -285,7 +307,7 @@ pub fn query(
                     pairing: Some(pairing_rows(&records, now)),
                     ..Response::ok()
                 },
-                Request::Revoke { .. } => {
+                Request::Revoke { .. } | Request::Reload => {
                     return Err(ClientError::NotRunning(state_dir.to_owned()))
                 }
             };

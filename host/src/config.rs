@@ -56,6 +56,17 @@ pub struct LivenessConfig {
     pub sweep_interval_secs: u64,
 }
 
+/// `[reload]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Watch the config file and plugin files and reload on change.
+    pub watch: bool,
+    /// Quiet time after the last file event before a reload starts.
+    pub debounce_ms: u64,
+    /// How long a replaced plugin instance may take to finish its queued messages.
+    pub drain_timeout_ms: u64,
+}
+
 /// One `[[plugins]]` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
@@ -83,6 +94,7 @@ pub struct Config {
     pub allow: BTreeSet<String>,
     pub pairing: PairingConfig,
     pub liveness: LivenessConfig,
+    pub reload: ReloadConfig,
     pub plugins: Vec<PluginConfig>,
 }
 
@@ -98,7 +110,27 @@ struct RawConfig {
     #[serde(default)]
     liveness: RawLiveness,
     #[serde(default)]
+    reload: RawReload,
+    #[serde(default)]
     plugins: Vec<RawPlugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReload {
+    watch: bool,
+    debounce_ms: u64,
+    drain_timeout_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            watch: true,
+            debounce_ms: 500,
+            drain_timeout_ms: 5000,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -347,6 +379,22 @@ impl Config {
             ));
         }
 
+        if !(10..=60_000).contains(&raw.reload.debounce_ms) {
+            return Err(err(
+                "reload.debounce_ms",
+                format!("{} is out of range (10..=60000)", raw.reload.debounce_ms),
+            ));
+        }
+        if !(1..=600_000).contains(&raw.reload.drain_timeout_ms) {
+            return Err(err(
+                "reload.drain_timeout_ms",
+                format!(
+                    "{} is out of range (1..=600000)",
+                    raw.reload.drain_timeout_ms
+                ),
+            ));
+        }
+
         let mut plugins = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut owners: HashMap<String, (usize, String)> = HashMap::new();
@@ -453,6 +501,11 @@ impl Config {
                 unstable_after_secs: l.unstable_after_secs,
                 offline_after_secs: l.offline_after_secs,
                 sweep_interval_secs: l.sweep_interval_secs,
+            },
+            reload: ReloadConfig {
+                watch: raw.reload.watch,
+                debounce_ms: raw.reload.debounce_ms,
+                drain_timeout_ms: raw.reload.drain_timeout_ms,
             },
             plugins,
         })

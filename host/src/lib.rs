@@ -18,6 +18,8 @@
 //! - [`registry`]: authenticated sessions, outbound queues, follower lifecycle events.
 //! - [`router`]: rule id → handler, swapped atomically.
 //! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, worker threads).
+//! - [`reload`]: hot reload of config and plugins (prepare everything, switch atomically,
+//!   drain, hand over in order); [`watch`]: file watching that triggers it.
 //! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
 //! - [`admin`]: the admin socket and the CLI's client side.
 //! - [`reply`]: every frame the host sends, one builder per message kind.
@@ -34,8 +36,10 @@ pub mod notify;
 pub mod pairing;
 pub mod plugins;
 pub mod registry;
+pub mod reload;
 pub mod reply;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod watch;

@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running host to re-read its config and reload changed plugins (as SIGHUP does).
+    /// Exits non-zero with the reason when the change is refused.
+    Reload {
+        #[arg(long, default_value = "./yonexus.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget a follower's trust and disconnect it now; it must pair again.
     Revoke {
         identifier: String,
@@ -193,6 +201,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Reload { config, json } => {
+            let c = load(&config)?;
+            let resp = admin::request(&c.server.state_dir, &Request::Reload)?;
+            let report = resp.reload.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.changes.is_empty() {
+                println!("reloaded: nothing changed");
+            } else {
+                println!("reloaded in {} ms:", report.took_ms);
+                for change in &report.changes {
+                    println!("  {change}");
+                }
+            }
+            for key in &report.needs_restart {
+                eprintln!("needs a restart to take effect: {key}");
+            }
+            Ok(())
+        }
         Command::Revoke {
             identifier,
             config,
@@ -300,6 +327,18 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
+    let reloader = Arc::clone(&host.reloader);
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // The outcome (applied or refused with its reason) is logged by the reloader.
+                    let _ = reloader.reload("SIGHUP").await;
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; use `yonexus reload`"),
+    }
     host.wait().await;
     Ok(())
 }

@@ -6,12 +6,11 @@ use crate::config::Config;
 use crate::hub::{Hub, Settings};
 use crate::liveness::Liveness;
 use crate::notify::Notifier;
-use crate::plugins::{self, PluginSpec};
 use crate::registry::Registry;
-use crate::router::{Router, Routes};
+use crate::reload::Reloader;
+use crate::router::Router;
 use crate::store::{self, Store};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -43,6 +42,7 @@ pub enum StartError {
 /// A running host.
 pub struct Host {
     pub hub: Arc<Hub>,
+    pub reloader: Arc<Reloader>,
     pub local_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -51,31 +51,6 @@ pub struct Host {
 
 /// Directory (inside `state_dir`) holding the private copies of loaded plugin libraries.
 pub const STAGING_DIR: &str = "plugins-staging";
-
-/// Load the configured plugins off the async reactor; returns their routing table.
-async fn load_plugins(
-    config: &Config,
-    state_dir: &Path,
-    registry: &Arc<Registry>,
-    clock: &SharedClock,
-) -> Result<Routes, StartError> {
-    let staging = state_dir.join(STAGING_DIR);
-    // We hold the state-dir lock, so anything staged here belongs to a previous run.
-    let _ = std::fs::remove_dir_all(&staging);
-    store::ensure_state_dir(&staging)?;
-    let specs: Vec<PluginSpec> = config.plugins.iter().map(PluginSpec::from_config).collect();
-    let (registry, clock) = (Arc::clone(registry), Arc::clone(clock));
-    let loaded = tokio::task::spawn_blocking(move || {
-        plugins::load_routes(&specs, &staging, &registry, &clock)
-    })
-    .await
-    .map_err(|e| StartError::Plugin(format!("plugin loader task failed: {e}")))?;
-    let (routes, described) = loaded.map_err(|e| StartError::Plugin(e.to_string()))?;
-    for d in described {
-        tracing::info!(plugin = %d.name, "{d}");
-    }
-    Ok(routes)
-}
 
 impl Host {
     /// Start serving `config` with `clock`. Returns once the listener is bound.
@@ -93,7 +68,7 @@ impl Host {
         let notifier = Notifier::from_config(&config.pairing.notifier)
             .map_err(|e| StartError::Notifier(e.to_string()))?;
         let registry = Arc::new(Registry::new());
-        let router = Router::new(load_plugins(config, state_dir, &registry, &clock).await?);
+        let router = Router::default();
         let hub = Arc::new(Hub::new(
             Settings::from_config(config),
             notifier,
@@ -102,6 +77,20 @@ impl Host {
             router,
             clock,
         ));
+
+        // Plugins load through the same path a hot reload takes.
+        let staging = state_dir.join(STAGING_DIR);
+        // We hold the state-dir lock, so anything staged here belongs to a previous run.
+        let _ = std::fs::remove_dir_all(&staging);
+        store::ensure_state_dir(&staging)?;
+        let reloader = Arc::new(Reloader::new(Arc::clone(&hub), &config.file, &staging));
+        let report = reloader
+            .apply_initial(config)
+            .await
+            .map_err(StartError::Plugin)?;
+        for change in &report.changes {
+            tracing::info!("{change}");
+        }
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -120,9 +109,18 @@ impl Host {
         let tracker = TaskTracker::new();
         tracker.spawn(crate::admin::serve(
             Arc::clone(&hub),
+            Arc::clone(&reloader),
             admin,
             shutdown.clone(),
         ));
+        if config.reload.watch {
+            let debounce = Duration::from_millis(config.reload.debounce_ms);
+            tracker.spawn(crate::watch::run(
+                Arc::clone(&reloader),
+                debounce,
+                shutdown.clone(),
+            ));
+        }
         tracker.spawn(sweep_loop(Arc::clone(&hub), shutdown.clone()));
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),
@@ -132,6 +130,7 @@ impl Host {
         ));
         Ok(Host {
             hub,
+            reloader,
             local_addr,
             shutdown,
             task,

@@ -346,6 +346,11 @@ impl Raw {
         }
     }
 
+    /// The underlying WebSocket (to split it for concurrent sending and receiving).
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
@@ -460,34 +465,96 @@ pub async fn paired_session(host: &HostProc, id: &str) -> Result<(Raw, Identity)
     }
 }
 
-/// The test fixture plugin (`host/tests/fixtures/plugins/ok.rs`: content `panic`, `sleep:<ms>`,
-/// `log:<text>`, `err`, else echo) built as its own crate outside this workspace, once.
-pub fn fixture_plugin() -> PathBuf {
-    static SO: OnceLock<PathBuf> = OnceLock::new();
-    SO.get_or_init(|| {
+/// Fixture plugins built once in their own cargo workspace outside this one (path dependency
+/// on `plugin-api` only), returned by name:
+/// - `ok`: `host/tests/fixtures/plugins/ok.rs` (content `panic`, `sleep:<ms>`, `log:<text>`,
+///   `err`, else echo; config key `refuse` makes creation fail);
+/// - `versioned`: `tests/fixtures/versioned.rs` (replies `<content>@YNXVER-0000`; see
+///   [`versioned_copy`]);
+/// - `abi2`: a real plugin whose header claims the next ABI major.
+pub fn fixture(name: &str) -> PathBuf {
+    static WS: OnceLock<PathBuf> = OnceLock::new();
+    let ws = WS.get_or_init(|| {
         let root = workspace_root();
         let ws = root.join("target").join("e2e-fixture");
-        let src = std::fs::read_to_string(root.join("host/tests/fixtures/plugins/ok.rs")).unwrap_or_default();
-        std::fs::create_dir_all(ws.join("src")).ok();
-        let manifest = format!(
-            "[package]\nname = \"e2e-fixture\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nyonexus-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
-            root.join("plugin-api").display().to_string()
+        let api = root.join("plugin-api").display().to_string();
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_default();
+        let hacked = format!(
+            "macro_rules! HACK {{ ($h:ident) => {{ $h.0.abi_major = yonexus_plugin_api::abi::ABI_MAJOR + 1; }}; }}\n\
+             macro_rules! VT_HACK {{ ($v:ident) => {{}}; }}\n{}",
+            read("host/tests/fixtures/plugins/hacked_header.rs")
         );
-        for (path, text) in [(ws.join("Cargo.toml"), manifest), (ws.join("src/lib.rs"), src)] {
+        let crates = [
+            ("ok", read("host/tests/fixtures/plugins/ok.rs")),
+            ("versioned", read("tests/fixtures/versioned.rs")),
+            ("abi2", hacked),
+        ];
+        let mut files = vec![(
+            ws.join("Cargo.toml"),
+            "[workspace]\nresolver = \"2\"\nmembers = [\"ok\", \"versioned\", \"abi2\"]\n".to_owned(),
+        )];
+        for (name, src) in crates {
+            files.push((
+                ws.join(name).join("Cargo.toml"),
+                format!(
+                    "[package]\nname = \"e2e-{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nyonexus-plugin-api = {{ path = {api:?} }}\n"
+                ),
+            ));
+            files.push((ws.join(name).join("src/lib.rs"), src));
+        }
+        for (path, text) in files {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).ok();
+            }
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 std::fs::write(&path, text).ok();
             }
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--offline"])
+            .args(["build", "--offline", "--workspace"])
             .env_remove("CARGO_TARGET_DIR")
             .current_dir(&ws)
             .status();
         match status {
-            Ok(s) if s.success() => ws.join("target/debug/libe2e_fixture.so"),
-            other => panic!("building the fixture plugin failed: {other:?}"),
+            Ok(s) if s.success() => ws,
+            other => panic!("building the fixture plugins failed: {other:?}"),
         }
-    })
-    .clone()
+    });
+    ws.join(format!("target/debug/libe2e_{name}.so"))
+}
+
+/// Compatibility name for the `ok` fixture.
+pub fn fixture_plugin() -> PathBuf {
+    fixture("ok")
+}
+
+/// The bytes of the `versioned` fixture with its tag rewritten to `YNXVER-<version:04>`.
+pub fn versioned_bytes(version: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(fixture("versioned")).unwrap_or_default();
+    let marker = b"YNXVER-0000";
+    let new = format!("YNXVER-{version:04}");
+    let mut found = 0;
+    let mut i = 0;
+    while i + marker.len() <= bytes.len() {
+        if &bytes[i..i + marker.len()] == marker {
+            bytes[i..i + marker.len()].copy_from_slice(new.as_bytes());
+            found += 1;
+            i += marker.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(
+        found >= 1,
+        "version marker not found in the fixture library"
+    );
+    bytes
+}
+
+/// Replace `path` the way cargo and editors do: write a temp file next to it, then rename.
+pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).ok();
+    std::fs::rename(&tmp, path).ok();
 }

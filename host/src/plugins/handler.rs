@@ -102,6 +102,12 @@ impl PluginHandler {
         }
     }
 
+    /// Set once this instance's worker has served its last queued job and destroyed the
+    /// instance (after every clone of the handler is dropped).
+    pub fn finished(&self) -> Arc<super::worker::Latch> {
+        Arc::clone(&self.inner.shared.finished)
+    }
+
     /// Whether the panic breaker has disabled this instance.
     pub fn is_disabled(&self) -> bool {
         self.inner.shared.disabled.load(Ordering::Relaxed)

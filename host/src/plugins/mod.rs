@@ -31,6 +31,7 @@ pub use error::{LoadErrorKind, PluginLoadError};
 pub use handler::{PluginHandler, PluginStats};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
+pub use worker::Latch;
 pub use yonexus_plugin_api::abi::{ABI_MAJOR, ABI_MINOR};
 
 use crate::clock::SharedClock;
@@ -223,6 +224,22 @@ impl LoadedLibrary {
         registry: Arc<Registry>,
         clock: SharedClock,
     ) -> Result<Arc<PluginHandler>, PluginLoadError> {
+        let gate = Latch::new();
+        gate.set();
+        self.instantiate_gated(spec, registry, clock, gate)
+    }
+
+    /// Like [`LoadedLibrary::instantiate`], but the instance handles nothing (messages queue up)
+    /// until `gate` is set. A hot reload uses this to start a replacement only after its
+    /// predecessor has drained, so every sender's messages stay in order. Set the gate before
+    /// dropping the handler, or its worker never ends.
+    pub fn instantiate_gated(
+        &self,
+        spec: &PluginSpec,
+        registry: Arc<Registry>,
+        clock: SharedClock,
+        gate: Arc<Latch>,
+    ) -> Result<Arc<PluginHandler>, PluginLoadError> {
         let shared = Arc::new(worker::Shared::new());
         let ctx = Box::new(host_api::HostCtx {
             name: spec.name.clone(),
@@ -244,6 +261,7 @@ impl LoadedLibrary {
             ctx,
             Arc::clone(&shared),
             create_timeout,
+            gate,
         )
         .map_err(|k| spec.error(k))?;
         let handler = Arc::new(PluginHandler::new(
@@ -260,27 +278,4 @@ impl LoadedLibrary {
         tracing::info!(plugin = %spec.name, rules = ?spec.rules, "plugin instance created");
         Ok(handler)
     }
-}
-
-/// Load every configured plugin and create its instance; returns the routing table (rule →
-/// handler) and a description of each plugin. The first failure aborts the whole set.
-/// Blocking: call at startup or from `spawn_blocking`.
-pub fn load_routes(
-    specs: &[PluginSpec],
-    staging_dir: &Path,
-    registry: &Arc<Registry>,
-    clock: &SharedClock,
-) -> Result<(crate::router::Routes, Vec<PluginDescription>), PluginLoadError> {
-    let mut routes = crate::router::Routes::new();
-    let mut described = Vec::new();
-    for spec in specs {
-        let lib = load(spec, staging_dir)?;
-        let handler = lib.instantiate(spec, Arc::clone(registry), Arc::clone(clock))?;
-        for rule in &spec.rules {
-            let h: Arc<dyn crate::router::RuleHandler> = handler.clone();
-            routes.insert(rule.clone(), h);
-        }
-        described.push(lib.describe(spec));
-    }
-    Ok((routes, described))
 }

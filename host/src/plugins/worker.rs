@@ -12,10 +12,43 @@ use core::ffi::c_void;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use yonexus_plugin_api::abi::{self, FfiBuf, FfiStr, FreeBufFn, HostApi};
 use yonexus_protocol::envelope::ErrorCode;
+
+/// A one-way flag threads can wait on: set once, then every wait returns at once.
+#[derive(Debug, Default)]
+pub struct Latch {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Latch {
+    pub fn new() -> Arc<Latch> {
+        Arc::new(Latch::default())
+    }
+
+    /// Set the flag and wake every waiter.
+    pub fn set(&self) {
+        *self.set.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.set.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until set or `timeout` passes; true when set.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let guard = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |set| !*set)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
 
 /// Work for a plugin's thread.
 #[derive(Debug)]
@@ -39,6 +72,8 @@ pub(crate) struct Shared {
     pub stuck_reported: AtomicBool,
     pub epoch: Instant,
     panic_times: Mutex<VecDeque<Instant>>,
+    /// Set once the worker has served its last job and destroyed the instance.
+    pub finished: Arc<Latch>,
 }
 
 impl Shared {
@@ -55,6 +90,7 @@ impl Shared {
             stuck_reported: AtomicBool::new(false),
             epoch: Instant::now(),
             panic_times: Mutex::new(VecDeque::new()),
+            finished: Latch::new(),
         }
     }
 
@@ -110,14 +146,17 @@ fn take_err(free: FreeBufFn, buf: FfiBuf) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Start the worker: it calls `create`, reports the outcome, then serves jobs until every
-/// sender is dropped, and finally calls `destroy`. Blocks until `create` returns (or times out).
+/// Start the worker: it calls `create`, reports the outcome, waits for `gate` (so a replacement
+/// instance starts only after its predecessor drained, keeping each sender's order), then serves
+/// jobs until every sender is dropped, and finally calls `destroy`. Blocks until `create`
+/// returns (or times out).
 pub(crate) fn spawn(
     cfg: WorkerConfig,
     f: Functions,
     ctx: Box<HostCtx>,
     shared: Arc<Shared>,
     create_timeout: Duration,
+    gate: Arc<Latch>,
 ) -> Result<SyncSender<Job>, LoadErrorKind> {
     let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
     let (init_tx, init_rx) = mpsc::channel::<Result<(), LoadErrorKind>>();
@@ -152,6 +191,7 @@ pub(crate) fn spawn(
             // The receiver may have timed out and gone; then nobody will send jobs either.
             let _ = init_tx.send(outcome);
             if ok {
+                while !gate.wait(Duration::from_secs(3600)) {}
                 // The instance never leaves this thread.
                 serve(&cfg, &f, &ctx, &shared, instance, rx);
                 // SAFETY: no call is running and none will follow (all senders are gone).
@@ -160,6 +200,7 @@ pub(crate) fn spawn(
             }
             drop(api);
             drop(ctx);
+            shared.finished.set();
         })
         .map_err(LoadErrorKind::Thread)?;
     match init_rx.recv_timeout(create_timeout) {

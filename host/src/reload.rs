@@ -1,0 +1,424 @@
+//! Hot reload of the config file and plugins.
+//!
+//! A reload reads and validates the whole new config and loads every new or changed plugin
+//! (from a fresh private copy) **before** switching anything; any error leaves the running
+//! version serving and is reported as one line. Then the routing table is switched in one step:
+//! messages already queued finish on the old instance, new ones queue for the new instance,
+//! which starts handling them only once its predecessor has drained (bounded by
+//! `reload.drain_timeout_ms`), so every follower's messages keep their order. Untouched plugins
+//! are not re-created; a change to a plugin's `[plugins.config]` (or tuning) re-creates the
+//! instance on the already-loaded library; a new file content loads a new library. Libraries
+//! are never unloaded.
+
+use crate::config::{Config, PluginConfig};
+use crate::hub::{Hub, Settings};
+use crate::notify::Notifier;
+use crate::plugins::{self, Latch, LoadedLibrary, PluginHandler, PluginSpec};
+use crate::router::{Routes, RuleHandler};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One running plugin.
+#[derive(Clone)]
+struct ActivePlugin {
+    config: PluginConfig,
+    lib: LoadedLibrary,
+    /// Hash of the file content the library was loaded from.
+    hash: u64,
+    handler: Arc<PluginHandler>,
+}
+
+struct Applied {
+    config: Config,
+    plugins: BTreeMap<String, ActivePlugin>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// Human-readable changes; empty when nothing changed.
+    pub changes: Vec<String>,
+    /// Settings that changed in the file but only take effect after a restart.
+    pub needs_restart: Vec<String>,
+    /// Milliseconds from the start of the reload until new instances were serving.
+    pub took_ms: u64,
+}
+
+/// The plugins prepared for a switch (all loaded and created, not yet serving).
+struct Prepared {
+    plugins: BTreeMap<String, ActivePlugin>,
+    /// New instances and the gate that lets each start.
+    gates: Vec<(String, Arc<Latch>)>,
+    changes: Vec<String>,
+}
+
+impl Prepared {
+    /// Abandon: let the never-used new instances run down and end.
+    fn abandon(self) {
+        for (_, gate) in &self.gates {
+            gate.set();
+        }
+    }
+}
+
+/// Hash of a plugin file's content (change detection, not security).
+fn file_hash(path: &Path) -> std::io::Result<u64> {
+    let bytes = std::fs::read(path)?;
+    let mut h = DefaultHasher::new();
+    h.write(&bytes);
+    h.write_usize(bytes.len());
+    Ok(h.finish())
+}
+
+/// Owns the applied configuration and performs reloads, one at a time.
+pub struct Reloader {
+    hub: Arc<Hub>,
+    config_path: PathBuf,
+    staging: PathBuf,
+    applied: tokio::sync::Mutex<Option<Applied>>,
+    /// The files whose change triggers a reload (config + plugin files).
+    watched: Mutex<Vec<PathBuf>>,
+}
+
+impl Reloader {
+    pub fn new(hub: Arc<Hub>, config_path: &Path, staging: &Path) -> Self {
+        Reloader {
+            hub,
+            config_path: config_path.to_owned(),
+            staging: staging.to_owned(),
+            applied: tokio::sync::Mutex::new(None),
+            watched: Mutex::new(vec![config_path.to_owned()]),
+        }
+    }
+
+    /// The files a watcher should follow.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Apply the config the host starts with (loads every plugin). An error stops the start.
+    pub async fn apply_initial(&self, config: &Config) -> Result<ReloadReport, String> {
+        let mut applied = self.applied.lock().await;
+        self.apply(&mut applied, config.clone()).await
+    }
+
+    /// Re-read the config file and apply what changed. On error nothing changes and the error
+    /// (file, key or plugin, reason) is returned and logged.
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, String> {
+        let mut applied = self.applied.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| format!("config loader task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = match loaded {
+            Ok(config) => self.apply(&mut applied, config).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(r) if r.changes.is_empty() && r.needs_restart.is_empty() => {
+                tracing::debug!(trigger, "reload: nothing changed");
+            }
+            Ok(r) => {
+                tracing::info!(trigger, changes = ?r.changes, took_ms = r.took_ms, "reload applied");
+                for key in &r.needs_restart {
+                    tracing::warn!(trigger, key = %key, "config change needs a restart to take effect; the rest of the change was applied");
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    trigger,
+                    "reload refused, the running configuration keeps serving: {e}"
+                );
+            }
+        }
+        result
+    }
+
+    async fn apply(
+        &self,
+        applied: &mut Option<Applied>,
+        config: Config,
+    ) -> Result<ReloadReport, String> {
+        let started = Instant::now();
+        let hub = &self.hub;
+        let old_plugins = applied
+            .as_ref()
+            .map(|a| a.plugins.clone())
+            .unwrap_or_default();
+
+        // 1. Everything that can fail, before anything changes.
+        let notifier_changed = applied
+            .as_ref()
+            .is_none_or(|a| a.config.pairing.notifier != config.pairing.notifier);
+        let notifier = if notifier_changed {
+            Some(
+                Notifier::from_config(&config.pairing.notifier)
+                    .map_err(|e| format!("{}: pairing: {e}", config.file.display()))?,
+            )
+        } else {
+            None
+        };
+        let (specs, staging, registry, clock) = (
+            config.plugins.clone(),
+            self.staging.clone(),
+            Arc::clone(&hub.registry),
+            Arc::clone(&hub.clock),
+        );
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare(&specs, &old_plugins, &staging, &registry, &clock)
+        })
+        .await
+        .map_err(|e| format!("plugin loader task failed: {e}"))??;
+
+        let mut report = ReloadReport {
+            changes: prepared.changes.clone(),
+            ..Default::default()
+        };
+        let routes_changed = applied.as_ref().is_none_or(|a| {
+            let rules = |m: &BTreeMap<String, ActivePlugin>| -> Vec<(String, Vec<String>)> {
+                m.iter()
+                    .map(|(n, p)| (n.clone(), p.config.rules.clone()))
+                    .collect()
+            };
+            rules(&a.plugins) != rules(&prepared.plugins)
+        });
+        if let Some(old) = applied.as_ref() {
+            if old.config.server.listen != config.server.listen {
+                report.needs_restart.push(format!(
+                    "server.listen ({} → {})",
+                    old.config.server.listen, config.server.listen
+                ));
+            }
+            if old.config.server.state_dir != config.server.state_dir {
+                report.needs_restart.push("server.state_dir".into());
+            }
+            if old.config.reload.watch != config.reload.watch {
+                report.needs_restart.push("reload.watch".into());
+            }
+        }
+        if prepared.gates.is_empty()
+            && !routes_changed
+            && applied
+                .as_ref()
+                .is_some_and(|a| same_live_settings(&a.config, &config))
+        {
+            applied.replace(Applied {
+                config,
+                plugins: prepared.plugins,
+            });
+            report.took_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+
+        // 2. Switch in one step.
+        let mut routes = Routes::new();
+        for plugin in prepared.plugins.values() {
+            for rule in &plugin.config.rules {
+                let h: Arc<dyn RuleHandler> = plugin.handler.clone();
+                routes.insert(rule.clone(), h);
+            }
+        }
+        drop(hub.router.swap(routes));
+        if routes_changed && applied.is_some() {
+            report.changes.push("routes changed".into());
+        }
+        let old_settings = hub.settings();
+        let new_settings = Settings::from_config(&config);
+        if let Some(n) = notifier {
+            hub.set_notifier(n);
+            if applied.is_some() {
+                report
+                    .changes
+                    .push(format!("pairing notifier: {}", hub.notifier().kind()));
+            }
+        }
+        if applied.is_some() {
+            describe_settings(&old_settings, &new_settings, &mut report.changes);
+        }
+        let removed: Vec<String> = old_settings
+            .allow
+            .difference(&new_settings.allow)
+            .cloned()
+            .collect();
+        hub.set_settings(new_settings);
+        for id in removed {
+            if let Some(handle) = hub.registry.get(&id) {
+                tracing::info!(identifier = %id, "removed from the allowlist: disconnecting (its trust record is kept)");
+                handle.close(1008, "identifier removed from allowlist");
+                hub.registry.remove(&id, handle.conn_id);
+            }
+        }
+
+        // 3. Drain replaced instances, then let their successors start.
+        let old = applied.take().map(|a| a.plugins).unwrap_or_default();
+        let mut handoffs = Vec::new();
+        for (name, gate) in &prepared.gates {
+            let predecessor = old.get(name).map(|p| p.handler.finished());
+            handoffs.push((name.clone(), predecessor, Arc::clone(gate)));
+        }
+        let replaced = old.len();
+        drop(old); // the last references: old workers finish their queues and end
+        let drain = Duration::from_millis(config.reload.drain_timeout_ms);
+        tokio::task::spawn_blocking(move || {
+            for (name, predecessor, gate) in handoffs {
+                if let Some(finished) = predecessor {
+                    if !finished.wait(drain) {
+                        tracing::warn!(plugin = %name, timeout = ?drain, "old plugin instance did not drain in time; the new one starts now (order across the switch is not guaranteed for messages still queued)");
+                    }
+                }
+                gate.set();
+            }
+        })
+        .await
+        .map_err(|e| format!("drain task failed: {e}"))?;
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) =
+            std::iter::once(self.config_path.clone())
+                .chain(config.plugins.iter().map(|p| p.path.clone()))
+                .collect();
+        applied.replace(Applied {
+            config,
+            plugins: prepared.plugins,
+        });
+        report.took_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            replaced,
+            mapped_libraries = plugins::mapped_libraries(),
+            "plugin generations switched"
+        );
+        Ok(report)
+    }
+}
+
+/// Whether the settings that apply live are the same.
+fn same_live_settings(a: &Config, b: &Config) -> bool {
+    a.allow == b.allow
+        && a.pairing == b.pairing
+        && a.liveness == b.liveness
+        && a.server.path == b.server.path
+}
+
+fn describe_settings(old: &Settings, new: &Settings, changes: &mut Vec<String>) {
+    let added: Vec<&String> = new.allow.difference(&old.allow).collect();
+    let removed: Vec<&String> = old.allow.difference(&new.allow).collect();
+    if !added.is_empty() || !removed.is_empty() {
+        changes.push(format!("allowlist: added {added:?}, removed {removed:?}"));
+    }
+    if old.pairing.ttl_secs != new.pairing.ttl_secs
+        || old.pairing.max_attempts != new.pairing.max_attempts
+    {
+        changes.push("pairing settings".into());
+    }
+    if old.liveness != new.liveness {
+        changes.push("liveness settings".into());
+    }
+    if old.path != new.path {
+        changes.push(format!("server.path → {}", new.path));
+    }
+}
+
+/// Load and create everything the new plugin list needs, reusing what did not change.
+/// Blocking. On error, nothing created here keeps running.
+fn prepare(
+    configs: &[PluginConfig],
+    old: &BTreeMap<String, ActivePlugin>,
+    staging: &Path,
+    registry: &Arc<crate::registry::Registry>,
+    clock: &crate::clock::SharedClock,
+) -> Result<Prepared, String> {
+    let mut prepared = Prepared {
+        plugins: BTreeMap::new(),
+        gates: Vec::new(),
+        changes: Vec::new(),
+    };
+    for pc in configs {
+        let spec = PluginSpec::from_config(pc);
+        let hash = match file_hash(&pc.path) {
+            Ok(h) => h,
+            Err(e) => {
+                prepared.abandon();
+                return Err(format!(
+                    "plugin '{}' ({}): cannot read the plugin file: {e}",
+                    pc.name,
+                    pc.path.display()
+                ));
+            }
+        };
+        let previous = old.get(&pc.name);
+        let same_library = previous.filter(|p| p.hash == hash && p.config.path == pc.path);
+        let (lib, what) = match same_library {
+            Some(p) if p.config == *pc => {
+                prepared.plugins.insert(pc.name.clone(), p.clone());
+                continue;
+            }
+            Some(p) => (
+                p.lib.clone(),
+                format!(
+                    "plugin '{}': settings changed, instance re-created on the loaded library",
+                    pc.name
+                ),
+            ),
+            None => match plugins::load(&spec, staging) {
+                Ok(lib) => {
+                    let what = match previous {
+                        Some(_) => format!(
+                            "plugin '{}': new library {} {}",
+                            pc.name,
+                            lib.info().name,
+                            lib.info().version
+                        ),
+                        None => format!(
+                            "plugin '{}': loaded {} {}",
+                            pc.name,
+                            lib.info().name,
+                            lib.info().version
+                        ),
+                    };
+                    (lib, what)
+                }
+                Err(e) => {
+                    prepared.abandon();
+                    return Err(e.to_string());
+                }
+            },
+        };
+        let gate = Latch::new();
+        match lib.instantiate_gated(
+            &spec,
+            Arc::clone(registry),
+            Arc::clone(clock),
+            Arc::clone(&gate),
+        ) {
+            Ok(handler) => {
+                prepared.gates.push((pc.name.clone(), gate));
+                prepared.changes.push(what);
+                prepared.plugins.insert(
+                    pc.name.clone(),
+                    ActivePlugin {
+                        config: pc.clone(),
+                        lib,
+                        hash,
+                        handler,
+                    },
+                );
+            }
+            Err(e) => {
+                gate.set();
+                prepared.abandon();
+                return Err(e.to_string());
+            }
+        }
+    }
+    for name in old.keys().filter(|n| !prepared.plugins.contains_key(*n)) {
+        prepared.changes.push(format!("plugin '{name}' removed"));
+    }
+    Ok(prepared)
+}
