@@ -93,7 +93,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_keep_order() {
                     Some(Ok(Message::Text(t))) => t.to_string(),
                     other => panic!("{id}: connection dropped or odd frame: {other:?}"),
                 };
-                let (body, version) = text.rsplit_once('@').unwrap();
+                let (body, _) = text.rsplit_once('@').unwrap();
                 assert_eq!(
                     body,
                     format!("ver::{id}-{received}"),
