@@ -298,6 +298,13 @@ impl Reloader {
     }
 }
 
+/// Whether an instance created with `a` serves `b` unchanged (everything but the rules equal).
+fn same_instance_settings(a: &PluginConfig, b: &PluginConfig) -> bool {
+    let mut a = a.clone();
+    a.rules = b.rules.clone();
+    a == *b
+}
+
 /// Whether the settings that apply live are the same.
 fn same_live_settings(a: &Config, b: &Config) -> bool {
     a.allow == b.allow
@@ -355,8 +362,13 @@ fn prepare(
         let previous = old.get(&pc.name);
         let same_library = previous.filter(|p| p.hash == hash && p.config.path == pc.path);
         let (lib, what) = match same_library {
-            Some(p) if p.config == *pc => {
-                prepared.plugins.insert(pc.name.clone(), p.clone());
+            Some(p) if same_instance_settings(&p.config, pc) => {
+                // Untouched (perhaps re-routed): keep the running instance.
+                let kept = ActivePlugin {
+                    config: pc.clone(),
+                    ..p.clone()
+                };
+                prepared.plugins.insert(pc.name.clone(), kept);
                 continue;
             }
             Some(p) => (

@@ -159,3 +159,300 @@ async fn twenty_swaps_under_load_lose_nothing_and_keep_order() {
     );
     assert!(total > 100, "the load generator sent too little ({total})");
 }
+
+fn reload_cli(host: &HostProc) -> (i32, String, String) {
+    cli(&host.config, &["reload"])
+}
+
+fn count_logs(host: &HostProc, needle: &str) -> usize {
+    host.logs().iter().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test]
+async fn in_place_copy_half_written_file_and_touch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (so, text) = setup(tmp.path(), &["alpha"], "debounce_ms = 300\n");
+    let host = HostProc::start(tmp.path(), &text).unwrap();
+    let (mut raw, _) = paired_session(&host, "alpha").await.unwrap();
+    assert!(until_version(&mut raw, 0, Duration::from_secs(2))
+        .await
+        .is_some());
+
+    // `cp` over the watched file in place (same inode, truncate + write): no crash, the new
+    // version is loaded once the file is stable.
+    std::fs::write(&so, versioned_bytes(1)).unwrap();
+    assert!(until_version(&mut raw, 1, Duration::from_secs(10))
+        .await
+        .is_some());
+
+    // Written in two parts with a pause shorter than the debounce: never loaded half-written.
+    let created_before = count_logs(&host, "plugin instance created");
+    let bytes = versioned_bytes(2);
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&so).unwrap();
+        f.write_all(first).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        f.write_all(second).unwrap();
+    }
+    assert!(until_version(&mut raw, 2, Duration::from_secs(10))
+        .await
+        .is_some());
+    assert_eq!(
+        count_logs(&host, "reload refused"),
+        0,
+        "the half-written file was tried"
+    );
+    assert_eq!(
+        count_logs(&host, "plugin instance created"),
+        created_before + 1,
+        "exactly one reload"
+    );
+
+    // A pause longer than the debounce: the torn file is refused (truncated), the old version
+    // keeps answering, and the completed file loads.
+    {
+        use std::io::Write;
+        let bytes = versioned_bytes(3);
+        let (first, second) = bytes.split_at(bytes.len() / 2);
+        let mut f = std::fs::File::create(&so).unwrap();
+        f.write_all(first).unwrap();
+        f.flush().unwrap();
+        let refused = wait_for(Duration::from_secs(5), || {
+            (count_logs(&host, "reload refused") > 0).then_some(())
+        });
+        assert!(refused.is_some(), "the truncated file was not refused");
+        assert!(
+            host.logs().iter().any(|l| l.contains("truncated")),
+            "refusal names the reason"
+        );
+        raw.send_text("ver::meanwhile").await.unwrap();
+        assert_eq!(
+            rule(&mut raw).await,
+            "ver::meanwhile@YNXVER-0002",
+            "the old version keeps answering"
+        );
+        f.write_all(second).unwrap();
+    }
+    assert!(until_version(&mut raw, 3, Duration::from_secs(10))
+        .await
+        .is_some());
+
+    // Touching the file (same content) causes no reload.
+    let created = count_logs(&host, "plugin instance created");
+    let applied = count_logs(&host, "reload applied");
+    std::fs::write(&so, versioned_bytes(3)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(count_logs(&host, "plugin instance created"), created);
+    assert_eq!(count_logs(&host, "reload applied"), applied);
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("nothing changed"), "{out}");
+}
+
+#[tokio::test]
+async fn bad_replacements_are_refused_while_the_old_version_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (so, text) = setup(tmp.path(), &["alpha"], "debounce_ms = 100\n");
+    let fx = fixture("ok");
+    let text = format!(
+        "{text}\n[[plugins]]\nname = \"fx\"\npath = \"{}\"\nrules = [\"fx\"]\n",
+        fx.display()
+    );
+    let host = HostProc::start(tmp.path(), &text).unwrap();
+    let (mut raw, _) = paired_session(&host, "alpha").await.unwrap();
+    assert!(until_version(&mut raw, 0, Duration::from_secs(2))
+        .await
+        .is_some());
+
+    let refusals = |host: &HostProc| count_logs(host, "reload refused");
+    // Garbage.
+    replace_by_rename(&so, b"\x7fELF but not really, just garbage bytes");
+    assert!(wait_for(Duration::from_secs(5), || (refusals(&host) >= 1)
+        .then_some(()))
+    .is_some());
+    raw.send_text("ver::a").await.unwrap();
+    assert_eq!(rule(&mut raw).await, "ver::a@YNXVER-0000");
+    // A build for another ABI major.
+    replace_by_rename(&so, &std::fs::read(fixture("abi2")).unwrap());
+    assert!(wait_for(Duration::from_secs(5), || (refusals(&host) >= 2)
+        .then_some(()))
+    .is_some());
+    assert!(
+        host.logs()
+            .iter()
+            .any(|l| l.contains("reload refused") && l.contains("ABI 2")),
+        "refusal names both versions"
+    );
+    raw.send_text("ver::b").await.unwrap();
+    assert_eq!(rule(&mut raw).await, "ver::b@YNXVER-0000");
+    // Deleted: refused (nothing to load), the loaded version keeps serving.
+    std::fs::remove_file(&so).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || (refusals(&host) >= 3).then_some(())).is_some());
+    raw.send_text("ver::gone").await.unwrap();
+    assert_eq!(rule(&mut raw).await, "ver::gone@YNXVER-0000");
+    // Restored: loads again.
+    replace_by_rename(&so, &versioned_bytes(5));
+    assert!(until_version(&mut raw, 5, Duration::from_secs(10))
+        .await
+        .is_some());
+
+    // A plugin whose creation fails on its new config: `yonexus reload` says why, exits non-zero.
+    let config = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        format!("{config}[plugins.config]\nrefuse = true\n"),
+    )
+    .unwrap();
+    let (status, _, err) = reload_cli(&host);
+    assert_ne!(status, 0);
+    assert!(
+        err.contains("refused by config") && err.contains("fx"),
+        "{err}"
+    );
+    raw.send_text("fx::still").await.unwrap();
+    assert_eq!(rule(&mut raw).await, "fx::still");
+    raw.send_text("ver::c").await.unwrap();
+    assert_eq!(rule(&mut raw).await, "ver::c@YNXVER-0005");
+}
+
+#[tokio::test]
+async fn config_reloads_are_atomic_and_apply_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_so, text) = setup(tmp.path(), &["alpha", "beta"], "watch = false\n");
+    let host = HostProc::start(tmp.path(), &text).unwrap();
+    let (mut alpha, alpha_ident) = paired_session(&host, "alpha").await.unwrap();
+    let (beta_raw, beta) = paired_session(&host, "beta").await.unwrap();
+    drop(beta_raw);
+    let original = std::fs::read_to_string(&host.config).unwrap();
+
+    // Invalid TOML: refused as a whole, the message names the file.
+    std::fs::write(&host.config, format!("{original}\n[[[broken")).unwrap();
+    let (status, _, err) = reload_cli(&host);
+    assert_ne!(status, 0);
+    assert!(
+        err.contains("yonexus.toml") && err.contains("TOML"),
+        "{err}"
+    );
+    // A plugin pointing at a missing file plus an allowlist change: refused as a whole.
+    let bad = original.replace(
+        "allow = [\"alpha\", \"beta\"]",
+        "allow = [\"alpha\", \"beta\", \"gamma\"]",
+    )
+        + "[[plugins]]\nname = \"ghost\"\npath = \"plugins/nope.so\"\nrules = [\"ghost\"]\n";
+    std::fs::write(&host.config, bad).unwrap();
+    let (status, _, err) = reload_cli(&host);
+    assert_ne!(status, 0);
+    assert!(
+        err.contains("plugins[2].path") && err.contains("nope.so"),
+        "{err}"
+    );
+    let mut gamma = Raw::connect(&host.url()).await.unwrap();
+    gamma
+        .send(
+            "hello",
+            serde_json::json!({"identifier": "gamma", "protocolVersion": "1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        gamma.error().await.unwrap().0,
+        "IDENTIFIER_NOT_ALLOWED",
+        "nothing of the refused change applied"
+    );
+
+    // Only the echo plugin's config table changes: re-created on the loaded library; the other
+    // plugin is untouched.
+    let created = count_logs(&host, "plugin instance created");
+    let loaded = count_logs(&host, "plugin library loaded");
+    let with_prefix = original.replace(
+        "rules = [\"echo\"]\n",
+        "rules = [\"echo\"]\n[plugins.config]\nprefix = \"> \"\n",
+    );
+    std::fs::write(&host.config, &with_prefix).unwrap();
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("plugin 'echo': settings changed"), "{out}");
+    assert_eq!(
+        count_logs(&host, "plugin instance created"),
+        created + 1,
+        "only echo re-created"
+    );
+    assert_eq!(
+        count_logs(&host, "plugin library loaded"),
+        loaded,
+        "no new dlopen"
+    );
+    alpha.send_text("echo::hi").await.unwrap();
+    assert_eq!(rule(&mut alpha).await, "echo::> hi");
+
+    // A routes-only change swaps routes without re-creating anything.
+    let rerouted = with_prefix.replace("rules = [\"ver\"]", "rules = [\"ver\", \"v2\"]");
+    std::fs::write(&host.config, &rerouted).unwrap();
+    let created = count_logs(&host, "plugin instance created");
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("routes changed"), "{out}");
+    assert_eq!(count_logs(&host, "plugin instance created"), created);
+    alpha.send_text("v2::x").await.unwrap();
+    assert_eq!(rule(&mut alpha).await, "v2::x@YNXVER-0000");
+
+    // Allowlist: removing alpha disconnects it (1008); its trust record is kept.
+    let without_alpha = rerouted.replace("allow = [\"alpha\", \"beta\"]", "allow = [\"beta\"]");
+    std::fs::write(&host.config, &without_alpha).unwrap();
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("allowlist"), "{out}");
+    assert_eq!(alpha.closed().await.unwrap().0, 1008);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("state/trust.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["followers"]["alpha"]["pairingStatus"], "paired");
+    // Settings that cannot change live are reported, and the rest still applies.
+    let moved = rerouted.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
+    std::fs::write(&host.config, &moved).unwrap();
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(
+        err.contains("needs a restart") && err.contains("server.listen"),
+        "{err}"
+    );
+    assert!(
+        out.contains("allowlist"),
+        "alpha re-added in the same change: {out}"
+    );
+    // Re-added: beta and alpha both authenticate with their existing secrets.
+    let mut raw = Raw::connect(&host.url()).await.unwrap();
+    beta.login(&mut raw).await.unwrap();
+    let mut again = Raw::connect(&host.url()).await.unwrap();
+    alpha_ident.login(&mut again).await.unwrap();
+    again.send_text("echo::back").await.unwrap();
+    assert_eq!(rule(&mut again).await, "echo::> back");
+}
+
+#[test]
+fn sighup_triggers_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_so, text) = setup(tmp.path(), &["alpha"], "watch = false\n");
+    let host = HostProc::start(tmp.path(), &text).unwrap();
+    let original = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        original.replace("allow = [\"alpha\"]", "allow = [\"alpha\", \"zeta\"]"),
+    )
+    .unwrap();
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(host.pid().to_string())
+        .status()
+        .unwrap();
+    let applied = wait_for(Duration::from_secs(10), || {
+        host.logs()
+            .into_iter()
+            .find(|l| l.contains("reload applied") && l.contains("SIGHUP"))
+    });
+    assert!(applied.is_some_and(|l| l.contains("zeta")));
+}
