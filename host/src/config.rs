@@ -38,6 +38,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub path: String,
     pub state_dir: PathBuf,
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[pairing]`.
@@ -54,6 +55,125 @@ pub struct LivenessConfig {
     pub unstable_after_secs: i64,
     pub offline_after_secs: i64,
     pub sweep_interval_secs: u64,
+}
+
+/// `[limits]`: protection against hostile and slow peers. Every value has a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Deadline for the WebSocket upgrade after TCP accept.
+    pub upgrade_timeout_ms: u64,
+    /// Deadline to authenticate after the upgrade (extended by the pairing TTL while a pairing
+    /// is in progress, so a human has time to relay the code).
+    pub auth_timeout_secs: u64,
+    /// Unauthenticated connections in total, and per remote IP; beyond them upgrades get 503.
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_ip: usize,
+    /// Largest message accepted before authentication, and after it.
+    pub max_unauthenticated_message: usize,
+    pub max_message_size: usize,
+    /// Inbound messages per second per connection, and the burst allowed above that rate.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// Consecutive rate-limited messages after which the connection is closed (1008).
+    pub rate_abuse_close_after: u32,
+    /// Outbound queue per connection, in frames and bytes; a follower whose queue is full is
+    /// closed as a slow consumer (1008).
+    pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
+    /// WebSocket ping interval; a peer silent for two intervals is dropped.
+    pub ping_interval_secs: u64,
+    /// How long shutdown waits for connections and plugins to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            upgrade_timeout_ms: 5_000,
+            auth_timeout_secs: 10,
+            max_unauthenticated: 1_000,
+            max_unauthenticated_per_ip: 20,
+            max_unauthenticated_message: 64 * 1024,
+            max_message_size: 1024 * 1024,
+            rate_per_sec: 1_000,
+            rate_burst: 2_000,
+            rate_abuse_close_after: 1_000,
+            outbound_queue: 1_024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            ping_interval_secs: 30,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self, err: impl Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let positive: [(&str, u64); 12] = [
+            ("limits.upgrade_timeout_ms", self.upgrade_timeout_ms),
+            ("limits.auth_timeout_secs", self.auth_timeout_secs),
+            (
+                "limits.max_unauthenticated",
+                self.max_unauthenticated as u64,
+            ),
+            (
+                "limits.max_unauthenticated_per_ip",
+                self.max_unauthenticated_per_ip as u64,
+            ),
+            (
+                "limits.max_unauthenticated_message",
+                self.max_unauthenticated_message as u64,
+            ),
+            ("limits.max_message_size", self.max_message_size as u64),
+            ("limits.rate_per_sec", u64::from(self.rate_per_sec)),
+            ("limits.rate_burst", u64::from(self.rate_burst)),
+            ("limits.outbound_queue", self.outbound_queue as u64),
+            (
+                "limits.outbound_queue_bytes",
+                self.outbound_queue_bytes as u64,
+            ),
+            ("limits.ping_interval_secs", self.ping_interval_secs),
+            ("limits.shutdown_grace_ms", self.shutdown_grace_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(err(key, "must be positive".into()));
+            }
+        }
+        if self.max_message_size > 64 * 1024 * 1024 {
+            return Err(err(
+                "limits.max_message_size",
+                "must be at most 64 MiB".into(),
+            ));
+        }
+        if self.max_unauthenticated_message > self.max_message_size {
+            return Err(err(
+                "limits.max_unauthenticated_message",
+                format!(
+                    "must not exceed limits.max_message_size ({})",
+                    self.max_message_size
+                ),
+            ));
+        }
+        if self.outbound_queue_bytes < self.max_message_size {
+            return Err(err(
+                "limits.outbound_queue_bytes",
+                format!(
+                    "must be at least limits.max_message_size ({})",
+                    self.max_message_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[server.tls]`: serve `wss://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key (resolved against the config file's directory).
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[reload]`.
@@ -95,6 +215,9 @@ pub struct Config {
     pub pairing: PairingConfig,
     pub liveness: LivenessConfig,
     pub reload: ReloadConfig,
+    pub limits: LimitsConfig,
+    /// `[admin] listen`: the HTTP address of `/metrics`, `/healthz`, `/readyz` (None = off).
+    pub admin_listen: Option<SocketAddr>,
     pub plugins: Vec<PluginConfig>,
 }
 
@@ -112,7 +235,32 @@ struct RawConfig {
     #[serde(default)]
     reload: RawReload,
     #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     plugins: Vec<RawPlugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:9787".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +287,7 @@ struct RawServer {
     listen: String,
     path: String,
     state_dir: PathBuf,
+    tls: Option<RawTls>,
 }
 
 impl Default for RawServer {
@@ -147,6 +296,7 @@ impl Default for RawServer {
             listen: "127.0.0.1:8787".into(),
             path: "/".into(),
             state_dir: PathBuf::from("./yonexus-state"),
+            tls: None,
         }
     }
 }
@@ -395,6 +545,29 @@ impl Config {
             ));
         }
 
+        raw.limits.validate(err)?;
+        let admin_listen = match raw.admin.listen.trim() {
+            "" | "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    "admin.listen",
+                    format!("'{text}' is not an IP:port address (or \"off\")"),
+                )
+            })?),
+        };
+        let tls = match &raw.server.tls {
+            None => None,
+            Some(t) => {
+                let (cert, key) = (resolve(&t.cert), resolve(&t.key));
+                for (k, p) in [("server.tls.cert", &cert), ("server.tls.key", &key)] {
+                    if !p.is_file() {
+                        return Err(err(k, format!("file '{}' does not exist", p.display())));
+                    }
+                }
+                Some(TlsConfig { cert, key })
+            }
+        };
+
         let mut plugins = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut owners: HashMap<String, (usize, String)> = HashMap::new();
@@ -490,7 +663,10 @@ impl Config {
                 listen,
                 path: raw.server.path,
                 state_dir: resolve(&raw.server.state_dir),
+                tls,
             },
+            limits: raw.limits,
+            admin_listen,
             allow,
             pairing: PairingConfig {
                 ttl_secs: p.ttl_secs,

@@ -1,15 +1,24 @@
-//! One follower's socket: the WebSocket upgrade, a reader that feeds the session, and a writer
-//! that drains the bounded outbound queue in batches (feed … feed, one flush).
+//! One follower's socket: the WebSocket upgrade (path check, admission, deadline, size limits),
+//! a reader that feeds the session (authentication deadline, inbound rate limit, ping
+//! keepalive), and a writer that drains the bounded outbound queue in batches (feed … feed, one
+//! flush).
 
+use crate::admission::Ticket;
 use crate::hub::Hub;
 use crate::registry::{Outbound, SessionHandle};
+use crate::reply;
 use crate::session::{Flow, Session};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use governor::{Quota, RateLimiter};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,56 +26,76 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use yonexus_protocol::envelope::ErrorCode;
 
-/// Deadline for the HTTP upgrade after TCP accept.
-pub const UPGRADE_DEADLINE: Duration = Duration::from_secs(5);
-/// Frames queued for one follower before it counts as a slow consumer.
-pub const OUTBOUND_QUEUE: usize = 1024;
-/// Largest message accepted from a follower.
-pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// WebSocket limits for a small-message hub (tungstenite's defaults allow 64 MiB messages and
 /// allocate a 128 KiB read buffer per connection).
-pub fn ws_config() -> WebSocketConfig {
+pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(Some(MAX_MESSAGE_SIZE))
-        .max_frame_size(Some(MAX_MESSAGE_SIZE))
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(max_message_size + 64 * 1024)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
 }
 
-fn not_found() -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some("no WebSocket endpoint at this path\n".into()));
-    *resp.status_mut() = StatusCode::NOT_FOUND;
+fn http_error(status: StatusCode, body: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(body.to_owned()));
+    *resp.status_mut() = status;
     resp
 }
 
-/// Serve one accepted TCP connection until it closes or the host shuts down.
-pub async fn run(
+/// Serve one accepted connection (plain TCP or TLS) until it closes or the host shuts down.
+/// `ticket` is `Err(reason)` when the unauthenticated caps are full: the upgrade then gets 503.
+pub async fn run<S>(
     hub: Arc<Hub>,
-    stream: TcpStream,
+    stream: S,
     remote: SocketAddr,
+    ticket: Result<Ticket, &'static str>,
     shutdown: CancellationToken,
-) {
-    let path = hub.settings().path.clone();
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = hub.settings();
+    let limits = settings.limits;
+    let path = settings.path.clone();
+    let refusal = ticket.as_ref().err().copied();
     // The error type is tungstenite's; its size is not ours to choose.
     #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, resp: Response| {
-        if req.uri().path() == path {
-            Ok(resp)
+        if req.uri().path() != path {
+            Err(http_error(
+                StatusCode::NOT_FOUND,
+                "no WebSocket endpoint at this path\n",
+            ))
+        } else if refusal.is_some() {
+            Err(http_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many unauthenticated connections; retry later\n",
+            ))
         } else {
-            Err(not_found())
+            Ok(resp)
         }
     };
-    let upgrade =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()));
-    let ws = match tokio::time::timeout(UPGRADE_DEADLINE, upgrade).await {
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(limits.max_message_size)),
+    );
+    let ws = match tokio::time::timeout(Duration::from_millis(limits.upgrade_timeout_ms), upgrade)
+        .await
+    {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
-            tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade refused");
+            match refusal {
+                Some(reason) => {
+                    tracing::warn!(remote = %remote, reason, "upgrade refused: unauthenticated connection cap reached")
+                }
+                None => tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade refused"),
+            }
             return;
         }
         Err(_) => {
@@ -74,51 +103,108 @@ pub async fn run(
             return;
         }
     };
+    let mut ticket = ticket.ok();
     let conn_id = hub.next_conn_id();
-    tracing::debug!(remote = %remote, conn = conn_id, "connection opened");
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    tracing::info!(remote = %remote, conn = conn_id, "connection opened");
+    let (tx, rx) = mpsc::channel(limits.outbound_queue);
     let cancel = CancellationToken::new();
-    let handle = Arc::new(SessionHandle::new(
-        conn_id,
-        remote,
-        hub.now(),
-        tx,
-        cancel.clone(),
-    ));
+    let handle = Arc::new(
+        SessionHandle::new(conn_id, remote, hub.now(), tx, cancel.clone())
+            .with_byte_limit(limits.outbound_queue_bytes),
+    );
     let (sink, mut frames) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, rx, cancel.clone()));
+    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&handle), cancel.clone()));
     let mut session = Session::new(Arc::clone(&handle));
 
+    let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
+    let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
+    let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+    let mut limited_in_a_row = 0u32;
+    let opened = Instant::now();
+    let ping_every = Duration::from_secs(limits.ping_interval_secs);
+    let mut ping = tokio::time::interval_at(opened + ping_every, ping_every);
+    let mut last_heard = Instant::now();
+
     loop {
+        // Until authenticated, a deadline: longer while a pairing (a human) is in progress.
+        let deadline = match session.authenticated_as() {
+            Some(_) => None,
+            None => {
+                let mut secs = limits.auth_timeout_secs;
+                if session.in_pairing() {
+                    secs += hub.settings().pairing.ttl_secs.max(0) as u64;
+                }
+                Some(opened + Duration::from_secs(secs))
+            }
+        };
+        if ticket.is_some() && deadline.is_none() {
+            ticket = None; // authenticated: no longer counts against the unauthenticated caps
+        }
+        let auth_deadline = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = shutdown.cancelled() => {
                 handle.close(1001, "host shutting down");
                 break;
             }
-            next = frames.next() => match next {
-                None | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(Message::Text(text))) => {
-                    if let Flow::Close { code, reason } = session.on_text(&hub, text.as_str()).await {
-                        handle.close(code, &reason);
-                        break;
-                    }
+            _ = auth_deadline => {
+                tracing::info!(remote = %remote, conn = conn_id, "authentication deadline passed: closing");
+                handle.close(1008, "authentication timeout");
+                break;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= ping_every * 2 {
+                    tracing::info!(remote = %remote, conn = conn_id, identifier = session.authenticated_as().unwrap_or("-"), "peer silent for two ping intervals: dropping the connection");
+                    handle.abort(1001, "ping timeout");
+                    break;
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    let _ = session.on_binary(&hub);
-                }
-                Some(Ok(_)) => {} // ping/pong are answered by tungstenite
-                Some(Err(e)) => {
-                    let (code, reason) = match &e {
-                        WsError::Capacity(_) => (1009, "message too big"),
-                        WsError::Utf8(_) => (1007, "invalid UTF-8"),
-                        WsError::Protocol(_) => (1002, "protocol error"),
-                        _ => (1000, ""),
-                    };
-                    tracing::debug!(remote = %remote, conn = conn_id, error = %e, "read error");
-                    if code != 1000 {
-                        handle.close(code, reason);
+                let _ = handle.send(Outbound::Ping);
+            }
+            next = frames.next() => {
+                last_heard = Instant::now();
+                let flow = match next {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(text))) => {
+                        if limiter.check().is_err() {
+                            limited_in_a_row += 1;
+                            if limited_in_a_row >= limits.rate_abuse_close_after {
+                                tracing::warn!(remote = %remote, conn = conn_id, "persistent rate-limit abuse: closing");
+                                Flow::Close { code: 1008, reason: "rate limit exceeded".into() }
+                            } else {
+                                let _ = handle.send(Outbound::Text(reply::error(ErrorCode::RateLimited, format!("more than {} messages per second; message dropped", limits.rate_per_sec), hub.now(), None)));
+                                Flow::Continue
+                            }
+                        } else if session.authenticated_as().is_none() && text.len() > limits.max_unauthenticated_message {
+                            tracing::info!(remote = %remote, conn = conn_id, size = text.len(), "oversized message before authentication: closing");
+                            Flow::Close { code: 1009, reason: "message too big".into() }
+                        } else {
+                            limited_in_a_row = 0;
+                            session.on_text(&hub, text.as_str()).await
+                        }
                     }
+                    Some(Ok(Message::Binary(_))) => session.on_binary(&hub),
+                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings itself
+                    Some(Err(e)) => {
+                        let (code, reason) = match &e {
+                            WsError::Capacity(_) => (1009, "message too big"),
+                            WsError::Utf8(_) => (1007, "invalid UTF-8"),
+                            WsError::Protocol(_) => (1002, "protocol error"),
+                            _ => (0, ""),
+                        };
+                        tracing::debug!(remote = %remote, conn = conn_id, error = %e, "read error");
+                        if code == 0 {
+                            break;
+                        }
+                        Flow::Close { code, reason: reason.into() }
+                    }
+                };
+                if let Flow::Close { code, reason } = flow {
+                    handle.close(code, &reason);
                     break;
                 }
             }
@@ -126,6 +212,7 @@ pub async fn run(
     }
     session.on_close(&hub);
     drop(session);
+    drop(ticket);
     drop(handle);
     // The writer ends once it has sent a queued close frame, or when every sender is gone.
     let mut writer = writer;
@@ -136,16 +223,30 @@ pub async fn run(
         cancel.cancel();
         writer.abort();
     }
-    tracing::debug!(remote = %remote, conn = conn_id, "connection closed");
+    tracing::info!(remote = %remote, conn = conn_id, "connection closed");
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
-
-async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>, cancel: CancellationToken) {
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    handle: Arc<SessionHandle>,
+    cancel: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let queued: Arc<AtomicUsize> = handle.queued_bytes();
+    let close = |code: u16, reason: String| {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        }))
+    };
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
+                if let Some((code, reason)) = handle.abort_reason() {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), sink.send(close(code, reason))).await;
+                }
                 return;
             }
             item = rx.recv() => item,
@@ -156,29 +257,32 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>, cancel: Ca
         };
         // Feed everything already queued, then flush once.
         loop {
-            match item {
+            let fed = match item {
                 Outbound::Text(text) => {
-                    if sink.feed(Message::text(text)).await.is_err() {
-                        return;
-                    }
+                    let len = text.len();
+                    let fed = sink.feed(Message::text(text)).await;
+                    queued.fetch_sub(len, Ordering::AcqRel);
+                    fed
                 }
+                Outbound::Ping => sink.feed(Message::Ping(Vec::new().into())).await,
                 Outbound::Close { code, reason } => {
-                    let frame = CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: reason.into(),
-                    };
-                    let _ =
-                        tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame))))
-                            .await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, reason))).await;
                     return;
                 }
+            };
+            if fed.is_err() {
+                return;
             }
             match rx.try_recv() {
                 Ok(next) => item = next,
                 Err(_) => break,
             }
         }
-        if sink.flush().await.is_err() {
+        let flushed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = sink.flush() => r,
+        };
+        if flushed.is_err() {
             return;
         }
     }

@@ -2,9 +2,10 @@
 //! clock, and the in-memory auth windows. Behaviour lives in the modules that own each concept
 //! (`session`, `pairing`, `auth`, `liveness`); this is only the context they run in.
 
+use crate::admission::Admission;
 use crate::auth::AuthWindows;
 use crate::clock::SharedClock;
-use crate::config::{Config, LivenessConfig, PairingConfig};
+use crate::config::{Config, LimitsConfig, LivenessConfig, PairingConfig};
 use crate::liveness::{Liveness, Thresholds};
 use crate::notify::Notifier;
 use crate::registry::Registry;
@@ -22,6 +23,7 @@ pub struct Settings {
     pub liveness: LivenessConfig,
     /// WebSocket path.
     pub path: String,
+    pub limits: LimitsConfig,
 }
 
 impl Settings {
@@ -31,6 +33,7 @@ impl Settings {
             pairing: config.pairing.clone(),
             liveness: config.liveness,
             path: config.server.path.clone(),
+            limits: config.limits,
         }
     }
 
@@ -50,6 +53,7 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     pub router: Router,
     pub clock: SharedClock,
+    pub admission: Arc<Admission>,
     auth_windows: Mutex<HashMap<String, AuthWindows>>,
     next_conn_id: AtomicU64,
 }
@@ -70,6 +74,7 @@ impl Hub {
             registry,
             router,
             clock,
+            admission: Arc::new(Admission::default()),
             auth_windows: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
         }

@@ -21,11 +21,14 @@
 //! - [`reload`]: hot reload of config and plugins (prepare everything, switch atomically,
 //!   drain, hand over in order); [`watch`]: file watching that triggers it.
 //! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
+//! - [`tls`]: the rustls acceptor for `wss://`.
+//! - [`admission`]: caps on unauthenticated connections (total and per IP).
 //! - [`admin`]: the admin socket and the CLI's client side.
 //! - [`reply`]: every frame the host sends, one builder per message kind.
 //! - [`clock`]: the injectable wall clock.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -42,4 +45,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod watch;

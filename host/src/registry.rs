@@ -5,7 +5,8 @@
 use crate::liveness::Liveness;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,8 @@ pub enum Outbound {
     Text(String),
     /// Send a close frame with this code and reason, then end the connection.
     Close { code: u16, reason: String },
+    /// A WebSocket ping (transport keepalive).
+    Ping,
 }
 
 /// Why a message could not be queued for a follower.
@@ -36,6 +39,11 @@ pub struct SessionHandle {
     pub connected_since: i64,
     tx: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
+    /// Bytes of text frames queued and not yet handed to the socket.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+    /// Why the connection was cancelled, for the close frame the writer tries to send.
+    close_reason: Mutex<Option<(u16, String)>>,
 }
 
 impl SessionHandle {
@@ -52,33 +60,88 @@ impl SessionHandle {
             connected_since,
             tx,
             cancel,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            max_queued_bytes: usize::MAX,
+            close_reason: Mutex::new(None),
         }
     }
 
-    /// Queue a frame without waiting. A full queue means the peer is not reading: the
-    /// connection is cancelled (closed) rather than letting memory grow or the sender block.
+    /// Cap the bytes queued for this connection (beyond it: slow consumer).
+    pub fn with_byte_limit(mut self, max_queued_bytes: usize) -> Self {
+        self.max_queued_bytes = max_queued_bytes;
+        self
+    }
+
+    /// The counter the writer decrements as it hands frames to the socket.
+    pub fn queued_bytes(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.queued_bytes)
+    }
+
+    /// Close the connection now (no waiting for the queue), telling the peer why if possible.
+    pub fn abort(&self, code: u16, reason: &str) {
+        let mut slot = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some((code, reason.to_owned()));
+        }
+        drop(slot);
+        self.cancel.cancel();
+    }
+
+    /// The reason given to [`SessionHandle::abort`], if any.
+    pub fn abort_reason(&self) -> Option<(u16, String)> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn slow_consumer(&self) -> SendError {
+        tracing::warn!(conn = self.conn_id, remote = %self.remote, "slow consumer: outbound queue full, closing connection");
+        self.abort(1008, "slow consumer");
+        SendError::QueueFull
+    }
+
+    /// Queue a frame without waiting. A full queue (frames or bytes) means the peer is not
+    /// reading: the connection is closed (1008 "slow consumer") rather than letting memory grow
+    /// or the sender block.
     pub fn send(&self, item: Outbound) -> Result<(), SendError> {
+        if self.cancel.is_cancelled() {
+            return Err(SendError::Offline);
+        }
+        let len = match &item {
+            Outbound::Text(t) => t.len(),
+            _ => 0,
+        };
+        if len > 0 {
+            let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+            if before + len > self.max_queued_bytes {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                return Err(self.slow_consumer());
+            }
+        }
         match self.tx.try_send(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(conn = self.conn_id, remote = %self.remote, "slow consumer: outbound queue full, closing connection");
-                self.cancel.cancel();
-                Err(SendError::QueueFull)
+            Err(e) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Err(self.slow_consumer()),
+                    mpsc::error::TrySendError::Closed(_) => Err(SendError::Offline),
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Offline),
         }
     }
 
     /// Queue a close frame; the connection ends after sending it.
     pub fn close(&self, code: u16, reason: &str) {
         if self
-            .send(Outbound::Close {
+            .tx
+            .try_send(Outbound::Close {
                 code,
                 reason: reason.into(),
             })
             .is_err()
         {
-            self.cancel.cancel();
+            self.abort(code, reason);
         }
     }
 

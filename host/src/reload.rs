@@ -143,6 +143,31 @@ impl Reloader {
         result
     }
 
+    /// Shutdown: stop routing, let every plugin instance finish its queue and be destroyed
+    /// (waiting at most `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
+        let mut applied = self.applied.lock().await;
+        drop(self.hub.router.swap(Routes::new()));
+        let Some(applied) = applied.take() else {
+            return;
+        };
+        let finished: Vec<(String, Arc<Latch>)> = applied
+            .plugins
+            .iter()
+            .map(|(n, p)| (n.clone(), p.handler.finished()))
+            .collect();
+        drop(applied);
+        let _ = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + grace;
+            for (name, latch) in finished {
+                if !latch.wait(deadline.saturating_duration_since(Instant::now())) {
+                    tracing::warn!(plugin = %name, "plugin did not finish its queued calls before shutdown");
+                }
+            }
+        })
+        .await;
+    }
+
     async fn apply(
         &self,
         applied: &mut Option<Applied>,
@@ -326,6 +351,9 @@ fn describe_settings(old: &Settings, new: &Settings, changes: &mut Vec<String>) 
     }
     if old.liveness != new.liveness {
         changes.push("liveness settings".into());
+    }
+    if old.limits != new.limits {
+        changes.push("limits (apply to new connections)".into());
     }
     if old.path != new.path {
         changes.push(format!("server.path → {}", new.path));

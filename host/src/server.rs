@@ -15,11 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long shutdown waits for connections to close.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +35,8 @@ pub enum StartError {
     Admin(std::io::Error),
     #[error("{0}")]
     Plugin(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A running host.
@@ -92,6 +92,10 @@ impl Host {
             tracing::info!("{change}");
         }
 
+        let tls = match &config.server.tls {
+            Some(t) => Some(crate::tls::acceptor(t).map_err(StartError::Tls)?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -102,7 +106,8 @@ impl Host {
             addr: config.server.listen,
             source,
         })?;
-        tracing::info!(address = %local_addr, path = %config.server.path, "listening");
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        tracing::info!(address = %local_addr, path = %config.server.path, scheme, "listening");
 
         let shutdown = CancellationToken::new();
         let admin = crate::admin::bind(state_dir).map_err(StartError::Admin)?;
@@ -125,6 +130,8 @@ impl Host {
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),
             listener,
+            tls,
+            Arc::clone(&reloader),
             shutdown.clone(),
             tracker,
         ));
@@ -158,6 +165,8 @@ impl Host {
 async fn accept_loop(
     hub: Arc<Hub>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -166,31 +175,57 @@ async fn accept_loop(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, remote)) => {
-                let _ = stream.set_nodelay(true);
-                tracker.spawn(crate::connection::run(
-                    Arc::clone(&hub),
-                    stream,
-                    remote,
-                    shutdown.clone(),
-                ));
-            }
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let limits = hub.settings().limits;
+        let ticket = hub
+            .admission
+            .try_admit(
+                remote.ip(),
+                limits.max_unauthenticated,
+                limits.max_unauthenticated_per_ip,
+            )
+            .map_err(|r| r.as_str());
+        let (hub, shutdown) = (Arc::clone(&hub), shutdown.clone());
+        match tls.clone() {
+            None => {
+                tracker.spawn(crate::connection::run(
+                    hub, stream, remote, ticket, shutdown,
+                ));
+            }
+            Some(acceptor) => {
+                tracker.spawn(async move {
+                    let deadline = Duration::from_millis(limits.upgrade_timeout_ms);
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            crate::connection::run(hub, tls_stream, remote, ticket, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(remote = %remote, "TLS handshake deadline passed")
+                        }
+                    }
+                });
             }
         }
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    let grace = Duration::from_millis(hub.settings().limits.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close within the shutdown grace period");
     }
+    reloader.shutdown(grace).await;
     if let Err(e) = hub.store.flush_if_dirty().await {
         tracing::error!(error = %e, "cannot persist state at shutdown");
     }

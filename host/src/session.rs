@@ -17,6 +17,9 @@ use std::sync::Arc;
 use yonexus_protocol::envelope::*;
 use yonexus_protocol::{frame, validate, Envelope, Frame};
 
+/// Longest rule id accepted.
+pub const MAX_RULE_ID_CHARS: usize = 128;
+
 /// What the connection does after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -46,6 +49,8 @@ enum State {
 pub struct Session {
     handle: Arc<SessionHandle>,
     state: State,
+    /// A pairing was started or is awaited on this connection (its deadline is extended).
+    pairing: bool,
 }
 
 impl Session {
@@ -53,6 +58,7 @@ impl Session {
         Session {
             handle,
             state: State::Connected,
+            pairing: false,
         }
     }
 
@@ -62,6 +68,11 @@ impl Session {
             State::Authenticated { identifier } => Some(identifier),
             _ => None,
         }
+    }
+
+    /// Whether a pairing is in progress on this connection.
+    pub fn in_pairing(&self) -> bool {
+        self.pairing && self.authenticated_as().is_none()
     }
 
     fn send(&self, frame: String) {
@@ -109,6 +120,15 @@ impl Session {
                 reason: "Not authenticated".into(),
             };
         };
+        if rule_id.chars().count() > MAX_RULE_ID_CHARS {
+            self.error(
+                hub,
+                ErrorCode::MalformedMessage,
+                format!("rule id is longer than {MAX_RULE_ID_CHARS} characters"),
+                None,
+            );
+            return Flow::Continue;
+        }
         let msg = RuleMessage {
             rule_id: rule_id.to_owned(),
             sender: identifier.clone(),
@@ -214,6 +234,10 @@ impl Session {
         });
         tracing::info!(remote = %self.handle.remote, identifier = %identifier, next_action = ?decision.0, "hello");
         let (action, pending) = decision;
+        self.pairing = matches!(
+            action,
+            NextAction::PairRequired | NextAction::WaitingPairConfirm
+        );
         let Some((before, expires_at, code)) = pending else {
             self.send(reply::hello_ack(&identifier, action, now, rid));
             return Flow::Continue;

@@ -58,7 +58,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_keep_order() {
     let (so, text) = setup(
         tmp.path(),
         &["f0", "f1", "f2", "f3", "probe"],
-        "debounce_ms = 100\n",
+        "debounce_ms = 100\n[limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\n",
     );
     let host = HostProc::start(tmp.path(), &text).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -290,7 +290,9 @@ async fn bad_replacements_are_refused_while_the_old_version_answers() {
     assert_eq!(rule(&mut raw).await, "ver::b@YNXVER-0000");
     // Deleted: refused (nothing to load), the loaded version keeps serving.
     std::fs::remove_file(&so).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || (refusals(&host) >= 3).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || (refusals(&host) >= 3)
+        .then_some(()))
+    .is_some());
     raw.send_text("ver::gone").await.unwrap();
     assert_eq!(rule(&mut raw).await, "ver::gone@YNXVER-0000");
     // Restored: loads again.
