@@ -25,6 +25,8 @@
 //! - [`admission`]: caps on unauthenticated connections (total and per IP).
 //! - [`admin`]: the admin socket and the CLI's client side.
 //! - [`reply`]: every frame the host sends, one builder per message kind.
+//! - [`metrics`]: every metric's name and labels, the small recording functions, the recorder.
+//! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`), a minimal HTTP/1.1 server.
 //! - [`clock`]: the injectable wall clock.
 
 pub mod admin;
@@ -33,8 +35,10 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod hub;
 pub mod liveness;
+pub mod metrics;
 pub mod notify;
 pub mod pairing;
 pub mod plugins;
