@@ -5,6 +5,7 @@
 
 use crate::admission::Ticket;
 use crate::hub::Hub;
+use crate::metrics::{self, ConnectionState};
 use crate::registry::{Outbound, SessionHandle};
 use crate::reply;
 use crate::session::{Flow, Session};
@@ -92,6 +93,7 @@ pub async fn run<S>(
         Ok(Err(e)) => {
             match refusal {
                 Some(reason) => {
+                    metrics::connection_rejected(reason);
                     tracing::warn!(remote = %remote, reason, "upgrade refused: unauthenticated connection cap reached")
                 }
                 None => tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade refused"),
@@ -99,10 +101,14 @@ pub async fn run<S>(
             return;
         }
         Err(_) => {
+            metrics::connection_rejected("upgrade_timeout");
             tracing::debug!(remote = %remote, "WebSocket upgrade deadline passed");
             return;
         }
     };
+    metrics::connection_opened();
+    metrics::connection_state(None, Some(ConnectionState::Unauthenticated));
+    let mut state = ConnectionState::Unauthenticated;
     let mut ticket = ticket.ok();
     let conn_id = hub.next_conn_id();
     tracing::info!(remote = %remote, conn = conn_id, "connection opened");
@@ -137,6 +143,14 @@ pub async fn run<S>(
                 Some(opened + Duration::from_secs(secs))
             }
         };
+        let now_state = match deadline {
+            Some(_) => ConnectionState::Unauthenticated,
+            None => ConnectionState::Authenticated,
+        };
+        if now_state != state {
+            metrics::connection_state(Some(state), Some(now_state));
+            state = now_state;
+        }
         if ticket.is_some() && deadline.is_none() {
             ticket = None; // authenticated: no longer counts against the unauthenticated caps
         }
@@ -153,6 +167,7 @@ pub async fn run<S>(
                 break;
             }
             _ = auth_deadline => {
+                metrics::connection_rejected("auth_timeout");
                 tracing::info!(remote = %remote, conn = conn_id, "authentication deadline passed: closing");
                 handle.close(1008, "authentication timeout");
                 break;
@@ -171,6 +186,7 @@ pub async fn run<S>(
                     None | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(text))) => {
                         if limiter.check().is_err() {
+                            metrics::rate_limited();
                             limited_in_a_row += 1;
                             if limited_in_a_row >= limits.rate_abuse_close_after {
                                 tracing::warn!(remote = %remote, conn = conn_id, "persistent rate-limit abuse: closing");
@@ -180,6 +196,7 @@ pub async fn run<S>(
                                 Flow::Continue
                             }
                         } else if session.authenticated_as().is_none() && text.len() > limits.max_unauthenticated_message {
+                            metrics::message_too_large();
                             tracing::info!(remote = %remote, conn = conn_id, size = text.len(), "oversized message before authentication: closing");
                             Flow::Close { code: 1009, reason: "message too big".into() }
                         } else {
@@ -187,11 +204,17 @@ pub async fn run<S>(
                             session.on_text(&hub, text.as_str()).await
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => session.on_binary(&hub),
+                    Some(Ok(Message::Binary(b))) => {
+                        metrics::frame_in("binary", None, b.len());
+                        session.on_binary(&hub)
+                    }
                     Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings itself
                     Some(Err(e)) => {
                         let (code, reason) = match &e {
-                            WsError::Capacity(_) => (1009, "message too big"),
+                            WsError::Capacity(_) => {
+                                metrics::message_too_large();
+                                (1009, "message too big")
+                            }
                             WsError::Utf8(_) => (1007, "invalid UTF-8"),
                             WsError::Protocol(_) => (1002, "protocol error"),
                             _ => (0, ""),
@@ -211,6 +234,8 @@ pub async fn run<S>(
         }
     }
     session.on_close(&hub);
+    metrics::connection_state(Some(state), None);
+    metrics::connection_closed();
     drop(session);
     drop(ticket);
     drop(handle);
@@ -260,6 +285,7 @@ async fn write_loop<S>(
             let fed = match item {
                 Outbound::Text(text) => {
                     let len = text.len();
+                    metrics::frame_out("text", len);
                     let fed = sink.feed(Message::text(text)).await;
                     queued.fetch_sub(len, Ordering::AcqRel);
                     fed

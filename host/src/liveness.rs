@@ -75,6 +75,19 @@ pub fn evaluate(current: Liveness, last_heartbeat: i64, now: i64, t: Thresholds)
     }
 }
 
+/// Publish the followers-by-liveness gauge from the trust store.
+pub fn publish_gauge(hub: &crate::hub::Hub) {
+    let (mut online, mut unstable, mut offline) = (0, 0, 0);
+    for record in hub.store.snapshot() {
+        match record.status {
+            Liveness::Online => online += 1,
+            Liveness::Unstable => unstable += 1,
+            Liveness::Offline => offline += 1,
+        }
+    }
+    crate::metrics::set_followers_by_liveness(online, unstable, offline);
+}
+
 /// Apply [`evaluate`] to every authenticated session once, then flush liveness lazily.
 pub async fn sweep(hub: &crate::hub::Hub) {
     use crate::registry::FollowerEvent;
@@ -124,6 +137,7 @@ pub async fn sweep(hub: &crate::hub::Hub) {
             }
         }
     }
+    publish_gauge(hub);
     if let Err(e) = hub.store.flush_if_dirty().await {
         tracing::warn!(error = %e, "cannot flush liveness to the state file");
     }

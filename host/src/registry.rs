@@ -97,6 +97,7 @@ impl SessionHandle {
 
     fn slow_consumer(&self) -> SendError {
         tracing::warn!(conn = self.conn_id, remote = %self.remote, "slow consumer: outbound queue full, closing connection");
+        crate::metrics::slow_consumer_closed();
         self.abort(1008, "slow consumer");
         SendError::QueueFull
     }

@@ -125,15 +125,18 @@ impl Reloader {
         };
         match &result {
             Ok(r) if r.changes.is_empty() && r.needs_restart.is_empty() => {
+                crate::metrics::reload("unchanged");
                 tracing::debug!(trigger, "reload: nothing changed");
             }
             Ok(r) => {
+                crate::metrics::reload("applied");
                 tracing::info!(trigger, changes = ?r.changes, took_ms = r.took_ms, "reload applied");
                 for key in &r.needs_restart {
                     tracing::warn!(trigger, key = %key, "config change needs a restart to take effect; the rest of the change was applied");
                 }
             }
             Err(e) => {
+                crate::metrics::reload("refused");
                 tracing::error!(
                     trigger,
                     "reload refused, the running configuration keeps serving: {e}"

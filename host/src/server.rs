@@ -11,6 +11,7 @@ use crate::reload::Reloader;
 use crate::router::Router;
 use crate::store::{self, Store};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,12 +38,16 @@ pub enum StartError {
     Plugin(String),
     #[error("{0}")]
     Tls(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// A running host.
 pub struct Host {
     pub hub: Arc<Hub>,
     pub reloader: Arc<Reloader>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if enabled.
+    pub admin_addr: Option<SocketAddr>,
     pub local_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -110,6 +115,27 @@ impl Host {
         tracing::info!(address = %local_addr, path = %config.server.path, scheme, "listening");
 
         let shutdown = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_addr = match config.admin_listen {
+            None => None,
+            Some(addr) => {
+                let metrics = crate::metrics::install().map_err(StartError::Metrics)?;
+                let http = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound = http
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                tracing::info!(address = %bound, "admin HTTP listening (/metrics, /healthz, /readyz)");
+                tokio::spawn(crate::http::serve(
+                    http,
+                    metrics,
+                    Arc::clone(&ready),
+                    shutdown.clone(),
+                ));
+                Some(bound)
+            }
+        };
         let admin = crate::admin::bind(state_dir).map_err(StartError::Admin)?;
         let tracker = TaskTracker::new();
         tracker.spawn(crate::admin::serve(
@@ -127,6 +153,7 @@ impl Host {
             ));
         }
         tracker.spawn(sweep_loop(Arc::clone(&hub), shutdown.clone()));
+        ready.store(true, Ordering::Release);
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),
             listener,
@@ -134,11 +161,13 @@ impl Host {
             Arc::clone(&reloader),
             shutdown.clone(),
             tracker,
+            ready,
         ));
         Ok(Host {
             hub,
             reloader,
             local_addr,
+            admin_addr,
             shutdown,
             task,
             _lock: lock,
@@ -169,6 +198,7 @@ async fn accept_loop(
     reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    ready: Arc<AtomicBool>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -219,6 +249,7 @@ async fn accept_loop(
             }
         }
     }
+    ready.store(false, Ordering::Release);
     drop(listener);
     tracker.close();
     let grace = Duration::from_millis(hub.settings().limits.shutdown_grace_ms);

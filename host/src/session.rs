@@ -7,6 +7,7 @@
 use crate::auth::{self, AuthOutcome};
 use crate::hub::Hub;
 use crate::liveness::Liveness;
+use crate::metrics;
 use crate::notify::PairingNotice;
 use crate::pairing::{self, ConfirmOutcome};
 use crate::registry::{FollowerEvent, Outbound, SessionHandle};
@@ -99,10 +100,11 @@ impl Session {
     pub async fn on_text(&mut self, hub: &Hub, text: &str) -> Flow {
         match frame::parse(text) {
             Err(e) => {
+                metrics::frame_in("malformed", None, text.len());
                 self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
                 Flow::Continue
             }
-            Ok(Frame::Builtin(json)) => match Envelope::decode(json) {
+            Ok(Frame::Builtin(json)) => match decode_counted(json, text.len()) {
                 Err(e) => {
                     self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
                     Flow::Continue
@@ -134,7 +136,14 @@ impl Session {
             sender: identifier.clone(),
             content: content.to_owned(),
         };
-        match hub.router.dispatch(msg) {
+        let outcome = hub.router.dispatch(msg);
+        let known = !matches!(outcome, Err(DispatchError::NotFound(_)));
+        metrics::frame_in(
+            "rule",
+            known.then_some(rule_id),
+            rule_id.len() + content.len() + 2,
+        );
+        match outcome {
             Ok(()) => {}
             Err(e @ DispatchError::NotFound(_)) => {
                 self.error(hub, ErrorCode::RuleNotFound, e.to_string(), None)
@@ -264,10 +273,12 @@ impl Session {
         let notifier = hub.notifier();
         let delivered = match notifier.notify(&notice).await {
             Ok(()) => {
+                metrics::pairing_result("started");
                 tracing::info!(identifier = %identifier, notifier = notifier.kind(), "pairing code delivered to the admin");
                 true
             }
             Err(e) => {
+                metrics::pairing_result("notify_failed");
                 tracing::warn!(identifier = %identifier, notifier = notifier.kind(), error = %e, "pairing notification failed; the code stays available through `yonexus pairing`");
                 false
             }
@@ -363,6 +374,7 @@ impl Session {
                     return Flow::Continue;
                 }
                 hub.reset_auth_windows(&identifier);
+                metrics::pairing_result("paired");
                 tracing::info!(remote = %self.handle.remote, identifier = %identifier, "paired");
                 let public_key = hub.store.get(&identifier).and_then(|r| r.public_key);
                 self.state = State::Greeted {
@@ -372,6 +384,7 @@ impl Session {
                 self.send(reply::pair_success(&identifier, &secret, paired_at, rid));
             }
             ConfirmOutcome::Failed(reason) => {
+                metrics::pairing_result(pair_fail_str(reason));
                 tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = ?reason, "pair_confirm refused");
                 if let Err(e) = hub.store.persist().await {
                     tracing::warn!(error = %e, "cannot persist pairing attempt count");
@@ -437,14 +450,17 @@ impl Session {
                     identifier: identifier.clone(),
                     status: Liveness::Online,
                 });
+                metrics::auth_result("success");
                 tracing::info!(remote = %self.handle.remote, identifier = %identifier, "authenticated");
                 self.send(reply::auth_success(&identifier, now, rid));
             }
             AuthOutcome::Failed(reason) => {
+                metrics::auth_result(reason.as_str());
                 tracing::warn!(remote = %self.handle.remote, identifier = %shown(&identifier), reason = reason.as_str(), "auth failed");
                 self.send(reply::auth_failed(&identifier, reason, now, rid));
             }
             AuthOutcome::RePair(reason) => {
+                metrics::auth_result(reason.as_str());
                 tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = reason.as_str(), "trust revoked: re-pair required");
                 let own = self.authenticated_as() == Some(identifier.as_str());
                 if own {
@@ -526,6 +542,22 @@ impl Session {
                 tracing::info!(remote = %self.handle.remote, identifier = %identifier, "disconnected");
             }
         }
+    }
+}
+
+/// Decode a control envelope, counting the frame.
+fn decode_counted(json: &str, frame_len: usize) -> Result<Envelope, yonexus_protocol::DecodeError> {
+    metrics::frame_in("builtin", None, frame_len);
+    Envelope::decode(json)
+}
+
+fn pair_fail_str(reason: PairFailReason) -> &'static str {
+    match reason {
+        PairFailReason::IdentifierNotAllowed => "identifier_not_allowed",
+        PairFailReason::InvalidCode => "invalid_code",
+        PairFailReason::Expired => "expired",
+        PairFailReason::AdminNotificationFailed => "admin_notification_failed",
+        PairFailReason::InternalError => "internal_error",
     }
 }
 

@@ -93,7 +93,7 @@ pub fn config_text(dir: &Path, port: u16, allow: &[&str], extra: &str) -> String
     std::fs::write(&script, body).ok();
     let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
     format!(
-        "{}[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n[followers]\nallow = [{}]\n\n[pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n{extra}\n",
+        "{}[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n[followers]\nallow = [{}]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n{extra}\n",
         bundled_plugins(&["echo"]),
         allow.join(", "),
         script.display()
@@ -132,6 +132,8 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 pub struct HostProc {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin HTTP address (`/metrics`, `/healthz`, `/readyz`), when enabled.
+    pub admin: Option<SocketAddr>,
     pub dir: PathBuf,
     pub config: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
@@ -165,6 +167,7 @@ impl HostProc {
         let mut host = HostProc {
             child,
             addr: "127.0.0.1:0".parse()?,
+            admin: None,
             dir: dir.to_owned(),
             config: path,
             logs,
@@ -176,6 +179,14 @@ impl HostProc {
                     .then(|| v["fields"]["address"].as_str()?.parse().ok())
                     .flatten()
             })
+        });
+        host.admin = host.logs().iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            let message = v["fields"]["message"].as_str()?;
+            message
+                .starts_with("admin HTTP listening")
+                .then(|| v["fields"]["address"].as_str()?.parse().ok())
+                .flatten()
         });
         match addr {
             Some(a) => host.addr = a,

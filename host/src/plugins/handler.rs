@@ -70,7 +70,12 @@ impl PluginHandler {
                 match rx.blocking_recv() {
                     Ok(event) => {
                         let Some(inner) = weak.upgrade() else { break };
-                        match inner.tx.try_send(Job::Event(event)) {
+                        inner.shared.queued.fetch_add(1, Ordering::AcqRel);
+                        let sent = inner.tx.try_send(Job::Event(event));
+                        if sent.is_err() {
+                            inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        match sent {
                             Ok(()) => {}
                             Err(TrySendError::Full(job)) => {
                                 inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
@@ -130,10 +135,17 @@ impl RuleHandler for PluginHandler {
                 ),
             });
         }
-        match inner.tx.try_send(Job::Message(msg)) {
+        // Counted before the send so the worker never sees it go below zero.
+        inner.shared.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = inner.tx.try_send(Job::Message(msg));
+        if sent.is_err() {
+            inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(Job::Message(msg))) => {
                 inner.shared.busy_rejections.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::plugin_call(&inner.name, "busy", 0.0);
                 if let Some(age) = inner.shared.current_call_age() {
                     if age > inner.call_deadline
                         && !inner.shared.stuck_reported.swap(true, Ordering::Relaxed)

@@ -10,7 +10,7 @@ use crate::reply;
 use crate::router::RuleMessage;
 use core::ffi::c_void;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     /// When the call in progress started (nanos since `epoch`), 0 when idle.
     pub call_started: AtomicU64,
     pub stuck_reported: AtomicBool,
+    /// Jobs queued and not yet taken by the worker.
+    pub queued: AtomicUsize,
     pub epoch: Instant,
     panic_times: Mutex<VecDeque<Instant>>,
     /// Set once the worker has served its last job and destroyed the instance.
@@ -88,6 +90,7 @@ impl Shared {
             disabled: AtomicBool::new(false),
             call_started: AtomicU64::new(0),
             stuck_reported: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
             epoch: Instant::now(),
             panic_times: Mutex::new(VecDeque::new()),
             finished: Latch::new(),
@@ -219,6 +222,11 @@ fn serve(
     rx: Receiver<Job>,
 ) {
     while let Ok(job) = rx.recv() {
+        let depth = shared
+            .queued
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        crate::metrics::set_plugin_queue_depth(&cfg.name, depth);
         shared.stuck_reported.store(false, Ordering::Relaxed);
         let started = Instant::now();
         shared.call_started.store(
@@ -272,6 +280,13 @@ fn serve(
         shared.calls.fetch_add(1, Ordering::Relaxed);
         let elapsed = started.elapsed();
         let message = take_err(f.free_buf, err);
+        let outcome = match status {
+            abi::STATUS_OK if elapsed > cfg.call_deadline => "deadline",
+            abi::STATUS_OK => "ok",
+            abi::STATUS_PANIC => "panic",
+            _ => "error",
+        };
+        crate::metrics::plugin_call(&cfg.name, outcome, elapsed.as_secs_f64());
         if elapsed > cfg.call_deadline {
             let n = shared.overdue.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(plugin = %cfg.name, ?elapsed, deadline = ?cfg.call_deadline, overdue_calls = n, "plugin {what} call exceeded its deadline");
