@@ -209,6 +209,11 @@ pub fn spawn(
         FollowerError::InvalidConfig("spawn must be called inside a tokio runtime".into())
     })?;
     let state = State::load_or_create(&config.state_dir, &config.identifier)?;
+    let tls = if config.url.starts_with("wss://") {
+        Some(crate::tls::client_config(config.ca_file.as_deref())?)
+    } else {
+        None
+    };
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -220,6 +225,7 @@ pub fn spawn(
     let runner = Runner {
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         config,
+        tls,
         codes,
         state,
         events: events_tx,
@@ -435,6 +441,8 @@ struct Session {
 
 struct Runner {
     config: Config,
+    /// Client TLS configuration for `wss://` URLs.
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     codes: CodeProvider,
     state: State,
     events: mpsc::Sender<Event>,
@@ -512,9 +520,15 @@ impl Runner {
     }
 
     async fn session(&mut self) -> SessionEnd {
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
         let connect = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async(self.config.url.as_str()),
+            tokio_tungstenite::connect_async_tls_with_config(
+                self.config.url.as_str(),
+                None,
+                true,
+                connector,
+            ),
         );
         let mut ws = tokio::select! {
             _ = shutdown_signal(&mut self.shutdown) => return SessionEnd::Shutdown,

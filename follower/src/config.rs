@@ -28,6 +28,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Reconnect after a disconnect (otherwise the connection task ends).
     pub reconnect: bool,
+    /// Extra CA certificates (PEM) trusted for `wss://` besides the public web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -45,6 +47,7 @@ impl Config {
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             reconnect: true,
+            ca_file: None,
         }
     }
 

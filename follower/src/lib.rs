@@ -10,6 +10,7 @@
 //!   [`Event`], and the pairing-code callback [`CodeProvider`].
 //! - [`backoff`]: exponential reconnect backoff with jitter.
 //! - [`line`]: rule id validation and parsing of `rule::content` input lines.
+//! - [`tls`]: rustls client configuration for `wss://` (web roots plus an optional CA file).
 //! - [`error`]: the error type, [`FollowerError`].
 //!
 //! The wire format itself (frames, envelopes, signing input) comes from `yonexus-protocol`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod line;
 pub mod state;
+pub mod tls;
 
 pub use client::{
     spawn, CodeFuture, CodeProvider, Event, FollowerHandle, PairingPrompt, OUTBOUND_BUFFER,

@@ -63,6 +63,11 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_secs: u64,
 
+    /// Extra CA certificate(s) (PEM) to trust for a wss:// host with a private or self-signed
+    /// certificate (the public web roots are always trusted)
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+
     /// Format of the log lines written to stderr (filter with RUST_LOG, default "warn")
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -276,6 +281,7 @@ async fn main() -> ExitCode {
 
     let mut config = Config::new(args.url.clone(), args.id.clone(), args.state.clone());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_secs);
+    config.ca_file = args.ca_file.clone();
 
     let prompter = Arc::new(Prompter {
         preset: Mutex::new(args.pairing_code.clone()),
