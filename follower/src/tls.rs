@@ -13,7 +13,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Follow
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let bad = |why: String| FollowerError::InvalidConfig(format!("CA file {}: {why}", path.display()));
+        let bad = |why: String| {
+            FollowerError::InvalidConfig(format!("CA file {}: {why}", path.display()))
+        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| bad(e.to_string()))?
             .collect::<Result<_, _>>()

@@ -163,12 +163,16 @@ pub async fn run<S>(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = shutdown.cancelled() => {
+                // Released before the peer can see the close, so a reconnect is admitted.
+                ticket = None;
                 handle.close(1001, "host shutting down");
                 break;
             }
             _ = auth_deadline => {
                 metrics::connection_rejected("auth_timeout");
                 tracing::info!(remote = %remote, conn = conn_id, "authentication deadline passed: closing");
+                // Released before the peer can see the close, so a reconnect is admitted.
+                ticket = None;
                 handle.close(1008, "authentication timeout");
                 break;
             }
@@ -227,6 +231,8 @@ pub async fn run<S>(
                     }
                 };
                 if let Flow::Close { code, reason } = flow {
+                    // Released before the peer can see the close, so a reconnect is admitted.
+                    ticket = None;
                     handle.close(code, &reason);
                     break;
                 }
