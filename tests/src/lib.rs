@@ -514,6 +514,25 @@ impl Identity {
     }
 }
 
+/// A follower-library pairing-code source that reads the codes the `command` notifier wrote
+/// to `dir` (as an admin relaying the code would).
+pub fn code_provider(dir: &Path) -> yonexus_follower::CodeProvider {
+    let dir = dir.to_owned();
+    Arc::new(move |prompt| {
+        let dir = dir.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                wait_for(Duration::from_secs(10), || {
+                    codes_for(&dir, &prompt.identifier).pop()
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    })
+}
+
 /// Connect, pair and authenticate a fresh identity.
 pub async fn paired_session(host: &HostProc, id: &str) -> Result<(Raw, Identity)> {
     let mut raw = Raw::connect(&host.url()).await?;

@@ -4,7 +4,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 use yonexus_e2e::*;
 use yonexus_follower::{Config, Event};
@@ -114,20 +113,7 @@ async fn library_follower_survives_host_restart_and_re_pairs_after_revoke() {
     let mut host =
         HostProc::start(tmp.path(), &config_text(tmp.path(), 0, &["alpha"], "")).unwrap();
     let port = host.addr.port();
-    let dir = tmp.path().to_owned();
-    let codes: yonexus_follower::CodeProvider = Arc::new(move |prompt| {
-        let dir = dir.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                wait_for(Duration::from_secs(10), || {
-                    codes_for(&dir, &prompt.identifier).pop()
-                })
-            })
-            .await
-            .ok()
-            .flatten()
-        })
-    });
+    let codes = code_provider(tmp.path());
     let mut config = Config::new(host.url(), "alpha", tmp.path().join("lib-follower"));
     config.backoff_initial = Duration::from_millis(100);
     config.backoff_max = Duration::from_millis(500);

@@ -324,20 +324,7 @@ async fn tls_round_trip_with_a_certificate_made_at_test_time() {
     let url = format!("wss://localhost:{}/", host.addr.port());
     // A plain ws:// client cannot talk to it.
     assert!(Raw::connect(&host.url()).await.is_err());
-    let dir = tmp.path().to_owned();
-    let codes: yonexus_follower::CodeProvider = Arc::new(move |prompt| {
-        let dir = dir.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                wait_for(Duration::from_secs(10), || {
-                    codes_for(&dir, &prompt.identifier).pop()
-                })
-            })
-            .await
-            .ok()
-            .flatten()
-        })
-    });
+    let codes = code_provider(tmp.path());
     let mut config = yonexus_follower::Config::new(url, "alpha", tmp.path().join("follower"));
     config.ca_file = Some(tmp.path().join("cert.pem"));
     let (handle, mut events) = yonexus_follower::spawn(config, codes).unwrap();
