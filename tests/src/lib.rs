@@ -226,6 +226,12 @@ impl HostProc {
         None
     }
 
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -270,6 +276,13 @@ pub fn metric(text: &str, series: &str) -> f64 {
             (name == series).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Resident memory of a process, in KiB.
