@@ -155,7 +155,7 @@ async fn soak_round(host: &HostProc, idents: &[Arc<Identity>], secs: u64, round:
     for w in 0..8u64 {
         let (url, idents) = (host.url(), idents.to_vec());
         workers.push(tokio::spawn(async move {
-            let mut seed = 0xDEAD_BEEF ^ (w + 1) * 0x1234_5678 ^ round;
+            let mut seed = 0xDEAD_BEEF ^ ((w + 1) * 0x1234_5678) ^ round;
             let mut sessions = 0;
             while Instant::now() < deadline {
                 let ident = &idents[(rand_u64(&mut seed) % idents.len() as u64) as usize];
@@ -178,7 +178,7 @@ async fn soak_round(host: &HostProc, idents: &[Arc<Identity>], secs: u64, round:
                             }
                             sessions += 1;
                         }
-                        if rand_u64(&mut seed) % 2 == 0 {
+                        if rand_u64(&mut seed).is_multiple_of(2) {
                             raw.close().await;
                         }
                     }
