@@ -221,6 +221,8 @@ struct Fleet {
     pairing_secs: f64,
     paired_during_auth: usize,
     auth_secs: f64,
+    auth_host_cpu: Option<f64>,
+    auth_bench_cpu: f64,
     host_rss_before_kib: Option<u64>,
 }
 
@@ -289,6 +291,8 @@ impl Ctx {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let host_rss_before_kib = self.host.as_ref().and_then(|h| h.rss_kib().ok());
 
+        let host_cpu = self.host.as_ref().map(CpuWindow::start).transpose()?;
+        let my_cpu = CpuWindow::start(&Proc::me())?;
         let t1 = Instant::now();
         let sem = Arc::new(Semaphore::new(self.common.connect_concurrency.max(1)));
         let logins = join_all(idents.into_iter().map(|mut ident| {
@@ -306,6 +310,8 @@ impl Ctx {
         }))
         .await;
         let auth_secs = t1.elapsed().as_secs_f64();
+        let auth_host_cpu = host_cpu.map(|c| c.percent(self.tck)).transpose()?;
+        let auth_bench_cpu = my_cpu.percent(self.tck)?;
         watcher.abort();
         let mut links = Vec::with_capacity(count);
         let mut paired_during_auth = 0;
@@ -324,6 +330,8 @@ impl Ctx {
             pairing_secs,
             paired_during_auth,
             auth_secs,
+            auth_host_cpu,
+            auth_bench_cpu,
             host_rss_before_kib,
         })
     }
@@ -353,6 +361,8 @@ fn base_report(scenario: &str, common: &Common, followers: usize, fleet: &Fleet)
             "secs": fleet.auth_secs,
             "per_sec": n as f64 / fleet.auth_secs.max(1e-9),
             "paired_during_auth": fleet.paired_during_auth,
+            "host_cpu_pct": fleet.auth_host_cpu,
+            "bench_cpu_pct": fleet.auth_bench_cpu,
         },
     })
 }
@@ -395,6 +405,7 @@ async fn run_load(
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let host_cpu = ctx.host.as_ref().map(CpuWindow::start).transpose()?;
     let my_cpu = CpuWindow::start(&me)?;
+    let cores0 = procfs::cores();
     let t_measure = Instant::now();
     shared.phase.store(MEASURE, Relaxed);
     let measure = Duration::from_secs_f64(args.duration);
@@ -406,6 +417,7 @@ async fn run_load(
     let secs = t_measure.elapsed().as_secs_f64();
     let host_pct = host_cpu.map(|c| c.percent(ctx.tck)).transpose()?;
     let bench_pct = my_cpu.percent(ctx.tck)?;
+    let cores_busy = procfs::cores_busy_since(&cores0);
     let host_rss_after = ctx.host.as_ref().and_then(|h| h.rss_kib().ok());
     let host_hwm = ctx.host.as_ref().and_then(|h| h.status_kib("VmHWM").ok());
 
@@ -481,6 +493,9 @@ async fn run_load(
     r.insert("bench_cpu_pct".into(), json!(bench_pct));
     r.insert("msgs_per_host_cpu_sec".into(), json!(per_host_cpu));
     r.insert("generator_bound".into(), json!(generator_bound));
+    let others = cores_busy.iter().sum::<f64>() - bench_pct - host_pct.unwrap_or(0.0);
+    r.insert("cores_busy_pct".into(), json!(cores_busy));
+    r.insert("other_processes_cpu_pct".into(), json!(others.max(0.0)));
     r.insert(
         "host_rss_kib".into(),
         json!({"before_connect": fleet.host_rss_before_kib, "loaded": host_rss_after, "peak": host_hwm}),
@@ -575,10 +590,12 @@ fn summary(r: &mut Value) {
     let s = r["scenario"].as_str().unwrap_or("?").to_owned();
     println!("== yonexus-bench {s} ==");
     println!(
-        "connect+auth: {} followers in {:.3} s = {:.0}/s{}",
+        "connect+auth: {} followers in {:.3} s = {:.0}/s (CPU host {}% bench {}%){}",
         r["connect_auth"]["count"],
         r["connect_auth"]["secs"].as_f64().unwrap_or(0.0),
         r["connect_auth"]["per_sec"].as_f64().unwrap_or(0.0),
+        f(&r["connect_auth"]["host_cpu_pct"]),
+        f(&r["connect_auth"]["bench_cpu_pct"]),
         if r["connect_auth"]["paired_during_auth"]
             .as_u64()
             .unwrap_or(0)
@@ -650,9 +667,11 @@ fn summary(r: &mut Value) {
     }
     if !r["bench_cpu_pct"].is_null() {
         println!(
-            "CPU: host {}% bench {}%{}",
+            "CPU: host {}% bench {}% other processes {}% (cores busy {}){}",
             f(&r["host_cpu_pct"]),
             f(&r["bench_cpu_pct"]),
+            f(&r["other_processes_cpu_pct"]),
+            r["cores_busy_pct"],
             if r["generator_bound"] == true {
                 "  ** GENERATOR-BOUND: the bench used >= 90% of its core; the host may have more headroom **"
             } else {

@@ -85,6 +85,41 @@ impl Proc {
     }
 }
 
+/// Busy and total jiffies of each CPU (`/proc/stat` lines `cpuN`).
+pub fn cores() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let total: u64 = v.iter().sum();
+            // idle + iowait are not busy.
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle.min(total), total)
+        })
+        .collect()
+}
+
+/// Busy percent of each CPU since `start` (a [`cores`] sample).
+pub fn cores_busy_since(start: &[(u64, u64)]) -> Vec<f64> {
+    cores()
+        .iter()
+        .zip(start)
+        .map(|((b1, t1), (b0, t0))| {
+            let t = t1.saturating_sub(*t0);
+            if t == 0 {
+                0.0
+            } else {
+                b1.saturating_sub(*b0) as f64 / t as f64 * 100.0
+            }
+        })
+        .collect()
+}
+
 /// CPU of one process over a window.
 #[derive(Debug, Clone)]
 pub struct CpuWindow {
@@ -125,5 +160,8 @@ mod tests {
         assert!(me.status_kib("NoSuchField").is_err());
         assert_eq!(me.staged_plugins("echo-").unwrap(), 0);
         assert!(clock_ticks() > 0);
+        let c = cores();
+        assert!(!c.is_empty());
+        assert_eq!(cores_busy_since(&c).len(), c.len());
     }
 }
