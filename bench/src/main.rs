@@ -1,0 +1,682 @@
+//! `yonexus-bench`: drives a running Yonexus host with real followers (paired through the real
+//! pairing flow, authenticated with Ed25519) and reports throughput, latency, loss, CPU and
+//! memory. See `bench/README.md`.
+
+mod hostcfg;
+mod ident;
+mod load;
+mod procfs;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use futures_util::future::join_all;
+use futures_util::{SinkExt, StreamExt};
+use ident::{Codes, Identity, IdentityStore, Ws};
+use load::{Ctl, Kind, Shared, DRAIN, MEASURE};
+use procfs::{CpuWindow, Proc};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Load generator for the Yonexus host.
+///
+/// Every run connects real followers (identifiers `<id-prefix>0`, `<id-prefix>1`, …; the host
+/// must allowlist them), pairs those it has no cached secret for through the real pairing flow
+/// (codes are read from the file the host's `command` notifier appends to), authenticates all of
+/// them (timed: connect + auth rate), then runs the scenario. It prints a human summary and, as
+/// the last line on stdout, one JSON object with every number.
+///
+/// Pin it and the host to different cores for fair numbers, e.g.
+/// `taskset -c 0 yonexus serve …` and `taskset -c 1 yonexus-bench echo …`.
+#[derive(Parser)]
+#[command(name = "yonexus-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a ready host config for benchmarking into DIR: yonexus.toml (allowlist
+    /// <prefix>0..<prefix>N-1, `command` notifier appending to DIR/codes.txt), notify.sh, and
+    /// the echo/relay/broadcast plugins copied to DIR/plugins/ (so a hot-reload run can replace
+    /// them without touching the build output).
+    Config(hostcfg::ConfigArgs),
+    /// Pair (or check the cached secrets of) followers 0..N-1 and authenticate them once; reports
+    /// pairing and connect+auth rates.
+    Auth {
+        #[command(flatten)]
+        common: Common,
+        /// Followers to pair and authenticate.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        followers: usize,
+    },
+    /// Round trips through the echo plugin: N followers, each keeping WINDOW messages in flight.
+    Echo(LoadCmd),
+    /// Relay between follower pairs: N pairs (2N connections); follower 2k sends
+    /// `relay::<2k+1>::…`, its partner receives it, WINDOW in flight per pair.
+    Relay(LoadCmd),
+    /// Broadcast fan-out: one sender and N receivers; each message counts as delivered once
+    /// per receiver; WINDOW broadcasts in flight.
+    Broadcast(LoadCmd),
+    /// N idle authenticated followers sending heartbeats: host resident memory per follower.
+    Idle(IdleCmd),
+    /// The echo scenario while the echo plugin file is replaced SWAPS times (hot reload):
+    /// reports the longest gap between consecutive replies on any follower and the loss.
+    Reload(ReloadCmd),
+}
+
+/// Options every scenario takes.
+#[derive(Args, Clone)]
+struct Common {
+    /// The host's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8787/")]
+    url: String,
+    /// File the host's `command` notifier appends `<identifier> <code> <expires>` lines to.
+    #[arg(long)]
+    codes_file: PathBuf,
+    /// The host's pid, for its CPU (/proc/PID/stat) and resident memory (/proc/PID/status).
+    /// Without it host CPU and memory are not reported.
+    #[arg(long)]
+    host_pid: Option<u32>,
+    /// Where follower keypairs and secrets are cached so later runs skip pairing
+    /// [default: bench-identities/ next to the codes file].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Follower identifiers are PREFIX0, PREFIX1, …
+    #[arg(long, default_value = "bench-")]
+    id_prefix: String,
+    /// Connections opened (connect + hello + auth) at the same time.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Pairings run at the same time (each makes the host run the notifier once).
+    #[arg(long, default_value_t = 32)]
+    pair_concurrency: usize,
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Followers (echo), follower pairs (relay) or receivers (broadcast).
+    #[arg(short = 'n', long, default_value_t = 50)]
+    followers: usize,
+    /// Messages in flight per sender.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    window: u32,
+    /// Size in bytes of each sent text frame (`rule::` header included).
+    #[arg(short = 's', long, default_value_t = 100)]
+    size: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(short = 'd', long, default_value_t = 3.0)]
+    duration: f64,
+    /// Seconds to wait, after sending stops, for messages still in flight.
+    #[arg(long, default_value_t = 5.0)]
+    drain_timeout: f64,
+}
+
+#[derive(Args)]
+struct LoadCmd {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Args)]
+struct ReloadCmd {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The plugin file the host has configured for `echo` (it is replaced in place).
+    #[arg(long)]
+    plugin_path: PathBuf,
+    /// A different build of the echo plugin to install (alternately with the original).
+    #[arg(long)]
+    replacement: PathBuf,
+    /// Replacements, evenly spaced over the measured window (even = ends on the original).
+    #[arg(long, default_value_t = 4)]
+    swaps: u32,
+}
+
+#[derive(Args)]
+struct IdleCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Idle followers to hold.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    followers: usize,
+    /// Seconds between one follower's heartbeats.
+    #[arg(long, default_value_t = 2.0)]
+    heartbeat_secs: f64,
+    /// Seconds to hold the followers after all are connected (memory is sampled at the end).
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::Config(args) = &cli.command {
+        return hostcfg::write(args);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = rt.block_on(run(cli.command))?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn run(cmd: Command) -> Result<Value> {
+    match cmd {
+        Command::Config(_) => Ok(Value::Null),
+        Command::Auth { common, followers } => {
+            let ctx = Ctx::new(&common)?;
+            let fleet = ctx.establish(0, followers).await?;
+            let mut r = base_report("auth", &common, followers, &fleet);
+            close_all(fleet.links).await;
+            summary(&mut r);
+            Ok(r)
+        }
+        Command::Echo(c) => run_load(Kind::Echo, &c.load, None).await,
+        Command::Relay(c) => run_load(Kind::Relay, &c.load, None).await,
+        Command::Broadcast(c) => run_load(Kind::Broadcast, &c.load, None).await,
+        Command::Reload(c) => {
+            if !c.plugin_path.is_file() || !c.replacement.is_file() {
+                bail!(
+                    "--plugin-path {} and --replacement {} must both be existing files",
+                    c.plugin_path.display(),
+                    c.replacement.display()
+                );
+            }
+            run_load(
+                Kind::Echo,
+                &c.load,
+                Some((c.plugin_path, c.replacement, c.swaps)),
+            )
+            .await
+        }
+        Command::Idle(c) => run_idle(&c).await,
+    }
+}
+
+/// Per-run context: identity cache, codes watcher, processes to sample.
+struct Ctx {
+    common: Common,
+    store: Arc<IdentityStore>,
+    codes: Arc<Codes>,
+    host: Option<Proc>,
+    tck: u64,
+}
+
+/// Followers connected and authenticated, with how long it took.
+struct Fleet {
+    links: Vec<(String, Ws)>,
+    newly_paired: usize,
+    pairing_secs: f64,
+    paired_during_auth: usize,
+    auth_secs: f64,
+    auth_host_cpu: Option<f64>,
+    auth_bench_cpu: f64,
+    host_rss_before_kib: Option<u64>,
+}
+
+impl Ctx {
+    fn new(common: &Common) -> Result<Ctx> {
+        let state = match &common.state_dir {
+            Some(d) => d.clone(),
+            None => common
+                .codes_file
+                .parent()
+                .map(|p| p.join("bench-identities"))
+                .unwrap_or_else(|| PathBuf::from("bench-identities")),
+        };
+        if let Some(pid) = common.host_pid {
+            Proc::pid(pid)
+                .cpu_ticks()
+                .with_context(|| format!("--host-pid {pid}: no such process?"))?;
+        } else {
+            eprintln!("note: no --host-pid: host CPU and memory will not be reported");
+        }
+        Ok(Ctx {
+            common: common.clone(),
+            store: Arc::new(IdentityStore::open(&state)?),
+            codes: Codes::new(&common.codes_file),
+            host: common.host_pid.map(Proc::pid),
+            tck: procfs::clock_ticks(),
+        })
+    }
+
+    fn id(&self, i: usize) -> String {
+        format!("{}{i}", self.common.id_prefix)
+    }
+
+    /// Pair what needs pairing, then connect + authenticate followers `first..first+count`
+    /// (timed). Host RSS is sampled between the two phases.
+    async fn establish(&self, first: usize, count: usize) -> Result<Fleet> {
+        let watcher = self.codes.spawn_watcher();
+        let idents: Vec<Identity> = (first..first + count)
+            .map(|i| self.store.get(&self.id(i)))
+            .collect::<Result<_>>()?;
+        let to_pair = idents.iter().filter(|i| i.secret.is_none()).count();
+        let t0 = Instant::now();
+        let sem = Arc::new(Semaphore::new(self.common.pair_concurrency.max(1)));
+        let paired = join_all(idents.into_iter().map(|mut ident| {
+            let (sem, codes, store, url) = (
+                Arc::clone(&sem),
+                Arc::clone(&self.codes),
+                Arc::clone(&self.store),
+                self.common.url.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await?;
+                ident::ensure_paired(&url, &mut ident, &codes, &store).await?;
+                anyhow::Ok(ident)
+            })
+        }))
+        .await;
+        let mut idents = Vec::with_capacity(count);
+        for r in paired {
+            idents.push(r.context("pairing task failed")??);
+        }
+        let pairing_secs = t0.elapsed().as_secs_f64();
+        if to_pair > 0 {
+            eprintln!("paired {to_pair} followers in {pairing_secs:.2} s");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let host_rss_before_kib = self.host.as_ref().and_then(|h| h.rss_kib().ok());
+
+        let host_cpu = self.host.as_ref().map(CpuWindow::start).transpose()?;
+        let my_cpu = CpuWindow::start(&Proc::me())?;
+        let t1 = Instant::now();
+        let sem = Arc::new(Semaphore::new(self.common.connect_concurrency.max(1)));
+        let logins = join_all(idents.into_iter().map(|mut ident| {
+            let (sem, codes, store, url) = (
+                Arc::clone(&sem),
+                Arc::clone(&self.codes),
+                Arc::clone(&self.store),
+                self.common.url.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await?;
+                let (ws, paired) = ident::login(&url, &mut ident, &codes, &store).await?;
+                anyhow::Ok((ident.id, ws, paired))
+            })
+        }))
+        .await;
+        let auth_secs = t1.elapsed().as_secs_f64();
+        let auth_host_cpu = host_cpu.map(|c| c.percent(self.tck)).transpose()?;
+        let auth_bench_cpu = my_cpu.percent(self.tck)?;
+        watcher.abort();
+        let mut links = Vec::with_capacity(count);
+        let mut paired_during_auth = 0;
+        for r in logins {
+            let (id, ws, paired) = r.context("login task failed")??;
+            paired_during_auth += usize::from(paired);
+            links.push((id, ws));
+        }
+        eprintln!(
+            "connected and authenticated {count} followers in {auth_secs:.3} s ({:.0}/s)",
+            count as f64 / auth_secs.max(1e-9)
+        );
+        Ok(Fleet {
+            links,
+            newly_paired: to_pair,
+            pairing_secs,
+            paired_during_auth,
+            auth_secs,
+            auth_host_cpu,
+            auth_bench_cpu,
+            host_rss_before_kib,
+        })
+    }
+}
+
+async fn close_all(links: Vec<(String, Ws)>) {
+    join_all(links.into_iter().map(|(_, mut ws)| async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    }))
+    .await;
+}
+
+fn base_report(scenario: &str, common: &Common, followers: usize, fleet: &Fleet) -> Value {
+    let n = fleet.links.len();
+    json!({
+        "scenario": scenario,
+        "url": common.url,
+        "followers": followers,
+        "connections": n,
+        "pairing": {
+            "paired": fleet.newly_paired,
+            "secs": fleet.pairing_secs,
+            "per_sec": (fleet.newly_paired > 0).then(|| fleet.newly_paired as f64 / fleet.pairing_secs.max(1e-9)),
+        },
+        "connect_auth": {
+            "count": n,
+            "secs": fleet.auth_secs,
+            "per_sec": n as f64 / fleet.auth_secs.max(1e-9),
+            "paired_during_auth": fleet.paired_during_auth,
+            "host_cpu_pct": fleet.auth_host_cpu,
+            "bench_cpu_pct": fleet.auth_bench_cpu,
+        },
+    })
+}
+
+fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn run_load(
+    kind: Kind,
+    args: &LoadArgs,
+    reload: Option<(PathBuf, PathBuf, u32)>,
+) -> Result<Value> {
+    let ctx = Ctx::new(&args.common)?;
+    let conns = match kind {
+        Kind::Echo => args.followers,
+        Kind::Relay => 2 * args.followers,
+        Kind::Broadcast => args.followers + 1,
+    };
+    let fleet = ctx.establish(0, conns).await?;
+    let scenario = if reload.is_some() {
+        "reload"
+    } else {
+        kind.name()
+    };
+    let mut report = base_report(scenario, &args.common, args.followers, &fleet);
+    let links = fleet.links;
+    let shared = Shared::new();
+    let wired = load::wire(kind, links, args.size, &shared);
+    let me = Proc::me();
+    let staged_before = ctx
+        .host
+        .as_ref()
+        .and_then(|h| h.staged_plugins("echo-").ok());
+
+    // Warm up with the window full, then measure.
+    for &i in &wired.senders {
+        let _ = wired.writers[i].send(Ctl::Credit(args.window));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let host_cpu = ctx.host.as_ref().map(CpuWindow::start).transpose()?;
+    let my_cpu = CpuWindow::start(&me)?;
+    let cores0 = procfs::cores();
+    let t_measure = Instant::now();
+    shared.phase.store(MEASURE, Relaxed);
+    let measure = Duration::from_secs_f64(args.duration);
+    let swaps = reload.map(|(plugin, replacement, k)| {
+        tokio::spawn(load::swapper(plugin, replacement, k, measure))
+    });
+    tokio::time::sleep(measure).await;
+    shared.phase.store(DRAIN, Relaxed);
+    let secs = t_measure.elapsed().as_secs_f64();
+    let host_pct = host_cpu.map(|c| c.percent(ctx.tck)).transpose()?;
+    let bench_pct = my_cpu.percent(ctx.tck)?;
+    let cores_busy = procfs::cores_busy_since(&cores0);
+    let host_rss_after = ctx.host.as_ref().and_then(|h| h.rss_kib().ok());
+    let host_hwm = ctx.host.as_ref().and_then(|h| h.status_kib("VmHWM").ok());
+
+    // Drain: senders stopped at DRAIN; wait until everything sent has arrived, was answered
+    // with an error, or the drain timeout passes (what is still missing then is lost).
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
+    while Instant::now() < drain_deadline
+        && shared.settled.load(Relaxed) < shared.sent.load(Relaxed) * wired.fanout
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for w in &wired.writers {
+        let _ = w.send(Ctl::Stop);
+    }
+    let all = join_all(wired.tasks);
+    let clean = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .is_ok();
+    let swap_times = match swaps {
+        Some(h) => Some(h.await.context("swapper task")??),
+        None => None,
+    };
+    let staged_after = ctx
+        .host
+        .as_ref()
+        .and_then(|h| h.staged_plugins("echo-").ok());
+
+    let sent = shared.sent.load(Relaxed);
+    let expected = sent * wired.fanout;
+    let delivered = shared.delivered.load(Relaxed);
+    let measured = shared.measured.load(Relaxed);
+    let mismatched = shared.mismatched.load(Relaxed);
+    let errors = shared.errors.load(Relaxed);
+    let lost = expected.saturating_sub(delivered + mismatched);
+    let hist = shared
+        .hist
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let rate = measured as f64 / secs;
+    let per_host_cpu = host_pct.filter(|p| *p > 0.0).map(|p| rate / (p / 100.0));
+    let generator_bound = bench_pct >= 90.0;
+    let r = report.as_object_mut().context("report is an object")?;
+    r.insert("window".into(), json!(args.window));
+    r.insert("size".into(), json!(args.size));
+    r.insert("warmup_secs".into(), json!(args.warmup));
+    r.insert("measure_secs".into(), json!(secs));
+    r.insert("msgs_per_sec".into(), json!(rate));
+    r.insert(
+        "latency_us".into(),
+        json!({
+            "count": hist.len(),
+            "p50": pct(&hist, 0.50), "p90": pct(&hist, 0.90), "p99": pct(&hist, 0.99),
+            "p99_9": pct(&hist, 0.999), "max": hist.max() as f64 / 1000.0,
+        }),
+    );
+    r.insert("sent".into(), json!(sent));
+    r.insert("expected_deliveries".into(), json!(expected));
+    r.insert("delivered".into(), json!(delivered));
+    r.insert("lost".into(), json!(lost));
+    r.insert("mismatched".into(), json!(mismatched));
+    r.insert("errors".into(), json!(errors));
+    r.insert(
+        "error_codes".into(),
+        json!(*shared.error_codes.lock().unwrap_or_else(|p| p.into_inner())),
+    );
+    r.insert(
+        "connections_dropped".into(),
+        json!(shared.dropped.load(Relaxed)),
+    );
+    r.insert("clean_shutdown".into(), json!(clean));
+    r.insert("host_cpu_pct".into(), json!(host_pct));
+    r.insert("bench_cpu_pct".into(), json!(bench_pct));
+    r.insert("msgs_per_host_cpu_sec".into(), json!(per_host_cpu));
+    r.insert("generator_bound".into(), json!(generator_bound));
+    let others = cores_busy.iter().sum::<f64>() - bench_pct - host_pct.unwrap_or(0.0);
+    r.insert("cores_busy_pct".into(), json!(cores_busy));
+    r.insert("other_processes_cpu_pct".into(), json!(others.max(0.0)));
+    r.insert(
+        "host_rss_kib".into(),
+        json!({"before_connect": fleet.host_rss_before_kib, "loaded": host_rss_after, "peak": host_hwm}),
+    );
+    r.insert(
+        "longest_gap_ms".into(),
+        json!(shared.max_gap_ns.load(Relaxed) as f64 / 1e6),
+    );
+    if let Some(times) = swap_times {
+        r.insert("swaps".into(), json!(times.len()));
+        r.insert(
+            "staged_echo_libraries".into(),
+            json!({"before": staged_before, "after": staged_after}),
+        );
+    }
+    summary(&mut report);
+    Ok(report)
+}
+
+async fn run_idle(c: &IdleCmd) -> Result<Value> {
+    let ctx = Ctx::new(&c.common)?;
+    let fleet = ctx.establish(0, c.followers).await?;
+    let mut report = base_report("idle", &c.common, c.followers, &fleet);
+    let before = fleet.host_rss_before_kib;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let acks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let beats = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let every = Duration::from_secs_f64(c.heartbeat_secs.max(0.05));
+    let mut tasks = Vec::with_capacity(fleet.links.len());
+    for (k, (id, ws)) in fleet.links.into_iter().enumerate() {
+        let (mut stop, acks, beats) = (stop_rx.clone(), Arc::clone(&acks), Arc::clone(&beats));
+        // Spread the first heartbeats over one interval.
+        let offset = every.mul_f64(k as f64 / c.followers.max(1) as f64);
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+            let hb = format!(
+                "builtin::{}",
+                json!({"type": "heartbeat", "payload": {"identifier": id, "status": "online"}})
+            );
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        if sink.send(Message::text(hb.clone())).await.is_err() { break; }
+                        beats.fetch_add(1, Relaxed);
+                    }
+                    m = stream.next() => match m {
+                        Some(Ok(Message::Text(t))) if t.as_str().contains("\"heartbeat_ack\"") => {
+                            acks.fetch_add(1, Relaxed);
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+            let _ = sink.close().await;
+        }));
+    }
+    let host_cpu = ctx.host.as_ref().map(CpuWindow::start).transpose()?;
+    let my_cpu = CpuWindow::start(&Proc::me())?;
+    tokio::time::sleep(Duration::from_secs_f64(c.hold)).await;
+    let host_pct = host_cpu.map(|w| w.percent(ctx.tck)).transpose()?;
+    let bench_pct = my_cpu.percent(ctx.tck)?;
+    let after = ctx.host.as_ref().and_then(|h| h.rss_kib().ok());
+    let my_rss = Proc::me().rss_kib().ok();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), join_all(tasks)).await;
+    let per = match (before, after) {
+        (Some(b), Some(a)) if c.followers > 0 => Some((a as f64 - b as f64) / c.followers as f64),
+        _ => None,
+    };
+    let r = report.as_object_mut().context("report is an object")?;
+    r.insert("hold_secs".into(), json!(c.hold));
+    r.insert("heartbeats_sent".into(), json!(beats.load(Relaxed)));
+    r.insert("heartbeat_acks".into(), json!(acks.load(Relaxed)));
+    r.insert(
+        "host_rss_kib".into(),
+        json!({"before_connect": before, "connected": after}),
+    );
+    r.insert("host_rss_per_follower_kib".into(), json!(per));
+    r.insert("bench_rss_kib".into(), json!(my_rss));
+    r.insert("host_cpu_pct".into(), json!(host_pct));
+    r.insert("bench_cpu_pct".into(), json!(bench_pct));
+    summary(&mut report);
+    Ok(report)
+}
+
+/// Print the human summary (stdout) for a finished report.
+fn summary(r: &mut Value) {
+    let f = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.1}"));
+    let s = r["scenario"].as_str().unwrap_or("?").to_owned();
+    println!("== yonexus-bench {s} ==");
+    println!(
+        "connect+auth: {} followers in {:.3} s = {:.0}/s (CPU host {}% bench {}%){}",
+        r["connect_auth"]["count"],
+        r["connect_auth"]["secs"].as_f64().unwrap_or(0.0),
+        r["connect_auth"]["per_sec"].as_f64().unwrap_or(0.0),
+        f(&r["connect_auth"]["host_cpu_pct"]),
+        f(&r["connect_auth"]["bench_cpu_pct"]),
+        if r["connect_auth"]["paired_during_auth"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            " (some paired during the auth phase: rate includes pairing)"
+        } else {
+            ""
+        }
+    );
+    if r["pairing"]["paired"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "pairing: {} followers paired in {:.2} s",
+            r["pairing"]["paired"],
+            r["pairing"]["secs"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if !r["msgs_per_sec"].is_null() {
+        let l = &r["latency_us"];
+        println!(
+            "throughput: {} msgs/s over {:.2} s (window {}, {} B)",
+            f(&r["msgs_per_sec"]),
+            r["measure_secs"].as_f64().unwrap_or(0.0),
+            r["window"],
+            r["size"]
+        );
+        println!(
+            "latency us: p50 {} p90 {} p99 {} p99.9 {} max {}",
+            f(&l["p50"]),
+            f(&l["p90"]),
+            f(&l["p99"]),
+            f(&l["p99_9"]),
+            f(&l["max"])
+        );
+        println!(
+            "sent {} expected {} delivered {} lost {} mismatched {} errors {} {}",
+            r["sent"],
+            r["expected_deliveries"],
+            r["delivered"],
+            r["lost"],
+            r["mismatched"],
+            r["errors"],
+            r["error_codes"]
+        );
+        println!(
+            "longest gap between replies on one follower: {} ms",
+            f(&r["longest_gap_ms"])
+        );
+        println!(
+            "msgs per host CPU-second: {}",
+            f(&r["msgs_per_host_cpu_sec"])
+        );
+    }
+    if !r["host_rss_per_follower_kib"].is_null() || r["scenario"] == "idle" {
+        println!(
+            "host RSS: {} KiB before, {} KiB with followers connected = {} KiB per follower; heartbeats {} sent, {} acked",
+            r["host_rss_kib"]["before_connect"],
+            r["host_rss_kib"]["connected"],
+            f(&r["host_rss_per_follower_kib"]),
+            r["heartbeats_sent"],
+            r["heartbeat_acks"]
+        );
+    }
+    if !r["swaps"].is_null() {
+        println!(
+            "hot reload: {} swaps; staged echo libraries mapped by the host {} -> {}",
+            r["swaps"], r["staged_echo_libraries"]["before"], r["staged_echo_libraries"]["after"]
+        );
+    }
+    if !r["bench_cpu_pct"].is_null() {
+        println!(
+            "CPU: host {}% bench {}% other processes {}% (cores busy {}){}",
+            f(&r["host_cpu_pct"]),
+            f(&r["bench_cpu_pct"]),
+            f(&r["other_processes_cpu_pct"]),
+            r["cores_busy_pct"],
+            if r["generator_bound"] == true {
+                "  ** GENERATOR-BOUND: the bench used >= 90% of its core; the host may have more headroom **"
+            } else {
+                ""
+            }
+        );
+    }
+}
