@@ -40,7 +40,12 @@ pub fn render(args: &ConfigArgs, dir: &Path) -> String {
         "# Written by `yonexus-bench config`. Relative paths are against this file's directory.\n\
          [server]\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"state\"\n\n\
          [followers]\nallow = [{}]\n\n\
-         [pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n\n",
+         [pairing]\nnotify = \"command\"\ncommand = [\"/bin/sh\", \"{}\"]\n\n\
+         # Every bench connection comes from 127.0.0.1 and pipelines: lift the per-IP and\n\
+         # per-connection limits that protect a production host.\n\
+         [limits]\nmax_unauthenticated = 100000\nmax_unauthenticated_per_ip = 100000\n\
+         auth_timeout_secs = 120\nrate_per_sec = 10000000\nrate_burst = 10000000\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n[reload]\ndebounce_ms = 100\n\n",
         args.port,
         allow.join(", "),
         dir.join("notify.sh").display()
