@@ -65,7 +65,16 @@ async fn deadlines_caps_and_sizes_trip_while_others_are_served() {
         .expect("4th unauthenticated connection refused");
     assert!(err.to_string().contains("503"), "{err}");
     echo_ok(&mut alpha, "still served").await;
-    drop(held);
+    for raw in held {
+        raw.close().await;
+    }
+    // The host notices the closes asynchronously; then the slots are free again.
+    let admin = host.admin.expect("admin endpoint");
+    let freed = wait_for(Duration::from_secs(5), || {
+        let (_, m) = http_get(admin, "/metrics").ok()?;
+        (metric(&m, "yonexus_connections{state=\"unauthenticated\"}") == 0.0).then_some(())
+    });
+    assert!(freed.is_some(), "unauthenticated slots were not released");
 
     // Oversized message before authentication: 1009.
     let mut big = Raw::connect(&host.url()).await.unwrap();
@@ -117,7 +126,6 @@ async fn deadlines_caps_and_sizes_trip_while_others_are_served() {
     echo_ok(&mut alpha, "after hostile frames").await;
 
     // The admin endpoint saw it all.
-    let admin = host.admin.expect("admin endpoint");
     let (status, text) = http_get(admin, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(
