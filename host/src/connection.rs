@@ -6,7 +6,7 @@
 use crate::admission::Ticket;
 use crate::hub::Hub;
 use crate::metrics::{self, ConnectionState};
-use crate::registry::{Outbound, SessionHandle};
+use crate::registry::{AbortReason, Outbound, SessionHandle};
 use crate::reply;
 use crate::session::{Flow, Session};
 use futures_util::stream::SplitSink;
@@ -119,7 +119,13 @@ pub async fn run<S>(
             .with_byte_limit(limits.outbound_queue_bytes),
     );
     let (sink, mut frames) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&handle), cancel.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        handle.queued_bytes(),
+        handle.abort_reason(),
+        cancel.clone(),
+    ));
     let mut session = Session::new(Arc::clone(&handle));
 
     let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
@@ -260,12 +266,12 @@ pub async fn run<S>(
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut rx: mpsc::Receiver<Outbound>,
-    handle: Arc<SessionHandle>,
+    queued: Arc<AtomicUsize>,
+    abort_reason: AbortReason,
     cancel: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let queued: Arc<AtomicUsize> = handle.queued_bytes();
     let close = |code: u16, reason: String| {
         Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
@@ -275,7 +281,8 @@ async fn write_loop<S>(
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => {
-                if let Some((code, reason)) = handle.abort_reason() {
+                let reason = abort_reason.lock().map(|r| r.clone()).unwrap_or(None);
+                if let Some((code, reason)) = reason {
                     let _ = tokio::time::timeout(Duration::from_millis(500), sink.send(close(code, reason))).await;
                 }
                 return;

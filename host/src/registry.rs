@@ -43,8 +43,12 @@ pub struct SessionHandle {
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
     /// Why the connection was cancelled, for the close frame the writer tries to send.
-    close_reason: Mutex<Option<(u16, String)>>,
+    close_reason: AbortReason,
 }
+
+/// Why a connection was aborted, shared with its writer (which must not hold the handle: the
+/// writer ends when every handle is gone).
+pub type AbortReason = Arc<Mutex<Option<(u16, String)>>>;
 
 impl SessionHandle {
     pub fn new(
@@ -62,7 +66,7 @@ impl SessionHandle {
             cancel,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             max_queued_bytes: usize::MAX,
-            close_reason: Mutex::new(None),
+            close_reason: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -87,12 +91,9 @@ impl SessionHandle {
         self.cancel.cancel();
     }
 
-    /// The reason given to [`SessionHandle::abort`], if any.
-    pub fn abort_reason(&self) -> Option<(u16, String)> {
-        self.close_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The slot holding the reason given to [`SessionHandle::abort`], for the writer.
+    pub fn abort_reason(&self) -> AbortReason {
+        Arc::clone(&self.close_reason)
     }
 
     fn slow_consumer(&self) -> SendError {

@@ -180,14 +180,23 @@ impl HostProc {
                     .flatten()
             })
         });
-        host.admin = host.logs().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            let message = v["fields"]["message"].as_str()?;
-            message
-                .starts_with("admin HTTP listening")
-                .then(|| v["fields"]["address"].as_str()?.parse().ok())
-                .flatten()
-        });
+        let wants_admin = !config.contains("listen = \"off\"");
+        let admin_line = || {
+            host.logs().iter().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                let message = v["fields"]["message"].as_str()?;
+                message
+                    .starts_with("admin HTTP listening")
+                    .then(|| v["fields"]["address"].as_str()?.parse::<SocketAddr>().ok())
+                    .flatten()
+            })
+        };
+        let admin = if wants_admin && addr.is_some() {
+            wait_for(Duration::from_secs(5), admin_line)
+        } else {
+            None
+        };
+        host.admin = admin;
         match addr {
             Some(a) => host.addr = a,
             None => {
