@@ -36,7 +36,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// allocate a 128 KiB read buffer per connection).
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(max_message_size + 64 * 1024)
         .max_message_size(Some(max_message_size))
