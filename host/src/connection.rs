@@ -168,6 +168,9 @@ pub async fn run<S>(
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
+            // Closed from elsewhere (revoked, replaced, offline, removed from the allowlist):
+            // nothing more is read from this peer.
+            _ = handle.closed() => break,
             _ = shutdown.cancelled() => {
                 // Released before the peer can see the close, so a reconnect is admitted.
                 ticket = None;

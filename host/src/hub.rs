@@ -134,13 +134,22 @@ impl Hub {
             .store
             .update_existing(identifier, |r| r.revoke(now))
             .is_some();
+        // Trust is gone in memory at once: no session keeps serving, whatever the disk says.
+        self.reset_auth_windows(identifier);
+        self.disconnect(identifier, 1008, close_reason);
         if existed {
             self.store.persist().await?;
         }
-        self.reset_auth_windows(identifier);
+        Ok(existed)
+    }
+
+    /// Close `identifier`'s session (if any), forget it, and mark the record offline.
+    pub fn disconnect(&self, identifier: &str, code: u16, reason: &str) {
         if let Some(handle) = self.registry.get(identifier) {
-            handle.close(1008, close_reason);
+            handle.close(code, reason);
             if self.registry.remove(identifier, handle.conn_id) {
+                self.store
+                    .update_existing(identifier, |r| r.status = Liveness::Offline);
                 self.registry
                     .emit(crate::registry::FollowerEvent::LivenessChanged {
                         identifier: identifier.to_owned(),
@@ -148,6 +157,5 @@ impl Hub {
                     });
             }
         }
-        Ok(existed)
     }
 }

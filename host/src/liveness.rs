@@ -94,18 +94,25 @@ pub async fn sweep(hub: &crate::hub::Hub) {
     let now = hub.now();
     let thresholds = hub.settings().thresholds();
     for (identifier, handle) in hub.registry.sessions() {
-        let Some(record) = hub.store.get(&identifier) else {
+        // Decide and record in one step, so a heartbeat landing meanwhile is not overwritten.
+        let Some(transition) = hub.store.update_existing(&identifier, |r| {
+            let last = r
+                .last_heartbeat_at
+                .or(r.last_authenticated_at)
+                .unwrap_or(now);
+            let t = evaluate(r.status, last, now, thresholds);
+            match t {
+                Transition::Stay => {}
+                Transition::Unstable { .. } => r.status = Liveness::Unstable,
+                Transition::Offline { .. } => r.status = Liveness::Offline,
+            }
+            t
+        }) else {
             continue;
         };
-        let last = record
-            .last_heartbeat_at
-            .or(record.last_authenticated_at)
-            .unwrap_or(now);
-        match evaluate(record.status, last, now, thresholds) {
+        match transition {
             Transition::Stay => {}
             Transition::Unstable { reason } => {
-                hub.store
-                    .update_existing(&identifier, |r| r.status = Liveness::Unstable);
                 tracing::warn!(identifier = %identifier, reason = %reason, "follower unstable");
                 let _ = handle.send(crate::registry::Outbound::Text(
                     crate::reply::status_update(
@@ -121,8 +128,6 @@ pub async fn sweep(hub: &crate::hub::Hub) {
                 });
             }
             Transition::Offline { reason } => {
-                hub.store
-                    .update_existing(&identifier, |r| r.status = Liveness::Offline);
                 tracing::warn!(identifier = %identifier, reason = %reason, "follower offline: disconnecting");
                 let _ = handle.send(crate::registry::Outbound::Text(
                     crate::reply::disconnect_notice(&identifier, &reason, now),

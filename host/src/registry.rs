@@ -39,6 +39,9 @@ pub struct SessionHandle {
     pub connected_since: i64,
     tx: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
+    /// Cancelled once a close has been queued: the reader stops taking frames from the peer,
+    /// while the writer still sends what is queued up to the close frame.
+    closing: CancellationToken,
     /// Bytes of text frames queued and not yet handed to the socket.
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
@@ -64,6 +67,7 @@ impl SessionHandle {
             connected_since,
             tx,
             cancel,
+            closing: CancellationToken::new(),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             max_queued_bytes: usize::MAX,
             close_reason: Arc::new(Mutex::new(None)),
@@ -133,7 +137,8 @@ impl SessionHandle {
         }
     }
 
-    /// Queue a close frame; the connection ends after sending it.
+    /// Queue a close frame and stop reading from the peer; the connection ends after the
+    /// writer has sent everything queued before the close.
     pub fn close(&self, code: u16, reason: &str) {
         if self
             .tx
@@ -145,6 +150,12 @@ impl SessionHandle {
         {
             self.abort(code, reason);
         }
+        self.closing.cancel();
+    }
+
+    /// Resolves once [`SessionHandle::close`] was called.
+    pub async fn closed(&self) {
+        self.closing.cancelled().await
     }
 
     /// True once the connection has been told to stop.

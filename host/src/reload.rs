@@ -53,16 +53,28 @@ pub struct ReloadReport {
 struct Prepared {
     plugins: BTreeMap<String, ActivePlugin>,
     /// New instances and the gate that lets each start.
-    gates: Vec<(String, Arc<Latch>)>,
+    gates: Gates,
     changes: Vec<String>,
+}
+
+/// Gates of new instances. Dropping them opens every gate, so no worker thread can be left
+/// waiting forever (an abandoned or failed reload, a panic while preparing); on success they are
+/// opened earlier, in order, by the handover.
+#[derive(Default)]
+struct Gates(Vec<(String, Arc<Latch>)>);
+
+impl Drop for Gates {
+    fn drop(&mut self) {
+        for (_, gate) in &self.0 {
+            gate.set();
+        }
+    }
 }
 
 impl Prepared {
     /// Abandon: let the never-used new instances run down and end.
     fn abandon(self) {
-        for (_, gate) in &self.gates {
-            gate.set();
-        }
+        drop(self);
     }
 }
 
@@ -233,7 +245,7 @@ impl Reloader {
                 report.needs_restart.push("reload.watch".into());
             }
         }
-        if prepared.gates.is_empty()
+        if prepared.gates.0.is_empty()
             && !routes_changed
             && applied
                 .as_ref()
@@ -279,27 +291,51 @@ impl Reloader {
             .collect();
         hub.set_settings(new_settings);
         for id in removed {
-            if let Some(handle) = hub.registry.get(&id) {
+            if hub.registry.is_connected(&id) {
                 tracing::info!(identifier = %id, "removed from the allowlist: disconnecting (its trust record is kept)");
-                handle.close(1008, "identifier removed from allowlist");
-                hub.registry.remove(&id, handle.conn_id);
             }
+            hub.disconnect(&id, 1008, "identifier removed from allowlist");
         }
 
         // 3. Drain replaced instances, then let their successors start.
         let old = applied.take().map(|a| a.plugins).unwrap_or_default();
+        // A new instance waits for every old instance that served its name or any of its rules:
+        // replaced ones until they have finished, kept ones until they are idle.
         let mut handoffs = Vec::new();
-        for (name, gate) in &prepared.gates {
-            let predecessor = old.get(name).map(|p| p.handler.finished());
-            handoffs.push((name.clone(), predecessor, Arc::clone(gate)));
+        for (name, gate) in &prepared.gates.0 {
+            let rules = prepared
+                .plugins
+                .get(name)
+                .map(|p| p.config.rules.clone())
+                .unwrap_or_default();
+            let mut waits = Vec::new();
+            for (old_name, old_plugin) in &old {
+                let related =
+                    old_name == name || old_plugin.config.rules.iter().any(|r| rules.contains(r));
+                if !related {
+                    continue;
+                }
+                let kept = prepared
+                    .plugins
+                    .values()
+                    .any(|p| Arc::ptr_eq(&p.handler, &old_plugin.handler));
+                waits.push(if kept {
+                    Wait::Idle(Arc::clone(&old_plugin.handler))
+                } else {
+                    Wait::Finished(old_plugin.handler.finished())
+                });
+            }
+            handoffs.push((name.clone(), waits, Arc::clone(gate)));
         }
         let replaced = old.len();
-        drop(old); // the last references: old workers finish their queues and end
+        drop(old); // the last references: replaced workers finish their queues and end
         let drain = Duration::from_millis(config.reload.drain_timeout_ms);
         tokio::task::spawn_blocking(move || {
-            for (name, predecessor, gate) in handoffs {
-                if let Some(finished) = predecessor {
-                    if !finished.wait(drain) {
+            let deadline = Instant::now() + drain;
+            for (name, waits, gate) in handoffs {
+                for wait in waits {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !wait.wait(left) {
                         tracing::warn!(plugin = %name, timeout = ?drain, "old plugin instance did not drain in time; the new one starts now (order across the switch is not guaranteed for messages still queued)");
                     }
                 }
@@ -333,12 +369,39 @@ fn same_instance_settings(a: &PluginConfig, b: &PluginConfig) -> bool {
     a == *b
 }
 
+/// What a new instance waits for before it starts.
+enum Wait {
+    /// A replaced instance: until its worker has finished.
+    Finished(Arc<Latch>),
+    /// An instance that keeps running (a rule moved away from it): until it is idle.
+    Idle(Arc<PluginHandler>),
+}
+
+impl Wait {
+    fn wait(self, timeout: Duration) -> bool {
+        match self {
+            Wait::Finished(latch) => latch.wait(timeout),
+            Wait::Idle(handler) => {
+                let deadline = Instant::now() + timeout;
+                while !handler.is_idle() {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                true
+            }
+        }
+    }
+}
+
 /// Whether the settings that apply live are the same.
 fn same_live_settings(a: &Config, b: &Config) -> bool {
     a.allow == b.allow
         && a.pairing == b.pairing
         && a.liveness == b.liveness
         && a.server.path == b.server.path
+        && a.limits == b.limits
 }
 
 fn describe_settings(old: &Settings, new: &Settings, changes: &mut Vec<String>) {
@@ -374,7 +437,7 @@ fn prepare(
 ) -> Result<Prepared, String> {
     let mut prepared = Prepared {
         plugins: BTreeMap::new(),
-        gates: Vec::new(),
+        gates: Gates::default(),
         changes: Vec::new(),
     };
     for pc in configs {
@@ -441,7 +504,7 @@ fn prepare(
             Arc::clone(&gate),
         ) {
             Ok(handler) => {
-                prepared.gates.push((pc.name.clone(), gate));
+                prepared.gates.0.push((pc.name.clone(), gate));
                 prepared.changes.push(what);
                 prepared.plugins.insert(
                     pc.name.clone(),

@@ -416,6 +416,7 @@ impl Session {
         match outcome {
             AuthOutcome::Accepted { bind_key } => {
                 let bound = bind_key.is_some();
+                let before = hub.store.get(&identifier);
                 hub.store.update_existing(&identifier, |r| {
                     if let Some(k) = bind_key {
                         r.public_key = Some(k);
@@ -428,6 +429,7 @@ impl Session {
                 if bound {
                     if let Err(e) = hub.store.persist().await {
                         tracing::error!(error = %e, "cannot persist the bound public key");
+                        hub.store.restore(before, &identifier);
                         self.send(reply::auth_failed(
                             &identifier,
                             AuthFailReason::NotPaired,

@@ -413,6 +413,18 @@ async fn config_reloads_are_atomic_and_apply_live() {
     )
     .unwrap();
     assert_eq!(state["followers"]["alpha"]["pairingStatus"], "paired");
+    // A limits-only change applies (to new connections).
+    std::fs::write(
+        &host.config,
+        format!("{without_alpha}\n[limits]\nrate_per_sec = 500\n"),
+    )
+    .unwrap();
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("limits"), "{out}");
+    std::fs::write(&host.config, &without_alpha).unwrap();
+    let (status, _, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
     // Settings that cannot change live are reported, and the rest still applies.
     let moved = rerouted.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
     std::fs::write(&host.config, &moved).unwrap();

@@ -113,6 +113,12 @@ impl PluginHandler {
         Arc::clone(&self.inner.shared.finished)
     }
 
+    /// Nothing queued and no call running right now.
+    pub fn is_idle(&self) -> bool {
+        let s = &self.inner.shared;
+        s.queued.load(Ordering::Acquire) == 0 && s.current_call_age().is_none()
+    }
+
     /// Whether the panic breaker has disabled this instance.
     pub fn is_disabled(&self) -> bool {
         self.inner.shared.disabled.load(Ordering::Relaxed)
