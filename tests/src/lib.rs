@@ -625,11 +625,6 @@ pub fn fixture(name: &str) -> PathBuf {
     ws.join(format!("target/debug/libe2e_{name}.so"))
 }
 
-/// Compatibility name for the `ok` fixture.
-pub fn fixture_plugin() -> PathBuf {
-    fixture("ok")
-}
-
 /// The bytes of the `versioned` fixture with its tag rewritten to `YNXVER-<version:04>`.
 pub fn versioned_bytes(version: u32) -> Vec<u8> {
     let mut bytes = std::fs::read(fixture("versioned")).unwrap_or_default();

@@ -57,7 +57,7 @@ async fn relay_broadcast_and_presence_between_real_followers() {
 #[tokio::test]
 async fn panicking_slow_and_busy_plugins_do_not_hurt_the_hub() {
     let tmp = tempfile::tempdir().unwrap();
-    let fixture = fixture_plugin();
+    let fixture = fixture("ok");
     let extra = format!(
         "[[plugins]]\nname = \"fx\"\npath = \"{}\"\nrules = [\"fx\"]\nqueue_capacity = 2\npanic_limit = 3\npanic_window_secs = 60\n",
         fixture.display()
