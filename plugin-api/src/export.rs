@@ -201,7 +201,11 @@ pub const fn vtable<T: Plugin>() -> PluginVTable {
         on_message: on_message::<T>,
         destroy: destroy::<T>,
         free_buf,
-        on_event: Some(on_event::<T>),
+        on_event: if T::HANDLES_EVENTS {
+            Some(on_event::<T>)
+        } else {
+            None
+        },
     }
 }
 

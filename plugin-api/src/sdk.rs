@@ -23,6 +23,10 @@ pub trait Plugin: Send + Sized + 'static {
     /// sender (a panic does the same, and is counted towards disabling the plugin).
     fn on_message(&mut self, host: &Host, msg: &Message<'_>) -> Result<(), String>;
 
+    /// Whether the plugin wants follower lifecycle events. Set it to `false` when `on_event` is
+    /// not used: the host then never queues events for the plugin (no wake-ups per connect).
+    const HANDLES_EVENTS: bool = true;
+
     /// A follower lifecycle event. The default ignores it.
     fn on_event(&mut self, host: &Host, event: &Event<'_>) -> Result<(), String> {
         let _ = (host, event);

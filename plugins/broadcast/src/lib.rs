@@ -13,6 +13,7 @@ pub fn outgoing(sender: &str, content: &str) -> String {
 
 impl Plugin for Broadcast {
     const NAME: &'static str = "broadcast";
+    const HANDLES_EVENTS: bool = false;
 
     fn create(_config: &Config, _host: &Host) -> Result<Self, String> {
         Ok(Broadcast)

@@ -10,6 +10,7 @@ pub struct Echo {
 
 impl Plugin for Echo {
     const NAME: &'static str = "echo";
+    const HANDLES_EVENTS: bool = false;
 
     fn create(config: &Config, _host: &Host) -> Result<Self, String> {
         Ok(Echo {

@@ -16,6 +16,7 @@ pub fn parse(content: &str) -> Option<(&str, &str)> {
 
 impl Plugin for Relay {
     const NAME: &'static str = "relay";
+    const HANDLES_EVENTS: bool = false;
 
     fn create(_config: &Config, _host: &Host) -> Result<Self, String> {
         Ok(Relay)
