@@ -376,7 +376,8 @@ impl Store {
     }
 
     /// Change the record of `identifier` (created if absent) in memory. The change is durable
-    /// only after [`Store::persist`] (or a later flush).
+    /// only after [`Store::persist`] (or a later flush); a call that changes nothing (e.g. a
+    /// `hello` from a paired follower) leaves the store clean, so it causes no rewrite.
     pub fn update<R>(
         &self,
         identifier: &str,
@@ -384,12 +385,16 @@ impl Store {
         f: impl FnOnce(&mut TrustRecord) -> R,
     ) -> R {
         let mut inner = self.lock();
+        let before = inner.records.get(identifier).cloned();
         let record = inner
             .records
             .entry(identifier.to_owned())
             .or_insert_with(|| TrustRecord::new(identifier, now));
         let out = f(record);
-        inner.generation += 1;
+        let changed = before.as_ref() != Some(&*record);
+        if changed {
+            inner.generation += 1;
+        }
         out
     }
 
@@ -400,11 +405,14 @@ impl Store {
         f: impl FnOnce(&mut TrustRecord) -> R,
     ) -> Option<R> {
         let mut inner = self.lock();
-        let out = inner.records.get_mut(identifier).map(f);
-        if out.is_some() {
+        let record = inner.records.get_mut(identifier)?;
+        let before = record.clone();
+        let out = f(record);
+        let changed = before != *record;
+        if changed {
             inner.generation += 1;
         }
-        out
+        Some(out)
     }
 
     /// Put back a record exactly as it was (used to roll back a change whose persist failed).
@@ -482,6 +490,30 @@ mod tests {
         let reopened = Store::open(&state).unwrap();
         assert!(reopened.get("alpha").unwrap().is_paired());
         assert!(!format!("{:?}", reopened.get("alpha").unwrap()).contains("\"s\""));
+    }
+
+    #[tokio::test]
+    async fn unchanged_updates_do_not_dirty_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.update("alpha", 1, |_| ());
+        store.persist().await.unwrap();
+        let written = fs::metadata(store.path()).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.update("alpha", 2, |_| ());
+        store.update_existing("alpha", |r| r.status = Liveness::Offline);
+        store.flush_if_dirty().await.unwrap();
+        assert_eq!(
+            fs::metadata(store.path()).unwrap().modified().unwrap(),
+            written
+        );
+        store.update_existing("alpha", |r| r.last_heartbeat_at = Some(5));
+        store.flush_if_dirty().await.unwrap();
+        assert_eq!(store.snapshot()[0].last_heartbeat_at, Some(5));
+        assert_eq!(
+            load_file(store.path()).unwrap()["alpha"].last_heartbeat_at,
+            Some(5)
+        );
     }
 
     #[test]
