@@ -70,6 +70,10 @@ async fn panicking_slow_and_busy_plugins_do_not_hurt_the_hub() {
     let (mut alpha, _) = paired_session(&host, "alpha").await.unwrap();
     let (mut beta, _) = paired_session(&host, "beta").await.unwrap();
 
+    // The fixture also takes lifecycle events through the same small queue (capacity 2): let
+    // the four events from these two logins drain before testing message handling.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     // A panic answers HANDLER_FAILED to the sender; the plugin and the hub keep serving.
     alpha.send_text("fx::panic").await.unwrap();
     let (code, _) = alpha.error().await.unwrap();
