@@ -717,7 +717,7 @@ impl Runner {
                 }
                 Flow::Continue
             }
-            Inbound::HelloAck(NextAction::Rejected) => {
+            Inbound::HelloAck(NextAction::Rejected | NextAction::Unknown(_)) => {
                 self.emit(Event::HostError {
                     code: "REJECTED".into(),
                     message: "host rejected hello (nextAction=rejected)".into(),

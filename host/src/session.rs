@@ -384,7 +384,7 @@ impl Session {
                 self.send(reply::pair_success(&identifier, &secret, paired_at, rid));
             }
             ConfirmOutcome::Failed(reason) => {
-                metrics::pairing_result(pair_fail_str(reason));
+                metrics::pairing_result(reason.label());
                 tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = ?reason, "pair_confirm refused");
                 if let Err(e) = hub.store.persist().await {
                     tracing::warn!(error = %e, "cannot persist pairing attempt count");
@@ -457,13 +457,13 @@ impl Session {
                 self.send(reply::auth_success(&identifier, now, rid));
             }
             AuthOutcome::Failed(reason) => {
-                metrics::auth_result(reason.as_str());
-                tracing::warn!(remote = %self.handle.remote, identifier = %shown(&identifier), reason = reason.as_str(), "auth failed");
+                metrics::auth_result(reason.label());
+                tracing::warn!(remote = %self.handle.remote, identifier = %shown(&identifier), reason = reason.label(), "auth failed");
                 self.send(reply::auth_failed(&identifier, reason, now, rid));
             }
             AuthOutcome::RePair(reason) => {
-                metrics::auth_result(reason.as_str());
-                tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = reason.as_str(), "trust revoked: re-pair required");
+                metrics::auth_result(reason.label());
+                tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = reason.label(), "trust revoked: re-pair required");
                 let own = self.authenticated_as() == Some(identifier.as_str());
                 if own {
                     hub.registry.remove(&identifier, self.handle.conn_id);
@@ -472,7 +472,7 @@ impl Session {
                 if let Some(other) = hub.registry.get(&identifier) {
                     let _ = other.send(Outbound::Text(reply::re_pair_required(
                         &identifier,
-                        reason,
+                        reason.clone(),
                         now,
                         None,
                     )));
@@ -551,16 +551,6 @@ impl Session {
 fn decode_counted(json: &str, frame_len: usize) -> Result<Envelope, yonexus_protocol::DecodeError> {
     metrics::frame_in("builtin", None, frame_len);
     Envelope::decode(json)
-}
-
-fn pair_fail_str(reason: PairFailReason) -> &'static str {
-    match reason {
-        PairFailReason::IdentifierNotAllowed => "identifier_not_allowed",
-        PairFailReason::InvalidCode => "invalid_code",
-        PairFailReason::Expired => "expired",
-        PairFailReason::AdminNotificationFailed => "admin_notification_failed",
-        PairFailReason::InternalError => "internal_error",
-    }
 }
 
 /// An identifier from the wire, bounded for logging.

@@ -20,6 +20,40 @@ pub struct Envelope {
     pub message: Message,
 }
 
+crate::wire_enum! {
+    /// The `type` of a control envelope (an unknown type is a decode error, so no catch-all).
+    MessageType {
+        Hello = "hello",
+        PairConfirm = "pair_confirm",
+        AuthRequest = "auth_request",
+        Heartbeat = "heartbeat",
+        HelloAck = "hello_ack",
+        PairRequest = "pair_request",
+        PairSuccess = "pair_success",
+        PairFailed = "pair_failed",
+        AuthSuccess = "auth_success",
+        AuthFailed = "auth_failed",
+        RePairRequired = "re_pair_required",
+        HeartbeatAck = "heartbeat_ack",
+        StatusUpdate = "status_update",
+        DisconnectNotice = "disconnect_notice",
+        Error = "error",
+    }
+}
+
+impl MessageType {
+    /// Whether followers send this type (the rest are sent by the host).
+    pub fn from_follower(self) -> bool {
+        matches!(
+            self,
+            MessageType::Hello
+                | MessageType::PairConfirm
+                | MessageType::AuthRequest
+                | MessageType::Heartbeat
+        )
+    }
+}
+
 /// Every control message type of protocol v1, follower → host and host → follower.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -91,14 +125,14 @@ pub struct Heartbeat {
     pub status: Option<String>,
 }
 
-/// `hello_ack.nextAction`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NextAction {
-    PairRequired,
-    WaitingPairConfirm,
-    AuthRequired,
-    Rejected,
+crate::wire_enum! {
+    /// `hello_ack.nextAction`.
+    NextAction {
+        PairRequired = "pair_required",
+        WaitingPairConfirm = "waiting_pair_confirm",
+        AuthRequired = "auth_required",
+        Rejected = "rejected",
+    } unknown Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,12 +142,9 @@ pub struct HelloAck {
     pub next_action: NextAction,
 }
 
-/// Whether the admin was told the pairing code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdminNotification {
-    Sent,
-    Failed,
+crate::wire_enum! {
+    /// Whether the admin was told the pairing code.
+    AdminNotification { Sent = "sent", Failed = "failed" } unknown Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,14 +166,15 @@ pub struct PairSuccess {
     pub paired_at: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PairFailReason {
-    IdentifierNotAllowed,
-    InvalidCode,
-    Expired,
-    AdminNotificationFailed,
-    InternalError,
+crate::wire_enum! {
+    /// `pair_failed.reason`.
+    PairFailReason {
+        IdentifierNotAllowed = "identifier_not_allowed",
+        InvalidCode = "invalid_code",
+        Expired = "expired",
+        AdminNotificationFailed = "admin_notification_failed",
+        InternalError = "internal_error",
+    } unknown Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,28 +192,16 @@ pub struct AuthSuccess {
     pub status: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthFailReason {
-    UnknownIdentifier,
-    NotPaired,
-    InvalidSignature,
-    InvalidSecret,
-    StaleTimestamp,
-    FutureTimestamp,
-}
-
-impl AuthFailReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthFailReason::UnknownIdentifier => "unknown_identifier",
-            AuthFailReason::NotPaired => "not_paired",
-            AuthFailReason::InvalidSignature => "invalid_signature",
-            AuthFailReason::InvalidSecret => "invalid_secret",
-            AuthFailReason::StaleTimestamp => "stale_timestamp",
-            AuthFailReason::FutureTimestamp => "future_timestamp",
-        }
-    }
+crate::wire_enum! {
+    /// `auth_failed.reason`.
+    AuthFailReason {
+        UnknownIdentifier = "unknown_identifier",
+        NotPaired = "not_paired",
+        InvalidSignature = "invalid_signature",
+        InvalidSecret = "invalid_secret",
+        StaleTimestamp = "stale_timestamp",
+        FutureTimestamp = "future_timestamp",
+    } unknown Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,20 +211,12 @@ pub struct AuthFailed {
     pub reason: AuthFailReason,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RePairReason {
-    NonceCollision,
-    RateLimited,
-}
-
-impl RePairReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RePairReason::NonceCollision => "nonce_collision",
-            RePairReason::RateLimited => "rate_limited",
-        }
-    }
+crate::wire_enum! {
+    /// `re_pair_required.reason`.
+    RePairReason {
+        NonceCollision = "nonce_collision",
+        RateLimited = "rate_limited",
+    } unknown Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,20 +251,20 @@ pub struct DisconnectNotice {
     pub reason: String,
 }
 
-/// Error codes of `error` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    MalformedMessage,
-    IdentifierNotAllowed,
-    UnsupportedProtocolVersion,
-    AuthFailed,
-    RuleNotFound,
-    TargetOffline,
-    HandlerBusy,
-    HandlerFailed,
-    RateLimited,
-    MessageTooLarge,
+crate::wire_enum! {
+    /// Error codes of `error` frames.
+    ErrorCode {
+        MalformedMessage = "MALFORMED_MESSAGE",
+        IdentifierNotAllowed = "IDENTIFIER_NOT_ALLOWED",
+        UnsupportedProtocolVersion = "UNSUPPORTED_PROTOCOL_VERSION",
+        AuthFailed = "AUTH_FAILED",
+        RuleNotFound = "RULE_NOT_FOUND",
+        TargetOffline = "TARGET_OFFLINE",
+        HandlerBusy = "HANDLER_BUSY",
+        HandlerFailed = "HANDLER_FAILED",
+        RateLimited = "RATE_LIMITED",
+        MessageTooLarge = "MESSAGE_TOO_LARGE",
+    } unknown Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,25 +295,30 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Message {
+    /// The kind of this message.
+    pub fn kind(&self) -> MessageType {
+        match self {
+            Message::Hello(_) => MessageType::Hello,
+            Message::PairConfirm(_) => MessageType::PairConfirm,
+            Message::AuthRequest(_) => MessageType::AuthRequest,
+            Message::Heartbeat(_) => MessageType::Heartbeat,
+            Message::HelloAck(_) => MessageType::HelloAck,
+            Message::PairRequest(_) => MessageType::PairRequest,
+            Message::PairSuccess(_) => MessageType::PairSuccess,
+            Message::PairFailed(_) => MessageType::PairFailed,
+            Message::AuthSuccess(_) => MessageType::AuthSuccess,
+            Message::AuthFailed(_) => MessageType::AuthFailed,
+            Message::RePairRequired(_) => MessageType::RePairRequired,
+            Message::HeartbeatAck(_) => MessageType::HeartbeatAck,
+            Message::StatusUpdate(_) => MessageType::StatusUpdate,
+            Message::DisconnectNotice(_) => MessageType::DisconnectNotice,
+            Message::Error(_) => MessageType::Error,
+        }
+    }
+
     /// The wire `type` of this message.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Message::Hello(_) => "hello",
-            Message::PairConfirm(_) => "pair_confirm",
-            Message::AuthRequest(_) => "auth_request",
-            Message::Heartbeat(_) => "heartbeat",
-            Message::HelloAck(_) => "hello_ack",
-            Message::PairRequest(_) => "pair_request",
-            Message::PairSuccess(_) => "pair_success",
-            Message::PairFailed(_) => "pair_failed",
-            Message::AuthSuccess(_) => "auth_success",
-            Message::AuthFailed(_) => "auth_failed",
-            Message::RePairRequired(_) => "re_pair_required",
-            Message::HeartbeatAck(_) => "heartbeat_ack",
-            Message::StatusUpdate(_) => "status_update",
-            Message::DisconnectNotice(_) => "disconnect_notice",
-            Message::Error(_) => "error",
-        }
+        self.kind().as_str()
     }
 
     fn payload_value(&self) -> Result<Value, serde_json::Error> {
@@ -432,28 +449,28 @@ fn payload<T: DeserializeOwned>(type_name: &str, payload: Option<Value>) -> Resu
 }
 
 fn decode_message(type_name: &str, p: Option<Value>) -> Result<Message, DecodeError> {
-    let t = type_name;
-    Ok(match type_name {
-        "hello" => Message::Hello(payload(t, p)?),
-        "pair_confirm" => Message::PairConfirm(payload(t, p)?),
-        "auth_request" => Message::AuthRequest(payload(t, p)?),
-        "heartbeat" => Message::Heartbeat(payload(t, p)?),
-        "hello_ack" => Message::HelloAck(payload(t, p)?),
-        "pair_request" => Message::PairRequest(payload(t, p)?),
-        "pair_success" => Message::PairSuccess(payload(t, p)?),
-        "pair_failed" => Message::PairFailed(payload(t, p)?),
-        "auth_success" => Message::AuthSuccess(payload(t, p)?),
-        "auth_failed" => Message::AuthFailed(payload(t, p)?),
-        "re_pair_required" => Message::RePairRequired(payload(t, p)?),
-        "heartbeat_ack" => Message::HeartbeatAck(payload(t, p)?),
-        "status_update" => Message::StatusUpdate(payload(t, p)?),
-        "disconnect_notice" => Message::DisconnectNotice(payload(t, p)?),
-        "error" => Message::Error(payload(t, p)?),
-        other => {
-            // Bound what we echo back: the type came from the peer.
-            let shown: String = other.chars().take(64).collect();
-            return Err(DecodeError::UnsupportedType(shown));
-        }
+    let Some(kind) = MessageType::from_wire(type_name) else {
+        // Bound what we echo back: the type came from the peer.
+        let shown: String = type_name.chars().take(64).collect();
+        return Err(DecodeError::UnsupportedType(shown));
+    };
+    let t = kind.as_str();
+    Ok(match kind {
+        MessageType::Hello => Message::Hello(payload(t, p)?),
+        MessageType::PairConfirm => Message::PairConfirm(payload(t, p)?),
+        MessageType::AuthRequest => Message::AuthRequest(payload(t, p)?),
+        MessageType::Heartbeat => Message::Heartbeat(payload(t, p)?),
+        MessageType::HelloAck => Message::HelloAck(payload(t, p)?),
+        MessageType::PairRequest => Message::PairRequest(payload(t, p)?),
+        MessageType::PairSuccess => Message::PairSuccess(payload(t, p)?),
+        MessageType::PairFailed => Message::PairFailed(payload(t, p)?),
+        MessageType::AuthSuccess => Message::AuthSuccess(payload(t, p)?),
+        MessageType::AuthFailed => Message::AuthFailed(payload(t, p)?),
+        MessageType::RePairRequired => Message::RePairRequired(payload(t, p)?),
+        MessageType::HeartbeatAck => Message::HeartbeatAck(payload(t, p)?),
+        MessageType::StatusUpdate => Message::StatusUpdate(payload(t, p)?),
+        MessageType::DisconnectNotice => Message::DisconnectNotice(payload(t, p)?),
+        MessageType::Error => Message::Error(payload(t, p)?),
     })
 }
 

@@ -9,7 +9,10 @@
 //! - [`envelope`]: the control envelope (`type`, `requestId`, `timestamp`, `payload`) and a typed
 //!   [`envelope::Message`] for every control message type, with decode errors worded for the wire.
 //! - [`signing`]: the exact bytes a follower signs, key and signature encodings, and verification.
-//! - [`validate`]: identifiers, nonces, pairing codes and secrets (format and generation).
+//! - [`validate`]: identifiers, rule ids, nonces, pairing codes and secrets (format and
+//!   generation) — each rule written once, used by the host, the follower and the tools.
+//! - [`wire`]: [`wire_enum!`], the one way an enumeration maps to and from its wire string
+//!   (`as_str`, `Display`, serde, and an `Unknown` catch-all where a newer peer may send more).
 //!
 //! The protocol facts themselves are documented in the repository README and in
 //! `PROTOCOL.md` of the project's shared notes.
@@ -18,6 +21,7 @@ pub mod envelope;
 pub mod frame;
 pub mod signing;
 pub mod validate;
+pub mod wire;
 
 pub use envelope::{DecodeError, Envelope, Message};
 pub use frame::{Frame, FrameError};

@@ -8,6 +8,8 @@ use std::fmt;
 
 /// Longest identifier accepted, in characters.
 pub const MAX_IDENTIFIER_CHARS: usize = 128;
+/// Longest rule id accepted, in characters.
+pub const MAX_RULE_ID_CHARS: usize = 128;
 /// Exact nonce length.
 pub const NONCE_LEN: usize = 24;
 /// Pairing code length.
@@ -57,6 +59,60 @@ pub fn identifier(id: &str) -> Result<(), IdentifierError> {
     }
     if id.chars().any(char::is_control) {
         return Err(IdentifierError::ContainsControl);
+    }
+    Ok(())
+}
+
+/// Why a rule id is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleIdError {
+    Empty,
+    TooLong,
+    /// `builtin` is the control channel.
+    Reserved,
+    ContainsSeparator,
+    ContainsWhitespace,
+    ContainsControl,
+}
+
+impl fmt::Display for RuleIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleIdError::Empty => "rule id is empty",
+            RuleIdError::TooLong => "rule id is longer than 128 characters",
+            RuleIdError::Reserved => "rule id 'builtin' is reserved for the control protocol",
+            RuleIdError::ContainsSeparator => "rule id contains '::'",
+            RuleIdError::ContainsWhitespace => "rule id contains whitespace",
+            RuleIdError::ContainsControl => "rule id contains a control character",
+        })
+    }
+}
+
+impl std::error::Error for RuleIdError {}
+
+/// Check a rule id: 1–128 characters, not `builtin`, no `::`, whitespace or control characters.
+/// The one rule for every place that names a rule (config, plugins, followers, the wire).
+pub fn rule_id(rule: &str) -> Result<(), RuleIdError> {
+    if rule.is_empty() {
+        return Err(RuleIdError::Empty);
+    }
+    if rule == crate::BUILTIN_RULE {
+        return Err(RuleIdError::Reserved);
+    }
+    // Byte length bounds the character count from above: only count when it could matter.
+    if rule.len() > MAX_RULE_ID_CHARS && rule.chars().count() > MAX_RULE_ID_CHARS {
+        return Err(RuleIdError::TooLong);
+    }
+    if rule.contains(crate::SEPARATOR) {
+        return Err(RuleIdError::ContainsSeparator);
+    }
+    for c in rule.chars() {
+        if c.is_whitespace() {
+            return Err(RuleIdError::ContainsWhitespace);
+        }
+        if c.is_control() {
+            return Err(RuleIdError::ContainsControl);
+        }
     }
     Ok(())
 }
@@ -111,6 +167,18 @@ mod tests {
         assert_eq!(identifier("a::b"), Err(IdentifierError::ContainsSeparator));
         assert_eq!(identifier("a b"), Err(IdentifierError::ContainsWhitespace));
         assert_eq!(identifier("a\u{7}b"), Err(IdentifierError::ContainsControl));
+    }
+
+    #[test]
+    fn rule_ids() {
+        assert!(rule_id("echo").is_ok());
+        assert!(rule_id(&"é".repeat(128)).is_ok());
+        assert_eq!(rule_id(""), Err(RuleIdError::Empty));
+        assert_eq!(rule_id("builtin"), Err(RuleIdError::Reserved));
+        assert_eq!(rule_id(&"a".repeat(129)), Err(RuleIdError::TooLong));
+        assert_eq!(rule_id("a::b"), Err(RuleIdError::ContainsSeparator));
+        assert_eq!(rule_id("a b"), Err(RuleIdError::ContainsWhitespace));
+        assert_eq!(rule_id("a\u{0}"), Err(RuleIdError::ContainsControl));
     }
 
     #[test]
