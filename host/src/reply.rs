@@ -84,6 +84,7 @@ pub fn pair_failed(
         Message::PairFailed(PairFailed {
             identifier: identifier.into(),
             reason,
+            attempts_left: None,
         }),
         now,
         rid,

@@ -182,6 +182,11 @@ crate::wire_enum! {
 pub struct PairFailed {
     pub identifier: String,
     pub reason: PairFailReason,
+    /// **(ours)** With `invalid_code`: wrong codes this connection may still send before the
+    /// host closes it (the pending pairing itself stays valid until it expires). Followers that
+    /// do not know the field ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_left: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
