@@ -13,13 +13,12 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use yonexus_host::auth::{self, AuthOutcome, AuthWindows};
+use yonexus_host::auth::{self, AuthOutcome};
 use yonexus_host::clock::{ManualClock, SharedClock};
+use yonexus_host::outbound::{Peer, QueueLimits};
 use yonexus_host::plugins::{self, PluginSpec};
-use yonexus_host::registry::{Outbound, Registry, SessionHandle};
-use yonexus_host::router::{RuleHandler, RuleMessage};
+use yonexus_host::registry::Registry;
+use yonexus_host::router::{RuleHandler, RuleMessage, Sender};
 use yonexus_host::store::{PairingStatus, TrustRecord};
 use yonexus_protocol::envelope::AuthRequest;
 use yonexus_protocol::signing;
@@ -53,15 +52,21 @@ fn echo_so() -> PathBuf {
 
 fn plugin_call(c: &mut Criterion) {
     let reg = Arc::new(Registry::new());
-    let (tx, mut rx) = mpsc::channel::<Outbound>(4096);
-    let handle = SessionHandle::new(
+    let peer = Arc::new(Peer::new(
         1,
         "127.0.0.1:9".parse().expect("addr"),
         0,
-        tx,
-        CancellationToken::new(),
-    );
-    reg.promote("bench-0", Arc::new(handle));
+        QueueLimits::UNLIMITED,
+    ));
+    reg.insert("bench-0".into(), Arc::clone(&peer));
+    // Wait for `n` frames in the follower's queue.
+    let take = |n: usize| {
+        let mut got = 0;
+        while got < n {
+            got += peer.drain_texts().len();
+            std::hint::spin_loop();
+        }
+    };
     let spec = PluginSpec::new("echo", echo_so(), vec!["echo".into()]);
     let staging = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-staging");
     let lib = plugins::load(&spec, &staging).unwrap_or_else(|e| panic!("{e}"));
@@ -70,20 +75,20 @@ fn plugin_call(c: &mut Criterion) {
         .instantiate(&spec, Arc::clone(&reg), clock)
         .unwrap_or_else(|e| panic!("{e}"));
     let content = format!("1:1234567890:{}", "x".repeat(100 - 20));
-    let msg = RuleMessage {
-        rule_id: "echo".into(),
-        sender: "bench-0".into(),
-        content,
-    };
+    let msg = RuleMessage::from_parts(
+        "echo",
+        &content,
+        Sender {
+            id: "bench-0".into(),
+            peer: Arc::clone(&peer),
+        },
+    );
     let mut g = c.benchmark_group("plugin");
     g.throughput(Throughput::Elements(1));
     g.bench_function("echo round trip (1 in flight)", |b| {
         b.iter(|| {
             h.dispatch(msg.clone()).expect("dispatch");
-            match rx.blocking_recv() {
-                Some(Outbound::Text(t)) => t,
-                other => panic!("unexpected {other:?}"),
-            }
+            take(1);
         })
     });
     const BATCH: usize = 64;
@@ -93,9 +98,7 @@ fn plugin_call(c: &mut Criterion) {
             for _ in 0..BATCH {
                 h.dispatch(msg.clone()).expect("dispatch");
             }
-            for _ in 0..BATCH {
-                black_box(rx.blocking_recv());
-            }
+            take(BATCH);
         })
     });
     g.finish();
@@ -118,8 +121,7 @@ fn auth_check(c: &mut Criterion) {
     };
     c.bench_function("auth/check (host, all checks + verify)", |b| {
         b.iter(|| {
-            let mut w = AuthWindows::default();
-            let out = auth::check(true, Some(&rec), true, &mut w, black_box(&req), now);
+            let out = auth::check(true, Some(&rec), true, black_box(&req), now, |_| false);
             assert!(matches!(out, AuthOutcome::Accepted { .. }));
         })
     });

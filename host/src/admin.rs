@@ -138,9 +138,7 @@ pub fn pairing_rows(records: &[TrustRecord], now: i64) -> Vec<PairingRow> {
             identifier: r.identifier.clone(),
             code: r.pairing_code.clone().unwrap_or_default(),
             expires_at: r.pairing_expires_at.unwrap_or_default(),
-            notify_status: r
-                .pairing_notify_status
-                .map(|s| format!("{s:?}").to_lowercase()),
+            notify_status: r.pairing_notify_status.map(|s| s.as_str().to_owned()),
             wrong_attempts: r.pairing_attempts,
         })
         .collect()
@@ -204,24 +202,30 @@ use tokio::io::AsyncReadExt as _;
 
 async fn handle(hub: &Hub, reloader: &Reloader, req: Request) -> Response {
     match req {
-        Request::Clients => {
-            let rows = client_rows(
-                &hub.store.snapshot(),
-                &hub.settings().allow,
-                Some(&hub.registry),
-            );
-            Response {
-                clients: Some(rows),
+        Request::Clients => match hub.store.snapshot().await {
+            Ok(records) => Response {
+                clients: Some(client_rows(
+                    &records,
+                    &hub.settings().allow,
+                    Some(&hub.registry),
+                )),
                 ..Response::ok()
-            }
-        }
-        Request::Pairing => Response {
-            pairing: Some(pairing_rows(&hub.store.snapshot(), hub.now())),
-            ..Response::ok()
+            },
+            Err(e) => Response::error(e.to_string()),
         },
-        Request::Revoke { identifier } => match hub
-            .revoke(&identifier, "trust revoked by the operator")
-            .await
+        Request::Pairing => match hub.store.snapshot().await {
+            Ok(records) => Response {
+                pairing: Some(pairing_rows(&records, hub.now())),
+                ..Response::ok()
+            },
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::Revoke { identifier } => match crate::lifecycle::revoke(
+            hub,
+            &identifier,
+            "trust revoked by the operator",
+        )
+        .await
         {
             Ok(existed) => {
                 tracing::info!(identifier = %identifier, "revoked by the operator");

@@ -1,15 +1,16 @@
-//! Admission of unauthenticated connections: a cap in total and per remote IP. A connection
-//! holds a [`Ticket`] from its upgrade until it authenticates (or closes); over either cap the
-//! upgrade is refused with HTTP 503.
+//! Admission of unauthenticated connections: a cap in total and per remote address (an IPv4
+//! address or an IPv6 /64, see [`AddressKey`]). A connection holds a [`Ticket`] from its accept
+//! until it authenticates (or closes); over either cap it is refused before any TLS or
+//! WebSocket handshake (plain connections get a fixed HTTP 503, TLS ones are closed).
 
+use crate::guard::AddressKey;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<AddressKey, usize>,
 }
 
 /// Counts unauthenticated connections.
@@ -23,6 +24,8 @@ pub struct Admission {
 pub enum Refusal {
     TooManyUnauthenticated,
     PerIpLimit,
+    /// TLS and WebSocket handshakes in flight are at their cap.
+    TooManyHandshakes,
 }
 
 impl Refusal {
@@ -30,6 +33,7 @@ impl Refusal {
         match self {
             Refusal::TooManyUnauthenticated => "too_many_unauthenticated",
             Refusal::PerIpLimit => "per_ip_limit",
+            Refusal::TooManyHandshakes => "too_many_handshakes",
         }
     }
 }
@@ -38,7 +42,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    ip: AddressKey,
 }
 
 impl Drop for Ticket {
@@ -62,7 +66,7 @@ impl Admission {
     /// Admit a connection from `ip` if both caps allow it.
     pub fn try_admit(
         self: &Arc<Self>,
-        ip: IpAddr,
+        ip: AddressKey,
         max_total: usize,
         max_per_ip: usize,
     ) -> Result<Ticket, Refusal> {
@@ -95,8 +99,8 @@ mod tests {
     #[test]
     fn caps_in_total_and_per_ip() {
         let a = Arc::new(Admission::default());
-        let ip1: IpAddr = "127.0.0.1".parse().unwrap();
-        let ip2: IpAddr = "127.0.0.2".parse().unwrap();
+        let ip1 = AddressKey::of("127.0.0.1".parse().unwrap());
+        let ip2 = AddressKey::of("127.0.0.2".parse().unwrap());
         let t1 = a.try_admit(ip1, 3, 2).unwrap();
         let _t2 = a.try_admit(ip1, 3, 2).unwrap();
         assert_eq!(a.try_admit(ip1, 3, 2).unwrap_err(), Refusal::PerIpLimit);
@@ -108,5 +112,14 @@ mod tests {
         drop(t1);
         assert_eq!(a.unauthenticated(), 2);
         assert!(a.try_admit(ip1, 3, 2).is_ok());
+        // One IPv6 /64 is one address.
+        let b = Arc::new(Admission::default());
+        let v6 = |s: &str| AddressKey::of(s.parse().unwrap());
+        let _x = b.try_admit(v6("2001:db8::1"), 10, 1).unwrap();
+        assert_eq!(
+            b.try_admit(v6("2001:db8::2"), 10, 1).unwrap_err(),
+            Refusal::PerIpLimit
+        );
+        assert!(b.try_admit(v6("2001:db8:0:1::1"), 10, 1).is_ok());
     }
 }

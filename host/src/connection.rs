@@ -1,331 +1,551 @@
-//! One follower's socket: the WebSocket upgrade (path check, admission, deadline, size limits),
-//! a reader that feeds the session (authentication deadline, inbound rate limit, ping
-//! keepalive), and a writer that drains the bounded outbound queue in batches (feed … feed, one
-//! flush).
+//! One follower's connection, as one task that owns its socket, its session and its outbound
+//! queue (the mini-redis way): it reads frames, hands them to the session, and writes what the
+//! queue holds — replies, plugin messages, broadcasts — in batches (one vectored write and one
+//! flush for everything queued since the last wake). Slow work (`hello` waiting on the store
+//! or the admin notifier, deliberately slowed answers) runs as the session's pending operation:
+//! meanwhile the task keeps writing, pinging, and honouring shutdown and deadlines, and reads
+//! nothing more from that peer.
+//!
+//! Memory: nothing is buffered while the connection is idle. Reads go through a stack buffer;
+//! only a frame split across reads is kept on the heap, until it is complete.
 
 use crate::admission::Ticket;
 use crate::hub::Hub;
 use crate::metrics::{self, ConnectionState};
-use crate::registry::{AbortReason, Outbound, SessionHandle};
-use crate::reply;
-use crate::session::{Flow, Session};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use crate::outbound::{Close, Peer};
+use crate::session::{Flow, Session, Step};
+use crate::ws::codec::{self, Decoded, Decoder};
+use crate::ws::handshake;
+use bytes::Bytes;
 use governor::{Quota, RateLimiter};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use yonexus_protocol::envelope::ErrorCode;
 
-/// How long a closing connection may take to flush its last frames.
+/// How long a closing connection may take to flush its last frames and see the peer's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Bytes read per read call (on the stack, never held while idle).
+const READ_CHUNK: usize = 4096;
+/// Frames written per vectored write.
+const MAX_IOV: usize = 64;
 
-/// WebSocket limits for a small-message hub (tungstenite's defaults allow 64 MiB messages and
-/// allocate a 128 KiB read buffer per connection).
-pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(max_message_size + 64 * 1024)
-        .max_message_size(Some(max_message_size))
-        .max_frame_size(Some(max_message_size))
+/// What the socket side produced.
+enum Io {
+    /// Complete messages from the peer, in order.
+    Messages(Vec<codec::Message>),
+    /// Our close frame is written and flushed.
+    Closed,
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The peer broke the WebSocket protocol (answer with this close code).
+    Protocol(codec::Error),
+    /// The socket failed.
+    Failed,
 }
 
-fn http_error(status: StatusCode, body: &str) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(body.to_owned()));
-    *resp.status_mut() = status;
-    resp
+/// The socket and the buffers only the connection task touches.
+struct Socket<S> {
+    io: S,
+    peer: Arc<Peer>,
+    decoder: Decoder,
+    /// A frame split across reads (empty, unallocated, otherwise).
+    inbuf: Vec<u8>,
+    /// Frames taken from the queue, being written; `written` bytes of the front one are out.
+    out: VecDeque<Bytes>,
+    written: usize,
+    unflushed: bool,
+    /// Our close frame is in `out` (or out already).
+    close_queued: bool,
+    /// The largest message accepted right now.
+    limit: usize,
+    /// Stop reading (a close was requested or the peer sent its close).
+    read_closed: bool,
 }
 
-/// Serve one accepted connection (plain TCP or TLS) until it closes or the host shuts down.
-/// `ticket` is `Err(reason)` when the unauthenticated caps are full: the upgrade then gets 503.
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    fn queue_close(&mut self, close: Close) {
+        if close.abort {
+            // Keep a frame that is half written; drop the rest.
+            let keep = usize::from(self.written > 0);
+            self.out.truncate(keep);
+        }
+        self.out.push_back(codec::close(close.code, &close.reason));
+        self.close_queued = true;
+        self.read_closed = true;
+    }
+
+    /// Take from the queue (frames only when the last batch is out) and write.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), ()> {
+        for _ in 0..4 {
+            if !self.close_queued {
+                let batch = self.peer.take(cx, self.out.is_empty());
+                if !batch.frames.is_empty() {
+                    metrics::frames_out(
+                        batch.frames.len(),
+                        batch.frames.iter().map(Bytes::len).sum(),
+                    );
+                    if self.out.is_empty() {
+                        self.out = batch.frames;
+                    } else {
+                        self.out.extend(batch.frames);
+                    }
+                }
+                if let Some(close) = batch.close {
+                    self.queue_close(close);
+                }
+            }
+            if self.out.is_empty() {
+                break;
+            }
+            while !self.out.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (i, frame) in self.out.iter().take(MAX_IOV).enumerate() {
+                    slices[i] = IoSlice::new(if i == 0 { &frame[self.written..] } else { frame });
+                    n = i + 1;
+                }
+                match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                    Poll::Pending => return Ok(()),
+                    Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => return Err(()),
+                    Poll::Ready(Ok(mut wrote)) => {
+                        self.unflushed = true;
+                        while wrote > 0 {
+                            let Some(front) = self.out.front() else { break };
+                            let left = front.len() - self.written;
+                            if wrote >= left {
+                                wrote -= left;
+                                self.written = 0;
+                                self.out.pop_front();
+                            } else {
+                                self.written += wrote;
+                                wrote = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            // Release the batch's buffer: nothing is held while idle.
+            self.out = VecDeque::new();
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode complete frames from `buf`; returns how many bytes were consumed.
+    fn decode(
+        decoder: &mut Decoder,
+        buf: &mut [u8],
+        limit: usize,
+        out: &mut Vec<codec::Message>,
+    ) -> Result<(usize, Option<usize>), codec::Error> {
+        let mut at = 0;
+        while at < buf.len() {
+            match decoder.decode(&mut buf[at..], limit)? {
+                Decoded::Frame { consumed, message } => {
+                    at += consumed;
+                    out.extend(message);
+                }
+                Decoded::Need(n) => return Ok((at, Some(n))),
+            }
+        }
+        Ok((at, None))
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        let mut messages = Vec::new();
+        for _ in 0..8 {
+            let result = if self.inbuf.is_empty() {
+                let mut stack = [0u8; READ_CHUNK];
+                let mut rb = ReadBuf::new(&mut stack);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Io::Eof);
+                }
+                match Self::decode(&mut self.decoder, &mut stack[..n], self.limit, &mut messages) {
+                    Err(e) => Err(e),
+                    Ok((used, need)) => {
+                        if used < n {
+                            self.inbuf.reserve_exact(need.unwrap_or(0).max(n - used));
+                            self.inbuf.extend_from_slice(&stack[used..n]);
+                        }
+                        Ok(())
+                    }
+                }
+            } else {
+                // Part of a frame is here: read straight behind it.
+                if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
+                    self.inbuf.reserve(READ_CHUNK);
+                }
+                let len = self.inbuf.len();
+                let spare = self.inbuf.spare_capacity_mut();
+                let mut rb = ReadBuf::uninit(spare);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Io::Eof);
+                }
+                // SAFETY: `poll_read` initialised `n` bytes of the spare capacity.
+                unsafe { self.inbuf.set_len(len + n) };
+                match Self::decode(&mut self.decoder, &mut self.inbuf, self.limit, &mut messages) {
+                    Err(e) => Err(e),
+                    Ok((used, need)) => {
+                        self.inbuf.drain(..used);
+                        if self.inbuf.is_empty() {
+                            self.inbuf = Vec::new();
+                        } else if let Some(need) = need {
+                            self.inbuf.reserve_exact(need.saturating_sub(self.inbuf.len()));
+                        }
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = result {
+                self.inbuf = Vec::new();
+                return Poll::Ready(Io::Protocol(e));
+            }
+            if !messages.is_empty() {
+                break;
+            }
+        }
+        if messages.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Io::Messages(messages))
+        }
+    }
+
+    /// Drive the socket: write what is queued, then (when `read`) read.
+    fn poll_io(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Io> {
+        if self.poll_write(cx).is_err() {
+            return Poll::Ready(Io::Failed);
+        }
+        if self.close_queued && self.out.is_empty() && !self.unflushed {
+            return Poll::Ready(Io::Closed);
+        }
+        if read && !self.read_closed {
+            return self.poll_read(cx);
+        }
+        Poll::Pending
+    }
+}
+
+type Operation = Pin<Box<dyn Future<Output = (Session, Flow)> + Send>>;
+
+/// Write an HTTP answer to a refused upgrade (bounded), then let the client read it.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(response).await?;
+        io.flush().await?;
+        io.shutdown().await
+    })
+    .await;
+}
+
+/// Serve one accepted connection (plain TCP or TLS, after the TLS handshake) until it closes or
+/// the host shuts down: the WebSocket upgrade (by `deadline`), then frames. `ticket` counts it
+/// against the unauthenticated caps until it authenticates.
 pub async fn run<S>(
     hub: Arc<Hub>,
-    stream: S,
+    mut io: S,
     remote: SocketAddr,
-    ticket: Result<Ticket, &'static str>,
+    ticket: Ticket,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = hub.settings();
+    let path = settings.path.clone();
+    drop(settings);
+    // Boxed: the handshake's buffers are not part of every connection's state for its life.
+    let upgrade = tokio::time::timeout_at(deadline, Box::pin(handshake::read(&mut io, &path))).await;
+    let early = match upgrade {
+        Err(_) => {
+            metrics::connection_rejected("upgrade_timeout");
+            tracing::debug!(remote = %remote, "WebSocket upgrade deadline passed");
+            return;
+        }
+        Ok(Err(refusal)) => {
+            tracing::debug!(remote = %remote, reason = %refusal, "WebSocket upgrade refused");
+            if let Some(response) = refusal.response() {
+                refuse(&mut io, &response).await;
+            }
+            return;
+        }
+        Ok(Ok((upgrade, early))) => {
+            let accepted = io.write_all(&handshake::accept(&upgrade.key)).await;
+            if accepted.is_err() {
+                return;
+            }
+            early
+        }
+    };
+    drop(path);
+    drop(handshake_permit);
+    serve(hub, io, remote, ticket, early, shutdown).await;
+}
+
+async fn serve<S>(
+    hub: Arc<Hub>,
+    io: S,
+    remote: SocketAddr,
+    ticket: Ticket,
+    early: Vec<u8>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = hub.settings();
     let limits = settings.limits;
-    let path = settings.path.clone();
-    let refusal = ticket.as_ref().err().copied();
-    // The error type is tungstenite's; its size is not ours to choose.
-    #[allow(clippy::result_large_err)]
-    let callback = move |req: &Request, resp: Response| {
-        if req.uri().path() != path {
-            Err(http_error(
-                StatusCode::NOT_FOUND,
-                "no WebSocket endpoint at this path\n",
-            ))
-        } else if refusal.is_some() {
-            Err(http_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many unauthenticated connections; retry later\n",
-            ))
-        } else {
-            Ok(resp)
-        }
-    };
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        callback,
-        Some(ws_config(limits.max_message_size)),
-    );
-    let ws = match tokio::time::timeout(Duration::from_millis(limits.upgrade_timeout_ms), upgrade)
-        .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            match refusal {
-                Some(reason) => {
-                    metrics::connection_rejected(reason);
-                    tracing::warn!(remote = %remote, reason, "upgrade refused: unauthenticated connection cap reached")
-                }
-                None => tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade refused"),
-            }
-            return;
-        }
-        Err(_) => {
-            metrics::connection_rejected("upgrade_timeout");
-            tracing::debug!(remote = %remote, "WebSocket upgrade deadline passed");
-            return;
-        }
-    };
+    let pairing_ttl = u64::try_from(settings.pairing.ttl_secs).unwrap_or(0);
+    let conn_id = hub.next_conn_id();
+    let peer = Arc::new(Peer::new(conn_id, remote, hub.now(), settings.queue_limits()));
+    drop(settings);
     metrics::connection_opened();
     metrics::connection_state(None, Some(ConnectionState::Unauthenticated));
-    let mut state = ConnectionState::Unauthenticated;
-    let mut ticket = ticket.ok();
-    let conn_id = hub.next_conn_id();
-    tracing::info!(remote = %remote, conn = conn_id, "connection opened");
-    let (tx, rx) = mpsc::channel(limits.outbound_queue);
-    let cancel = CancellationToken::new();
-    let handle = Arc::new(
-        SessionHandle::new(conn_id, remote, hub.now(), tx, cancel.clone())
-            .with_byte_limit(limits.outbound_queue_bytes),
-    );
-    let (sink, mut frames) = ws.split();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        handle.queued_bytes(),
-        handle.abort_reason(),
-        cancel.clone(),
-    ));
-    let mut session = Session::new(Arc::clone(&handle));
+    tracing::debug!(remote = %remote, conn = conn_id, "connection opened");
+
+    let mut sock = Socket {
+        io,
+        peer: Arc::clone(&peer),
+        decoder: Decoder::default(),
+        inbuf: Vec::new(),
+        out: VecDeque::new(),
+        written: 0,
+        unflushed: false,
+        close_queued: false,
+        limit: limits.max_unauthenticated_message,
+        read_closed: false,
+    };
+    let mut ticket = Some(ticket);
+    let mut session = Some(Session::new(Arc::clone(&peer)));
+    let mut op: Option<Operation> = None;
+    let mut backlog: VecDeque<codec::Message> = VecDeque::new();
+    let mut authenticated = false;
+    let mut in_pairing = false;
 
     let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
     let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
     let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
     let mut limited_in_a_row = 0u32;
+
     let opened = Instant::now();
     let ping_every = Duration::from_secs(limits.ping_interval_secs);
-    let mut ping = tokio::time::interval_at(opened + ping_every, ping_every);
-    let mut last_heard = Instant::now();
+    let mut next_ping = opened + ping_every;
+    let mut last_heard = opened;
+    let mut closing_since: Option<Instant> = None;
+    let timer = tokio::time::sleep_until(opened + ping_every);
+    tokio::pin!(timer);
+
+    // Bytes the client sent right behind its upgrade request are its first frames.
+    if !early.is_empty() {
+        let mut early = early;
+        let mut messages = Vec::new();
+        match Socket::<S>::decode(&mut sock.decoder, &mut early, sock.limit, &mut messages) {
+            Ok((used, _)) => {
+                if used < early.len() {
+                    sock.inbuf = early.split_off(used);
+                }
+                backlog.extend(messages);
+            }
+            Err(e) => peer.abort(e.close_code(), e.close_reason()),
+        }
+    }
 
     loop {
-        // Until authenticated, a deadline: longer while a pairing (a human) is in progress.
-        let deadline = match session.authenticated_as() {
-            Some(_) => None,
-            None => {
-                let mut secs = limits.auth_timeout_secs;
-                if session.in_pairing() {
-                    secs += hub.settings().pairing.ttl_secs.max(0) as u64;
-                }
-                Some(opened + Duration::from_secs(secs))
-            }
-        };
-        let now_state = match deadline {
-            Some(_) => ConnectionState::Unauthenticated,
-            None => ConnectionState::Authenticated,
-        };
-        if now_state != state {
-            metrics::connection_state(Some(state), Some(now_state));
-            state = now_state;
-        }
-        if ticket.is_some() && deadline.is_none() {
-            ticket = None; // authenticated: no longer counts against the unauthenticated caps
-        }
-        let auth_deadline = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            // Closed from elsewhere (revoked, replaced, offline, removed from the allowlist):
-            // nothing more is read from this peer.
-            _ = handle.closed() => break,
-            _ = shutdown.cancelled() => {
-                // Released before the peer can see the close, so a reconnect is admitted.
-                ticket = None;
-                handle.close(1001, "host shutting down");
-                break;
-            }
-            _ = auth_deadline => {
-                metrics::connection_rejected("auth_timeout");
-                tracing::info!(remote = %remote, conn = conn_id, "authentication deadline passed: closing");
-                // Released before the peer can see the close, so a reconnect is admitted.
-                ticket = None;
-                handle.close(1008, "authentication timeout");
-                break;
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= ping_every * 2 {
-                    tracing::info!(remote = %remote, conn = conn_id, identifier = session.authenticated_as().unwrap_or("-"), "peer silent for two ping intervals: dropping the connection");
-                    handle.abort(1001, "ping timeout");
-                    break;
-                }
-                let _ = handle.send(Outbound::Ping);
-            }
-            next = frames.next() => {
-                last_heard = Instant::now();
-                let flow = match next {
-                    None | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(text))) => {
-                        if limiter.check().is_err() {
-                            metrics::rate_limited();
-                            limited_in_a_row += 1;
-                            if limited_in_a_row >= limits.rate_abuse_close_after {
-                                tracing::warn!(remote = %remote, conn = conn_id, "persistent rate-limit abuse: closing");
-                                Flow::Close { code: 1008, reason: "rate limit exceeded".into() }
-                            } else {
-                                let _ = handle.send(Outbound::Text(reply::error(ErrorCode::RateLimited, format!("more than {} messages per second; message dropped", limits.rate_per_sec), hub.now(), None)));
-                                Flow::Continue
-                            }
-                        } else if session.authenticated_as().is_none() && text.len() > limits.max_unauthenticated_message {
-                            metrics::message_too_large();
-                            tracing::info!(remote = %remote, conn = conn_id, size = text.len(), "oversized message before authentication: closing");
-                            Flow::Close { code: 1009, reason: "message too big".into() }
+        // Hand queued messages to the session while no operation is pending.
+        while op.is_none() {
+            let Some(message) = backlog.pop_front() else { break };
+            let Some(mut s) = session.take() else { break };
+            last_heard = Instant::now();
+            let flow = match message {
+                codec::Message::Text(text) => {
+                    if limiter.check().is_err() {
+                        metrics::rate_limited();
+                        limited_in_a_row += 1;
+                        if limited_in_a_row >= limits.rate_abuse_close_after {
+                            tracing::warn!(remote = %remote, conn = conn_id, "persistent rate-limit abuse: closing");
+                            Flow::Close { code: 1008, reason: "rate limit exceeded".into() }
                         } else {
-                            limited_in_a_row = 0;
-                            session.on_text(&hub, text.as_str()).await
+                            let _ = peer.send(crate::reply::error(
+                                ErrorCode::RateLimited,
+                                format!("more than {} messages per second; message dropped", limits.rate_per_sec),
+                                hub.now(),
+                                None,
+                            ));
+                            Flow::Continue
                         }
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        metrics::frame_in("binary", None, b.len());
-                        session.on_binary(&hub)
-                    }
-                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings itself
-                    Some(Err(e)) => {
-                        let (code, reason) = match &e {
-                            WsError::Capacity(_) => {
-                                metrics::message_too_large();
-                                (1009, "message too big")
+                    } else {
+                        limited_in_a_row = 0;
+                        match s.on_text_now(&hub, text) {
+                            Step::Done(flow) => flow,
+                            Step::Control(env) => {
+                                let hub = Arc::clone(&hub);
+                                op = Some(Box::pin(async move {
+                                    let flow = s.on_control(&hub, env).await;
+                                    (s, flow)
+                                }));
+                                break;
                             }
-                            WsError::Utf8(_) => (1007, "invalid UTF-8"),
-                            WsError::Protocol(_) => (1002, "protocol error"),
-                            _ => (0, ""),
-                        };
-                        tracing::debug!(remote = %remote, conn = conn_id, error = %e, "read error");
-                        if code == 0 {
-                            break;
                         }
-                        Flow::Close { code, reason: reason.into() }
                     }
-                };
-                if let Flow::Close { code, reason } = flow {
-                    // Released before the peer can see the close, so a reconnect is admitted.
-                    ticket = None;
-                    handle.close(code, &reason);
-                    break;
                 }
-            }
-        }
-    }
-    session.on_close(&hub);
-    metrics::connection_state(Some(state), None);
-    metrics::connection_closed();
-    drop(session);
-    drop(ticket);
-    drop(handle);
-    // The writer ends once it has sent a queued close frame, or when every sender is gone.
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        cancel.cancel();
-        writer.abort();
-    }
-    tracing::info!(remote = %remote, conn = conn_id, "connection closed");
-}
-
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    queued: Arc<AtomicUsize>,
-    abort_reason: AbortReason,
-    cancel: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let close = |code: u16, reason: String| {
-        Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        }))
-    };
-    loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => {
-                let reason = abort_reason.lock().map(|r| r.clone()).unwrap_or(None);
-                if let Some((code, reason)) = reason {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), sink.send(close(code, reason))).await;
+                codec::Message::Binary(len) => s.on_binary(&hub, len),
+                codec::Message::Ping(payload) => {
+                    let _ = peer.send(codec::pong(&payload));
+                    Flow::Continue
                 }
-                return;
-            }
-            item = rx.recv() => item,
-        };
-        let Some(mut item) = first else {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
-            return;
-        };
-        // Feed everything already queued, then flush once.
-        loop {
-            let fed = match item {
-                Outbound::Text(text) => {
-                    let len = text.len();
-                    metrics::frame_out("text", len);
-                    let fed = sink.feed(Message::text(text)).await;
-                    queued.fetch_sub(len, Ordering::AcqRel);
-                    fed
-                }
-                Outbound::Ping => sink.feed(Message::Ping(Vec::new().into())).await,
-                Outbound::Close { code, reason } => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, reason))).await;
-                    return;
+                codec::Message::Pong => Flow::Continue,
+                codec::Message::Close(frame) => {
+                    // Answer the peer's close with its code, then end.
+                    let code = frame.map_or(1000, |(c, _)| c);
+                    sock.read_closed = true;
+                    Flow::Close { code, reason: "".into() }
                 }
             };
-            if fed.is_err() {
-                return;
-            }
-            match rx.try_recv() {
-                Ok(next) => item = next,
-                Err(_) => break,
+            session = Some(s);
+            if let Flow::Close { code, reason } = flow {
+                // Released before the peer can see the close, so a reconnect is admitted.
+                ticket = None;
+                peer.close(code, &reason);
+                backlog.clear();
             }
         }
-        let flushed = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = sink.flush() => r,
+
+        // Authenticated now? Raise the size limit, release the unauthenticated slot.
+        if !authenticated {
+            if let Some(s) = &session {
+                in_pairing = s.in_pairing();
+                if s.authenticated_as().is_some() {
+                    authenticated = true;
+                    ticket = None;
+                    sock.limit = limits.max_message_size;
+                    metrics::connection_state(
+                        Some(ConnectionState::Unauthenticated),
+                        Some(ConnectionState::Authenticated),
+                    );
+                }
+            }
+        }
+        if closing_since.is_none() && peer.is_closing() {
+            closing_since = Some(Instant::now());
+            sock.read_closed = true;
+        }
+
+        // The next timer: closing grace, authentication deadline, or the next ping.
+        let wake = match closing_since {
+            Some(since) => since + CLOSE_GRACE,
+            None if !authenticated => {
+                let mut secs = limits.auth_timeout_secs;
+                if in_pairing {
+                    secs += pairing_ttl;
+                }
+                next_ping.min(opened + Duration::from_secs(secs))
+            }
+            None => next_ping,
         };
-        if flushed.is_err() {
-            return;
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
+
+        let reading = op.is_none() && backlog.is_empty();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if closing_since.is_none() => {
+                // Released before the peer can see the close, so a reconnect is admitted.
+                ticket = None;
+                peer.close(1001, "host shutting down");
+            }
+            done = async { match op.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if op.is_some() => {
+                op = None;
+                let (s, flow) = done;
+                session = Some(s);
+                if let Flow::Close { code, reason } = flow {
+                    ticket = None;
+                    peer.close(code, &reason);
+                    backlog.clear();
+                }
+            }
+            io = std::future::poll_fn(|cx| sock.poll_io(cx, reading)) => match io {
+                Io::Messages(messages) => backlog.extend(messages),
+                Io::Closed | Io::Eof | Io::Failed => break,
+                Io::Protocol(e) => {
+                    if matches!(e, codec::Error::TooBig { .. }) {
+                        metrics::message_too_large();
+                    }
+                    if hub.may_log_refusal() {
+                        tracing::info!(remote = %remote, conn = conn_id, error = %e, "closing a connection that broke the WebSocket protocol");
+                    }
+                    ticket = None;
+                    peer.abort(e.close_code(), e.close_reason());
+                }
+            },
+            _ = &mut timer => {
+                let now = Instant::now();
+                if let Some(since) = closing_since {
+                    if now >= since + CLOSE_GRACE {
+                        break;
+                    }
+                } else if !authenticated && now >= opened + Duration::from_secs(limits.auth_timeout_secs + if in_pairing { pairing_ttl } else { 0 }) {
+                    metrics::connection_rejected("auth_timeout");
+                    if hub.may_log_refusal() {
+                        tracing::info!(remote = %remote, conn = conn_id, "authentication deadline passed: closing");
+                    }
+                    ticket = None;
+                    peer.close(1008, "authentication timeout");
+                } else if now >= next_ping {
+                    next_ping = now + ping_every;
+                    if last_heard.elapsed() >= ping_every * 2 {
+                        tracing::info!(remote = %remote, conn = conn_id, identifier = peer.identity().map_or("-", |i| &**i), "peer silent for two ping intervals: dropping the connection");
+                        peer.abort(1001, "ping timeout");
+                    } else {
+                        let _ = peer.send(codec::ping());
+                    }
+                }
+            }
         }
     }
+    drop(op);
+    drop(ticket);
+    if let Some(identifier) = peer.identity().cloned() {
+        if crate::lifecycle::went_offline(&hub, &identifier, conn_id) {
+            tracing::info!(remote = %remote, identifier = %identifier, "disconnected");
+        }
+    }
+    metrics::connection_state(
+        Some(if authenticated {
+            ConnectionState::Authenticated
+        } else {
+            ConnectionState::Unauthenticated
+        }),
+        None,
+    );
+    metrics::connection_closed();
+    tracing::debug!(remote = %remote, conn = conn_id, "connection closed");
 }

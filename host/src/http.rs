@@ -445,7 +445,7 @@ mod tests {
     async fn metrics_endpoint_shows_recorded_values() {
         let srv = start(LIMITS).await;
         metrics::plugin_call("http_test_plugin", "deadline", 1.5);
-        metrics::frame_in("rule", Some("http_test_rule"), 128);
+        metrics::rule_frames_counter("http_test_rule").increment(1);
         metrics::auth_result("http_test_result");
         let r = get(srv.addr, "/metrics").await;
         let text = body(&r);

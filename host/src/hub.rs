@@ -1,19 +1,28 @@
-//! The state every connection shares: settings, trust store, registry, router, notifier,
-//! clock, and the in-memory auth windows. Behaviour lives in the modules that own each concept
-//! (`session`, `pairing`, `auth`, `liveness`); this is only the context they run in.
+//! The context every connection and task runs in: settings, trust store, registry, router,
+//! notifier, clock, guard, event bus. Behaviour lives in the modules that own each concept
+//! (`session`, `lifecycle`, `pairing`, `auth`, `tasks`); this only holds them together.
 
 use crate::admission::Admission;
-use crate::auth::AuthWindows;
 use crate::clock::SharedClock;
 use crate::config::{Config, LimitsConfig, LivenessConfig, PairingConfig};
-use crate::liveness::{Liveness, Thresholds};
+use crate::events::EventBus;
+use crate::guard::Guard;
+use crate::liveness::Thresholds;
+use crate::loglimit::LogLimiter;
 use crate::notify::Notifier;
+use crate::outbound::QueueLimits;
 use crate::registry::Registry;
 use crate::router::Router;
-use crate::store::{Store, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use crate::store::Store;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+use tokio::sync::Semaphore;
+
+/// Pairing notifications in flight at once, across every notifier.
+pub const NOTIFICATIONS_IN_FLIGHT: usize = 4;
+/// Failed proofs (or requests without a session) per connection before it is closed.
+pub const AUTH_FAILURES_PER_CONNECTION: u32 = 3;
 
 /// Settings that may change while the host runs.
 #[derive(Debug, Clone)]
@@ -43,6 +52,13 @@ impl Settings {
             offline_after: self.liveness.offline_after_secs,
         }
     }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            frames: self.limits.outbound_queue,
+            bytes: self.limits.outbound_queue_bytes,
+        }
+    }
 }
 
 /// Shared host state.
@@ -51,10 +67,15 @@ pub struct Hub {
     notifier: RwLock<Arc<Notifier>>,
     pub store: Store,
     pub registry: Arc<Registry>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub clock: SharedClock,
     pub admission: Arc<Admission>,
-    auth_windows: Mutex<HashMap<String, AuthWindows>>,
+    pub guard: Guard,
+    pub events: EventBus,
+    /// Pairing notifications in flight (one permit each), shared by every notifier.
+    pub notifications: Semaphore,
+    /// Lines about refused peers.
+    pub log_limit: LogLimiter,
     next_conn_id: AtomicU64,
 }
 
@@ -63,19 +84,21 @@ impl Hub {
         settings: Settings,
         notifier: Notifier,
         store: Store,
-        registry: Arc<Registry>,
-        router: Router,
+        router: Arc<Router>,
         clock: SharedClock,
     ) -> Self {
         Hub {
             settings: RwLock::new(Arc::new(settings)),
             notifier: RwLock::new(Arc::new(notifier)),
             store,
-            registry,
+            registry: Arc::new(Registry::new()),
             router,
             clock,
             admission: Arc::new(Admission::default()),
-            auth_windows: Mutex::new(HashMap::new()),
+            guard: Guard::default(),
+            events: EventBus::default(),
+            notifications: Semaphore::new(NOTIFICATIONS_IN_FLIGHT),
+            log_limit: LogLimiter::new(20),
             next_conn_id: AtomicU64::new(1),
         }
     }
@@ -108,54 +131,8 @@ impl Hub {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Run `f` on the auth windows of `identifier`.
-    pub fn with_auth_windows<R>(
-        &self,
-        identifier: &str,
-        f: impl FnOnce(&mut AuthWindows) -> R,
-    ) -> R {
-        let mut map = self.auth_windows.lock().unwrap_or_else(|p| p.into_inner());
-        f(map.entry(identifier.to_owned()).or_default())
-    }
-
-    /// Forget the auth windows of `identifier` (after pairing anew or revocation).
-    pub fn reset_auth_windows(&self, identifier: &str) {
-        self.auth_windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(identifier);
-    }
-
-    /// Revoke trust in `identifier`: forget its secret, persist, and close its session now.
-    /// Returns whether a record existed.
-    pub async fn revoke(&self, identifier: &str, close_reason: &str) -> Result<bool, StoreError> {
-        let now = self.now();
-        let existed = self
-            .store
-            .update_existing(identifier, |r| r.revoke(now))
-            .is_some();
-        // Trust is gone in memory at once: no session keeps serving, whatever the disk says.
-        self.reset_auth_windows(identifier);
-        self.disconnect(identifier, 1008, close_reason);
-        if existed {
-            self.store.persist().await?;
-        }
-        Ok(existed)
-    }
-
-    /// Close `identifier`'s session (if any), forget it, and mark the record offline.
-    pub fn disconnect(&self, identifier: &str, code: u16, reason: &str) {
-        if let Some(handle) = self.registry.get(identifier) {
-            handle.close(code, reason);
-            if self.registry.remove(identifier, handle.conn_id) {
-                self.store
-                    .update_existing(identifier, |r| r.status = Liveness::Offline);
-                self.registry
-                    .emit(crate::registry::FollowerEvent::LivenessChanged {
-                        identifier: identifier.to_owned(),
-                        status: Liveness::Offline,
-                    });
-            }
-        }
+    /// Whether a line about a refused peer may be logged now.
+    pub fn may_log_refusal(&self) -> bool {
+        self.log_limit.allow(self.now())
     }
 }

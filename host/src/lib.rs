@@ -1,33 +1,43 @@
 //! The Yonexus host library (the `yonexus` binary is a thin CLI over it).
 //!
-//! One message's way: TCP accept ([`server`]) → WebSocket upgrade and reader/writer
-//! ([`connection`]) → per-connection state machine ([`session`]) → pairing ([`pairing`]),
-//! authentication ([`auth`]), liveness ([`liveness`]) against the trust store ([`store`]) — or,
-//! for rule messages, the [`router`] → a handler → the [`registry`] of sessions → the target's
-//! outbound queue.
+//! One message's way: TCP accept with admission caps ([`server`], [`admission`]) → TLS
+//! ([`tls`]) and the WebSocket upgrade ([`ws::handshake`]) → one task per connection
+//! ([`connection`]) that owns the socket, decodes frames ([`ws::codec`]) and hands them to the
+//! protocol state machine ([`session`]). Control messages go through pairing ([`pairing`]) and
+//! authentication ([`auth`]), guarded against strangers ([`guard`]), against the trust store
+//! ([`store`]); follower lifecycle changes happen in [`lifecycle`]. Rule messages go through
+//! the [`router`] to a plugin ([`plugins`]), whose replies are queued, already encoded, on the
+//! target's outbound side ([`outbound`], found through the [`registry`] or carried with the
+//! message), and written by that connection's task in one batch.
 //!
-//! Layout:
-//! - [`config`]: the operator's TOML file, validated, errors naming file and key.
-//! - [`server`]: start (state dir lock, store, notifier, routes, listener), accept loop,
-//!   liveness sweep task, graceful shutdown.
-//! - [`connection`]: one socket: upgrade with limits, reader, batched writer.
-//! - [`session`]: the protocol state machine of one connection (no sockets inside).
-//! - [`pairing`], [`auth`], [`liveness`]: the protocol rules, as plain functions.
-//! - [`store`]: durable trust records, atomic writes, host lock.
-//! - [`hub`]: the shared context (settings, store, registry, router, notifier, clock).
-//! - [`registry`]: authenticated sessions, outbound queues, follower lifecycle events.
-//! - [`router`]: rule id → handler, swapped atomically.
-//! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, worker threads).
-//! - [`reload`]: hot reload of config and plugins (prepare everything, switch atomically,
-//!   drain, hand over in order); [`watch`]: file watching that triggers it.
-//! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
-//! - [`tls`]: the rustls acceptor for `wss://`.
-//! - [`admission`]: caps on unauthenticated connections (total and per IP).
-//! - [`admin`]: the admin socket and the CLI's client side.
-//! - [`reply`]: every frame the host sends, one builder per message kind.
-//! - [`metrics`]: every metric's name and labels, the small recording functions, the recorder.
-//! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`), a minimal HTTP/1.1 server.
+//! Layout (leaves first; no module imports one listed after it except through [`hub`]):
 //! - [`clock`]: the injectable wall clock.
+//! - [`trust`]: trust records and their enums. [`liveness`]: the pure liveness rule.
+//! - [`events`]: lifecycle events and their bus. [`outbound`]: a connection's outbound queue.
+//! - [`ws`]: WebSocket upgrade and frame codec (server side).
+//! - [`config`]: the operator's TOML file, validated, errors naming file and key.
+//! - [`store`]: the trust store (the embedded `trust.json` file), durable changes and lazy liveness.
+//! - [`registry`]: who is connected (identifier → outbound side).
+//! - [`router`]: rule id → handler, swapped atomically; rule messages and their sender.
+//! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, workers).
+//! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
+//! - [`guard`]: what strangers can make the host remember, bounded; failure delays.
+//! - [`admission`]: caps on unauthenticated connections (total and per address).
+//! - [`loglimit`]: rate-limited logging of refused peers.
+//! - [`pairing`], [`auth`]: the protocol rules, as plain functions.
+//! - [`reply`]: every control frame the host sends, one builder per message kind.
+//! - [`hub`]: the shared context (settings, store, registry, router, notifier, guard, events).
+//! - [`lifecycle`]: authenticated, went offline, liveness changed, revoked — registry, store
+//!   and events changed together, in one place.
+//! - [`session`]: the protocol state machine of one connection (no sockets inside).
+//! - [`connection`]: one connection's task: socket, session, outbound queue.
+//! - [`tasks`]: background tasks (liveness sweep, lazy writes).
+//! - [`reload`]: hot reload of config and plugins; [`watch`]: file watching that triggers it.
+//! - [`server`]: start (bind, state dir lock, store, plugins), accept loop, shutdown.
+//! - [`admin`]: the admin socket and the CLI's client side.
+//! - [`metrics`]: every metric's name and labels, cached handles, the recorder.
+//! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`).
+//! - [`tls`]: the rustls acceptor for `wss://`.
 
 pub mod admin;
 pub mod admission;
@@ -35,11 +45,16 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod events;
+pub mod guard;
 pub mod http;
 pub mod hub;
+pub mod lifecycle;
 pub mod liveness;
+pub mod loglimit;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod pairing;
 pub mod plugins;
 pub mod registry;
@@ -49,5 +64,8 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tasks;
 pub mod tls;
+pub mod trust;
 pub mod watch;
+pub mod ws;

@@ -1,36 +1,9 @@
 //! Liveness of authenticated followers: online → unstable → offline by heartbeat silence.
 //!
-//! [`evaluate`] is the pure rule; the sweep task in the server applies it on an interval with the
-//! injectable clock, so tests drive it without waiting minutes.
+//! [`evaluate`] is the pure rule (a leaf: no hub, no store). The sweep that applies it on an
+//! interval lives with the other background tasks in [`crate::tasks`].
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// A follower's liveness as recorded in its trust record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Liveness {
-    Online,
-    Unstable,
-    #[default]
-    Offline,
-}
-
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Online => "online",
-            Liveness::Unstable => "unstable",
-            Liveness::Offline => "offline",
-        }
-    }
-}
-
-impl fmt::Display for Liveness {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::trust::Liveness;
 
 /// Silence thresholds, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,79 +45,6 @@ pub fn evaluate(current: Liveness, last_heartbeat: i64, now: i64, t: Thresholds)
         }
     } else {
         Transition::Stay
-    }
-}
-
-/// Publish the followers-by-liveness gauge from the trust store.
-pub fn publish_gauge(hub: &crate::hub::Hub) {
-    let (mut online, mut unstable, mut offline) = (0, 0, 0);
-    for record in hub.store.snapshot() {
-        match record.status {
-            Liveness::Online => online += 1,
-            Liveness::Unstable => unstable += 1,
-            Liveness::Offline => offline += 1,
-        }
-    }
-    crate::metrics::set_followers_by_liveness(online, unstable, offline);
-}
-
-/// Apply [`evaluate`] to every authenticated session once, then flush liveness lazily.
-pub async fn sweep(hub: &crate::hub::Hub) {
-    use crate::registry::FollowerEvent;
-    let now = hub.now();
-    let thresholds = hub.settings().thresholds();
-    for (identifier, handle) in hub.registry.sessions() {
-        // Decide and record in one step, so a heartbeat landing meanwhile is not overwritten.
-        let Some(transition) = hub.store.update_existing(&identifier, |r| {
-            let last = r
-                .last_heartbeat_at
-                .or(r.last_authenticated_at)
-                .unwrap_or(now);
-            let t = evaluate(r.status, last, now, thresholds);
-            match t {
-                Transition::Stay => {}
-                Transition::Unstable { .. } => r.status = Liveness::Unstable,
-                Transition::Offline { .. } => r.status = Liveness::Offline,
-            }
-            t
-        }) else {
-            continue;
-        };
-        match transition {
-            Transition::Stay => {}
-            Transition::Unstable { reason } => {
-                tracing::warn!(identifier = %identifier, reason = %reason, "follower unstable");
-                let _ = handle.send(crate::registry::Outbound::Text(
-                    crate::reply::status_update(
-                        &identifier,
-                        Liveness::Unstable.as_str(),
-                        &reason,
-                        now,
-                    ),
-                ));
-                hub.registry.emit(FollowerEvent::LivenessChanged {
-                    identifier,
-                    status: Liveness::Unstable,
-                });
-            }
-            Transition::Offline { reason } => {
-                tracing::warn!(identifier = %identifier, reason = %reason, "follower offline: disconnecting");
-                let _ = handle.send(crate::registry::Outbound::Text(
-                    crate::reply::disconnect_notice(&identifier, &reason, now),
-                ));
-                handle.close(1001, &reason);
-                if hub.registry.remove(&identifier, handle.conn_id) {
-                    hub.registry.emit(FollowerEvent::LivenessChanged {
-                        identifier,
-                        status: Liveness::Offline,
-                    });
-                }
-            }
-        }
-    }
-    publish_gauge(hub);
-    if let Err(e) = hub.store.flush_if_dirty().await {
-        tracing::warn!(error = %e, "cannot flush liveness to the state file");
     }
 }
 

@@ -92,7 +92,12 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // One async worker more than cores: non-blocking plugins may run inline on at most `cores`
+    // of them at once, so one always stays free for every other follower.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    yonexus_host::plugins::set_inline_limit(cores);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores + 1)
         .enable_all()
         .build()
     {
@@ -289,14 +294,12 @@ fn check_plugins(config: &Config) -> anyhow::Result<()> {
 /// Revoke in the state file while no host runs (taking the host's lock so none starts meanwhile).
 async fn revoke_offline(state_dir: &Path, identifier: &str) -> anyhow::Result<bool> {
     let _lock = store::lock_state_dir(state_dir)?;
-    let store = Store::open(state_dir)?;
+    let store = Store::open_file(state_dir)?;
     let now = SystemClock.now();
     let existed = store
-        .update_existing(identifier, |r| r.revoke(now))
+        .apply_existing(identifier, |r| r.revoke(now))
+        .await?
         .is_some();
-    if existed {
-        store.persist().await?;
-    }
     Ok(existed)
 }
 

@@ -63,6 +63,11 @@ pub mod names {
     pub const SLOW_CONSUMER_CLOSES: &str = "yonexus_slow_consumer_closes_total";
     pub const RATE_LIMITED: &str = "yonexus_rate_limited_total";
     pub const MESSAGES_TOO_LARGE: &str = "yonexus_messages_too_large_total";
+    pub const AUTH_REFUSED: &str = "yonexus_auth_refused_total";
+    pub const ABUSERS_CLOSED: &str = "yonexus_abusers_closed_total";
+    pub const THROTTLED: &str = "yonexus_throttled_total";
+    pub const LOG_LINES_SUPPRESSED: &str = "yonexus_log_lines_suppressed_total";
+    pub const PLUGIN_DEMOTIONS: &str = "yonexus_plugin_demotions_total";
 }
 use names::*;
 
@@ -182,6 +187,26 @@ fn describe_all() {
     );
     describe_counter!(RATE_LIMITED, "Messages refused by a rate limit.");
     describe_counter!(
+        AUTH_REFUSED,
+        "Refused proofs and hellos, by what failed (not_allowed, not_paired, malformed_nonce, stale, future, replayed, wrong_key, bad_signature)."
+    );
+    describe_counter!(
+        ABUSERS_CLOSED,
+        "Connections closed for repeated failures, by kind (auth, pairing)."
+    );
+    describe_counter!(
+        THROTTLED,
+        "Answers deliberately delayed, by what was throttled (address, identifier, pairing)."
+    );
+    describe_counter!(
+        LOG_LINES_SUPPRESSED,
+        "Log lines about refused peers suppressed by the log rate limit."
+    );
+    describe_counter!(
+        PLUGIN_DEMOTIONS,
+        "Non-blocking plugins moved to their own thread by the watchdog, by plugin."
+    );
+    describe_counter!(
         MESSAGES_TOO_LARGE,
         "Messages refused for exceeding the size limit."
     );
@@ -195,8 +220,15 @@ fn register_fixed_series() {
         SLOW_CONSUMER_CLOSES,
         RATE_LIMITED,
         MESSAGES_TOO_LARGE,
+        LOG_LINES_SUPPRESSED,
     ] {
         counter!(name).increment(0);
+    }
+    for kind in ["address", "identifier", "pairing"] {
+        counter!(THROTTLED, "kind" => kind).increment(0);
+    }
+    for kind in ["auth", "pairing"] {
+        counter!(ABUSERS_CLOSED, "reason" => kind).increment(0);
     }
     for state in [
         ConnectionState::Unauthenticated,
@@ -292,25 +324,49 @@ pub fn set_followers_by_liveness(online: usize, unstable: usize, offline: usize)
 // ---------------------------------------------------------------------------------------------
 // Frames
 
-/// One frame received. `kind`: `"builtin"` (a protocol message the host handles), `"rule"`,
-/// `"binary"`, `"malformed"`. `bytes`: the frame's payload length.
-///
-/// `rule` is only used when `kind == "rule"`, and becomes the `rule` label: pass `Some(id)` only
-/// for a rule id the router knows (one from the config), and `None` for an unknown or unrouted
-/// rule, which is recorded as `rule="_unknown"` ([`UNKNOWN_RULE`]). Never pass the raw string a
-/// peer sent for an unknown rule: that would let peers create series. Other kinds carry no
-/// `rule` label.
-pub fn frame_in(kind: &'static str, rule: Option<&str>, bytes: usize) {
-    if kind == "rule" {
-        rule_frame_counter(rule.unwrap_or(UNKNOWN_RULE)).increment(1);
-    } else {
-        counter!(FRAMES_RECEIVED, "kind" => kind).increment(1);
+/// A handle cached for the life of the process, once the recorder is installed (before that,
+/// a no-op that is not cached).
+fn hot(slot: &'static OnceLock<Counter>, make: fn() -> Counter) -> Counter {
+    if !installed() {
+        return Counter::noop();
     }
+    slot.get_or_init(make).clone()
+}
+
+/// One non-rule frame received. `kind`: `"builtin"` (a protocol message the host handles),
+/// `"binary"`, `"malformed"`. `bytes`: the frame's payload length. Rule frames are counted by
+/// the router (per configured rule, see [`rule_frames_counter`]) and [`rule_bytes_in`].
+pub fn frame_in(kind: &'static str, bytes: usize) {
+    counter!(FRAMES_RECEIVED, "kind" => kind).increment(1);
     counter!(RECEIVED_BYTES, "kind" => kind).increment(bytes as u64);
 }
 
-/// One frame sent. `kind`: e.g. `"builtin"` (host protocol replies and notices), `"rule"`
-/// (rule messages from plugins), `"close"`. `bytes`: the frame's payload length.
+/// Payload bytes of a rule frame received.
+pub fn rule_bytes_in(bytes: usize) {
+    static SLOT: OnceLock<Counter> = OnceLock::new();
+    hot(&SLOT, || counter!(RECEIVED_BYTES, "kind" => "rule")).increment(bytes as u64);
+}
+
+/// A rule frame whose rule id is not routed (`rule="_unknown"`).
+pub fn unknown_rule_frame() {
+    static SLOT: OnceLock<Counter> = OnceLock::new();
+    hot(&SLOT, || make_rule_counter(UNKNOWN_RULE)).increment(1);
+}
+
+/// The counter of rule frames for a configured `rule` (resolved once per routing table).
+pub fn rule_frames_counter(rule: &str) -> Counter {
+    rule_frame_counter(rule)
+}
+
+/// `n` text frames of `bytes` payload+header bytes handed to a socket (one batch).
+pub fn frames_out(n: usize, bytes: usize) {
+    static FRAMES: OnceLock<Counter> = OnceLock::new();
+    static BYTES: OnceLock<Counter> = OnceLock::new();
+    hot(&FRAMES, || counter!(FRAMES_SENT, "kind" => "text")).increment(n as u64);
+    hot(&BYTES, || counter!(SENT_BYTES, "kind" => "text")).increment(bytes as u64);
+}
+
+/// One frame sent, by kind (tests and tools; connections count with [`frames_out`]).
 pub fn frame_out(kind: &'static str, bytes: usize) {
     counter!(FRAMES_SENT, "kind" => kind).increment(1);
     counter!(SENT_BYTES, "kind" => kind).increment(bytes as u64);
@@ -377,6 +433,31 @@ pub fn pairing_result(result: &'static str) {
     counter!(PAIRING_RESULTS, "result" => result).increment(1);
 }
 
+/// A refused proof or hello, by what failed (a `&'static str` from the auth checks).
+pub fn auth_refused(kind: &'static str) {
+    counter!(AUTH_REFUSED, "reason" => kind).increment(1);
+}
+
+/// A connection closed for repeated failures (`"auth"`, `"pairing"`).
+pub fn abuser_closed(kind: &'static str) {
+    counter!(ABUSERS_CLOSED, "reason" => kind).increment(1);
+}
+
+/// An answer deliberately delayed (`"address"`, `"identifier"`, `"pairing"`).
+pub fn throttled(kind: &'static str) {
+    counter!(THROTTLED, "kind" => kind).increment(1);
+}
+
+/// Log lines suppressed by the log rate limit.
+pub fn log_lines_suppressed(n: u64) {
+    counter!(LOG_LINES_SUPPRESSED).increment(n);
+}
+
+/// The watchdog moved a non-blocking plugin to its own thread.
+pub fn plugin_demoted(plugin: &str) {
+    counter!(PLUGIN_DEMOTIONS, "plugin" => plugin.to_owned()).increment(1);
+}
+
 /// A config reload. `outcome`: `"applied"`, `"refused"`, `"unchanged"`.
 pub fn reload(outcome: &'static str) {
     counter!(CONFIG_RELOADS, "outcome" => outcome).increment(1);
@@ -398,6 +479,56 @@ pub fn plugin_call(plugin: &str, outcome: &'static str, seconds: f64) {
 /// Set how many messages/events wait for `plugin`'s worker.
 pub fn set_plugin_queue_depth(plugin: &str, depth: usize) {
     gauge!(PLUGIN_QUEUE_DEPTH, "plugin" => plugin.to_owned()).set(depth as f64);
+}
+
+/// One plugin instance's metric handles, resolved once when it is created (no label set is
+/// built per call).
+#[derive(Debug)]
+pub struct PluginMetrics {
+    ok: Counter,
+    error: Counter,
+    panic: Counter,
+    busy: Counter,
+    deadline: Counter,
+    duration: metrics::Histogram,
+    depth: metrics::Gauge,
+}
+
+impl PluginMetrics {
+    pub fn new(plugin: &str) -> Self {
+        let calls = |outcome: &'static str| {
+            counter!(PLUGIN_CALLS, "plugin" => plugin.to_owned(), "outcome" => outcome)
+        };
+        PluginMetrics {
+            ok: calls("ok"),
+            error: calls("error"),
+            panic: calls("panic"),
+            busy: calls("busy"),
+            deadline: calls("deadline"),
+            duration: histogram!(PLUGIN_CALL_DURATION, "plugin" => plugin.to_owned()),
+            depth: gauge!(PLUGIN_QUEUE_DEPTH, "plugin" => plugin.to_owned()),
+        }
+    }
+
+    /// One call finished (`"ok"`, `"error"`, `"panic"`, `"deadline"`) or was refused
+    /// (`"busy"`, not timed).
+    pub fn call(&self, outcome: &'static str, elapsed: Duration) {
+        let counter = match outcome {
+            "ok" => &self.ok,
+            "panic" => &self.panic,
+            "busy" => &self.busy,
+            "deadline" => &self.deadline,
+            _ => &self.error,
+        };
+        counter.increment(1);
+        if outcome != "busy" {
+            self.duration.record(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn queue_depth(&self, depth: usize) {
+        self.depth.set(depth as f64);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -584,10 +715,12 @@ pub(crate) mod tests {
     fn recorded_values_render_with_labels_help_and_type() {
         let m = install().expect("install");
         // Label values unique to this test, since the recorder is shared by the whole process.
-        frame_in("rule", Some("metrics_test_rule"), 10);
-        frame_in("rule", Some("metrics_test_rule"), 5);
-        frame_in("rule", None, 7);
-        frame_in("malformed", Some("ignored_for_non_rule"), 3);
+        let c = rule_frames_counter("metrics_test_rule");
+        c.increment(1);
+        c.increment(1);
+        rule_bytes_in(22);
+        unknown_rule_frame();
+        frame_in("malformed", 3);
         frame_out("builtin", 42);
         auth_result("metrics_test_reason");
         pairing_result("metrics_test_paired");
@@ -618,10 +751,6 @@ pub(crate) mod tests {
         );
         assert!(get(FRAMES_RECEIVED, &[("kind", "rule"), ("rule", "_unknown")]) >= 1.0);
         assert!(get(FRAMES_RECEIVED, &[("kind", "malformed")]) >= 1.0);
-        assert!(
-            !text.contains("ignored_for_non_rule"),
-            "non-rule frames carry no rule label"
-        );
         assert!(get(RECEIVED_BYTES, &[("kind", "rule")]) >= 22.0);
         assert!(get(FRAMES_SENT, &[("kind", "builtin")]) >= 1.0);
         assert!(get(SENT_BYTES, &[("kind", "builtin")]) >= 42.0);

@@ -10,10 +10,10 @@
 //! instance on the already-loaded library; a new file content loads a new library. Libraries
 //! are never unloaded.
 
-use crate::config::{Config, PluginConfig};
+use crate::config::{Config, ConfigError, PluginConfig};
 use crate::hub::{Hub, Settings};
-use crate::notify::Notifier;
-use crate::plugins::{self, Latch, LoadedLibrary, PluginHandler, PluginSpec};
+use crate::notify::{Notifier, NotifyError};
+use crate::plugins::{self, Latch, LoadedLibrary, PluginHandler, PluginLoadError, PluginSpec};
 use crate::router::{Routes, RuleHandler};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -21,6 +21,25 @@ use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Why a reload (or the initial load) was refused; the running version keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{file}: pairing: {source}")]
+    Notifier { file: PathBuf, source: NotifyError },
+    #[error("plugin '{name}' ({path}): cannot read the plugin file: {source}")]
+    ReadPlugin {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Plugin(#[from] PluginLoadError),
+    #[error("{0} task failed: {1}")]
+    Task(&'static str, String),
+}
 
 /// One running plugin.
 #[derive(Clone)]
@@ -117,20 +136,20 @@ impl Reloader {
     }
 
     /// Apply the config the host starts with (loads every plugin). An error stops the start.
-    pub async fn apply_initial(&self, config: &Config) -> Result<ReloadReport, String> {
+    pub async fn apply_initial(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
         let mut applied = self.applied.lock().await;
         self.apply(&mut applied, config.clone()).await
     }
 
     /// Re-read the config file and apply what changed. On error nothing changes and the error
     /// (file, key or plugin, reason) is returned and logged.
-    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, String> {
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
         let mut applied = self.applied.lock().await;
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
-            .map_err(|e| format!("config loader task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .map_err(|e| ReloadError::Task("config loader", e.to_string()))
+            .and_then(|r| r.map_err(ReloadError::from));
         let result = match loaded {
             Ok(config) => self.apply(&mut applied, config).await,
             Err(e) => Err(e),
@@ -187,7 +206,7 @@ impl Reloader {
         &self,
         applied: &mut Option<Applied>,
         config: Config,
-    ) -> Result<ReloadReport, String> {
+    ) -> Result<ReloadReport, ReloadError> {
         let started = Instant::now();
         let hub = &self.hub;
         let old_plugins = applied
@@ -201,8 +220,12 @@ impl Reloader {
             .is_none_or(|a| a.config.pairing.notifier != config.pairing.notifier);
         let notifier = if notifier_changed {
             Some(
-                Notifier::from_config(&config.pairing.notifier)
-                    .map_err(|e| format!("{}: pairing: {e}", config.file.display()))?,
+                Notifier::from_config(&config.pairing.notifier).map_err(|source| {
+                    ReloadError::Notifier {
+                        file: config.file.clone(),
+                        source,
+                    }
+                })?,
             )
         } else {
             None
@@ -217,7 +240,7 @@ impl Reloader {
             prepare(&specs, &old_plugins, &staging, &registry, &clock)
         })
         .await
-        .map_err(|e| format!("plugin loader task failed: {e}"))??;
+        .map_err(|e| ReloadError::Task("plugin loader", e.to_string()))??;
 
         let mut report = ReloadReport {
             changes: prepared.changes.clone(),
@@ -294,7 +317,7 @@ impl Reloader {
             if hub.registry.is_connected(&id) {
                 tracing::info!(identifier = %id, "removed from the allowlist: disconnecting (its trust record is kept)");
             }
-            hub.disconnect(&id, 1008, "identifier removed from allowlist");
+            crate::lifecycle::disconnect(hub, &id, 1008, "identifier removed from allowlist");
         }
 
         // 3. Drain replaced instances, then let their successors start.
@@ -343,7 +366,7 @@ impl Reloader {
             }
         })
         .await
-        .map_err(|e| format!("drain task failed: {e}"))?;
+        .map_err(|e| ReloadError::Task("drain", e.to_string()))?;
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) =
             std::iter::once(self.config_path.clone())
                 .chain(config.plugins.iter().map(|p| p.path.clone()))
@@ -434,7 +457,7 @@ fn prepare(
     staging: &Path,
     registry: &Arc<crate::registry::Registry>,
     clock: &crate::clock::SharedClock,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, ReloadError> {
     let mut prepared = Prepared {
         plugins: BTreeMap::new(),
         gates: Gates::default(),
@@ -444,13 +467,13 @@ fn prepare(
         let spec = PluginSpec::from_config(pc);
         let hash = match file_hash(&pc.path) {
             Ok(h) => h,
-            Err(e) => {
+            Err(source) => {
                 prepared.abandon();
-                return Err(format!(
-                    "plugin '{}' ({}): cannot read the plugin file: {e}",
-                    pc.name,
-                    pc.path.display()
-                ));
+                return Err(ReloadError::ReadPlugin {
+                    name: pc.name.clone(),
+                    path: pc.path.clone(),
+                    source,
+                });
             }
         };
         let previous = old.get(&pc.name);
@@ -492,7 +515,7 @@ fn prepare(
                 }
                 Err(e) => {
                     prepared.abandon();
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             },
         };
@@ -519,7 +542,7 @@ fn prepare(
             Err(e) => {
                 gate.set();
                 prepared.abandon();
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
     }

@@ -1,16 +1,24 @@
-//! Every frame the host sends to a follower is built here: one helper per message kind, so the
-//! wire shape of each lives in exactly one place.
+//! Every control frame the host sends to a follower is built here: one helper per message
+//! kind, so the wire shape of each lives in exactly one place. Each returns the encoded
+//! WebSocket frame, ready for a connection's outbound queue.
 
+use bytes::Bytes;
 use yonexus_protocol::envelope::*;
 use yonexus_protocol::Envelope;
 
-fn frame(message: Message, now: i64, request_id: Option<&str>) -> String {
-    Envelope {
+fn frame(message: Message, now: i64, request_id: Option<&str>) -> Bytes {
+    let text = Envelope {
         request_id: request_id.map(str::to_owned),
         timestamp: Some(now),
         message,
     }
-    .to_frame()
+    .to_frame();
+    crate::ws::codec::text(&text)
+}
+
+/// A rule message `rule_id::content` (what plugins send), encoded once.
+pub fn rule(rule_id: &str, content: &str) -> Bytes {
+    crate::ws::codec::text_parts(&[rule_id, yonexus_protocol::SEPARATOR, content])
 }
 
 /// `error{code, message}`.
@@ -19,7 +27,7 @@ pub fn error(
     message: impl Into<String>,
     now: i64,
     request_id: Option<&str>,
-) -> String {
+) -> Bytes {
     frame(
         Message::Error(ErrorPayload {
             code,
@@ -30,7 +38,7 @@ pub fn error(
     )
 }
 
-pub fn hello_ack(identifier: &str, next_action: NextAction, now: i64, rid: Option<&str>) -> String {
+pub fn hello_ack(identifier: &str, next_action: NextAction, now: i64, rid: Option<&str>) -> Bytes {
     frame(
         Message::HelloAck(HelloAck {
             identifier: identifier.into(),
@@ -48,7 +56,7 @@ pub fn pair_request(
     admin_notification: AdminNotification,
     now: i64,
     rid: Option<&str>,
-) -> String {
+) -> Bytes {
     frame(
         Message::PairRequest(PairRequest {
             identifier: identifier.into(),
@@ -62,7 +70,7 @@ pub fn pair_request(
     )
 }
 
-pub fn pair_success(identifier: &str, secret: &str, paired_at: i64, rid: Option<&str>) -> String {
+pub fn pair_success(identifier: &str, secret: &str, paired_at: i64, rid: Option<&str>) -> Bytes {
     frame(
         Message::PairSuccess(PairSuccess {
             identifier: identifier.into(),
@@ -77,21 +85,22 @@ pub fn pair_success(identifier: &str, secret: &str, paired_at: i64, rid: Option<
 pub fn pair_failed(
     identifier: &str,
     reason: PairFailReason,
+    attempts_left: Option<u32>,
     now: i64,
     rid: Option<&str>,
-) -> String {
+) -> Bytes {
     frame(
         Message::PairFailed(PairFailed {
             identifier: identifier.into(),
             reason,
-            attempts_left: None,
+            attempts_left,
         }),
         now,
         rid,
     )
 }
 
-pub fn auth_success(identifier: &str, now: i64, rid: Option<&str>) -> String {
+pub fn auth_success(identifier: &str, now: i64, rid: Option<&str>) -> Bytes {
     frame(
         Message::AuthSuccess(AuthSuccess {
             identifier: identifier.into(),
@@ -108,7 +117,7 @@ pub fn auth_failed(
     reason: AuthFailReason,
     now: i64,
     rid: Option<&str>,
-) -> String {
+) -> Bytes {
     frame(
         Message::AuthFailed(AuthFailed {
             identifier: identifier.into(),
@@ -124,7 +133,7 @@ pub fn re_pair_required(
     reason: RePairReason,
     now: i64,
     rid: Option<&str>,
-) -> String {
+) -> Bytes {
     frame(
         Message::RePairRequired(RePairRequired {
             identifier: identifier.into(),
@@ -135,7 +144,7 @@ pub fn re_pair_required(
     )
 }
 
-pub fn heartbeat_ack(identifier: &str, status: &str, now: i64, rid: Option<&str>) -> String {
+pub fn heartbeat_ack(identifier: &str, status: &str, now: i64, rid: Option<&str>) -> Bytes {
     frame(
         Message::HeartbeatAck(HeartbeatAck {
             identifier: identifier.into(),
@@ -146,7 +155,7 @@ pub fn heartbeat_ack(identifier: &str, status: &str, now: i64, rid: Option<&str>
     )
 }
 
-pub fn status_update(identifier: &str, status: &str, reason: &str, now: i64) -> String {
+pub fn status_update(identifier: &str, status: &str, reason: &str, now: i64) -> Bytes {
     frame(
         Message::StatusUpdate(StatusUpdate {
             identifier: identifier.into(),
@@ -158,7 +167,7 @@ pub fn status_update(identifier: &str, status: &str, reason: &str, now: i64) -> 
     )
 }
 
-pub fn disconnect_notice(identifier: &str, reason: &str, now: i64) -> String {
+pub fn disconnect_notice(identifier: &str, reason: &str, now: i64) -> Bytes {
     frame(
         Message::DisconnectNotice(DisconnectNotice {
             identifier: identifier.into(),

@@ -1,24 +1,71 @@
-//! Rule routing: rule id → handler. The one interface through which every rule message leaves
-//! the session; the handlers are plugins (see [`crate::plugins`]).
+//! Rule routing: rule id → handler (a plugin instance). The one way a rule message leaves the
+//! session, and the way lifecycle events reach plugins.
 //!
-//! The routing table is swapped as a whole (an `Arc` behind a lock held only to clone or
-//! replace it), so a dispatch sees either the old table or the new one, never a mix.
+//! The table is swapped as a whole ([`arc_swap`]): a dispatch sees either the old table or the
+//! new one, never a mix, and reading it takes no lock.
 
+use crate::events::FollowerEvent;
+use crate::outbound::Peer;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-/// A rule message as handed to a handler: `rule_id::sender::content` in parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who sent a rule message: its identifier and its connection's outbound side, so a reply goes
+/// straight to it without a lookup by name.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub id: Arc<str>,
+    pub peer: Arc<Peer>,
+}
+
+impl Sender {
+    /// A number that spreads senders over a plugin's workers (stable for a connection).
+    pub fn shard_key(&self) -> u64 {
+        self.peer.conn_id
+    }
+}
+
+/// A rule message as handed to a handler: the frame text `rule_id::content` as received (no
+/// copy) and its sender.
+#[derive(Debug, Clone)]
 pub struct RuleMessage {
-    pub rule_id: String,
-    pub sender: String,
-    pub content: String,
+    text: Box<str>,
+    rule_end: usize,
+    pub sender: Sender,
 }
 
 impl RuleMessage {
+    /// `text` is the whole frame; `rule_end` the byte index of its first `::`.
+    pub fn new(text: String, rule_end: usize, sender: Sender) -> Option<RuleMessage> {
+        (text.is_char_boundary(rule_end) && text.get(rule_end..rule_end + 2) == Some("::")).then(
+            || RuleMessage {
+                text: text.into_boxed_str(),
+                rule_end,
+                sender,
+            },
+        )
+    }
+
+    /// Build from parts (tests and tools).
+    pub fn from_parts(rule_id: &str, content: &str, sender: Sender) -> RuleMessage {
+        RuleMessage {
+            text: format!("{rule_id}::{content}").into_boxed_str(),
+            rule_end: rule_id.len(),
+            sender,
+        }
+    }
+
+    pub fn rule_id(&self) -> &str {
+        &self.text[..self.rule_end]
+    }
+
+    pub fn content(&self) -> &str {
+        &self.text[self.rule_end + 2..]
+    }
+
     /// The host's rewritten form, `rule_id::sender::content`.
     pub fn rewritten(&self) -> String {
-        yonexus_protocol::frame::rewrite_with_sender(&self.rule_id, &self.sender, &self.content)
+        yonexus_protocol::frame::rewrite_with_sender(self.rule_id(), &self.sender.id, self.content())
     }
 }
 
@@ -33,48 +80,118 @@ pub enum DispatchError {
     Failed { rule: String, reason: String },
 }
 
-/// A rule handler. `dispatch` is called on the async reactor and must not block: a handler that
-/// does real work queues the message to its own worker and reports results through the registry.
+/// A rule handler. `dispatch` runs on the connection's task and must not block: a handler that
+/// does real work queues the message to its own worker (or, for a plugin that promised to be
+/// non-blocking, calls it at once under a watchdog).
 pub trait RuleHandler: Send + Sync + 'static {
     /// A name for logs and errors.
     fn name(&self) -> &str;
     /// Accept one message for handling.
     fn dispatch(&self, msg: RuleMessage) -> Result<(), DispatchError>;
+    /// Whether it wants lifecycle events.
+    fn handles_events(&self) -> bool {
+        false
+    }
+    /// Accept one lifecycle event (never blocks; may drop when overloaded).
+    fn deliver_event(&self, _event: &FollowerEvent) {}
 }
 
-/// The routing table.
+/// The routing table as configured: rule id → handler.
 pub type Routes = HashMap<String, Arc<dyn RuleHandler>>;
 
+struct Route {
+    handler: Arc<dyn RuleHandler>,
+    /// `frames_received{kind="rule",rule=…}`, resolved once.
+    frames: metrics::Counter,
+}
+
+/// A routing table ready for dispatch.
+pub struct Table {
+    routes: HashMap<Box<str>, Route>,
+    /// Each distinct handler once (events go to each once, however many rules it has).
+    handlers: Vec<Arc<dyn RuleHandler>>,
+}
+
+impl Table {
+    fn build(routes: Routes) -> Table {
+        let mut handlers: Vec<Arc<dyn RuleHandler>> = Vec::new();
+        for h in routes.values() {
+            if !handlers.iter().any(|x| Arc::ptr_eq(x, h)) {
+                handlers.push(Arc::clone(h));
+            }
+        }
+        Table {
+            routes: routes
+                .into_iter()
+                .map(|(rule, handler)| {
+                    let frames = crate::metrics::rule_frames_counter(&rule);
+                    (rule.into_boxed_str(), Route { handler, frames })
+                })
+                .collect(),
+            handlers,
+        }
+    }
+
+    /// The configured rule ids, sorted.
+    pub fn rules(&self) -> Vec<&str> {
+        let mut r: Vec<&str> = self.routes.keys().map(|k| &**k).collect();
+        r.sort();
+        r
+    }
+
+    pub fn handler(&self, rule: &str) -> Option<&Arc<dyn RuleHandler>> {
+        self.routes.get(rule).map(|r| &r.handler)
+    }
+}
+
 /// Routes rule messages to handlers.
-#[derive(Default)]
 pub struct Router {
-    table: RwLock<Arc<Routes>>,
+    table: ArcSwap<Table>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new(Routes::new())
+    }
 }
 
 impl Router {
     pub fn new(routes: Routes) -> Self {
         Router {
-            table: RwLock::new(Arc::new(routes)),
+            table: ArcSwap::from_pointee(Table::build(routes)),
         }
     }
 
     /// The current table.
-    pub fn table(&self) -> Arc<Routes> {
-        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
     }
 
     /// Replace the whole table in one step; returns the previous one.
-    pub fn swap(&self, routes: Routes) -> Arc<Routes> {
-        let mut guard = self.table.write().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *guard, Arc::new(routes))
+    pub fn swap(&self, routes: Routes) -> Arc<Table> {
+        self.table.swap(Arc::new(Table::build(routes)))
     }
 
-    /// Hand `msg` to the handler registered for its rule id.
+    /// Hand `msg` to the handler registered for its rule id (counting the frame).
     pub fn dispatch(&self, msg: RuleMessage) -> Result<(), DispatchError> {
-        let table = self.table();
-        match table.get(&msg.rule_id) {
-            Some(handler) => handler.dispatch(msg),
-            None => Err(DispatchError::NotFound(msg.rule_id)),
+        let table = self.table.load();
+        match table.routes.get(msg.rule_id()) {
+            Some(route) => {
+                route.frames.increment(1);
+                route.handler.dispatch(msg)
+            }
+            None => {
+                crate::metrics::unknown_rule_frame();
+                Err(DispatchError::NotFound(msg.rule_id().to_owned()))
+            }
+        }
+    }
+
+    /// Hand a lifecycle event to every handler that wants events.
+    pub fn deliver_event(&self, event: &FollowerEvent) {
+        let table = self.table.load();
+        for h in table.handlers.iter().filter(|h| h.handles_events()) {
+            h.deliver_event(event);
         }
     }
 }

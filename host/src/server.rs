@@ -1,24 +1,37 @@
-//! Starting and stopping the host: state directory and lock, trust store, notifier, routes,
-//! the accept loop, the liveness sweep, the admin socket, and graceful shutdown.
+//! Starting and stopping the host: state directory and lock, trust store, listener (bound
+//! before any plugin loads, so "port in use" is the first thing an operator hears), plugins,
+//! notifier, the accept loop with its admission caps, background tasks, the admin socket, and
+//! graceful shutdown.
 
+use crate::admission::{Refusal, Ticket};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::guard::AddressKey;
 use crate::hub::{Hub, Settings};
-use crate::liveness::Liveness;
 use crate::notify::Notifier;
-use crate::registry::Registry;
-use crate::reload::Reloader;
+use crate::reload::{ReloadError, Reloader};
 use crate::router::Router;
 use crate::store::{self, Store};
+use crate::trust::Liveness;
+use crate::ws::handshake;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// TLS and WebSocket handshakes in flight at once; more connections are refused like those
+/// over the unauthenticated caps.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Refusals (503 answers) being written at once; beyond it a refused socket is just closed.
+const MAX_REFUSALS: usize = 64;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +39,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("pairing notifier: {0}")]
-    Notifier(String),
+    Notifier(#[from] crate::notify::NotifyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -34,9 +47,9 @@ pub enum StartError {
     },
     #[error("admin socket: {0}")]
     Admin(std::io::Error),
-    #[error("{0}")]
-    Plugin(String),
-    #[error("{0}")]
+    #[error(transparent)]
+    Plugins(#[from] ReloadError),
+    #[error("TLS: {0}")]
     Tls(String),
     #[error("metrics: {0}")]
     Metrics(String),
@@ -57,28 +70,40 @@ pub struct Host {
 /// Directory (inside `state_dir`) holding the private copies of loaded plugin libraries.
 pub const STAGING_DIR: &str = "plugins-staging";
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let map = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(map)?;
+    let local = listener.local_addr().map_err(map)?;
+    Ok((listener, local))
+}
+
 impl Host {
-    /// Start serving `config` with `clock`. Returns once the listener is bound.
+    /// Start serving `config` with `clock`. Returns once the listener is bound and every plugin
+    /// is loaded.
     pub async fn start(config: &Config, clock: SharedClock) -> Result<Host, StartError> {
         let state_dir = &config.server.state_dir;
         store::ensure_state_dir(state_dir)?;
         let lock = store::lock_state_dir(state_dir)?;
-        let store = Store::open(state_dir)?;
+        let store = Store::open_file(state_dir)?;
         // Nobody is connected yet, whatever the file says from the last run.
-        for record in store.snapshot() {
+        for record in store.snapshot().await? {
             if record.status != Liveness::Offline {
-                store.update_existing(&record.identifier, |r| r.status = Liveness::Offline);
+                store.touch(&record.identifier, |r| r.status = Liveness::Offline);
             }
         }
-        let notifier = Notifier::from_config(&config.pairing.notifier)
-            .map_err(|e| StartError::Notifier(e.to_string()))?;
-        let registry = Arc::new(Registry::new());
-        let router = Router::default();
+        // Bind first: a port in use is reported before anything else happens.
+        let (listener, local_addr) = bind(config.server.listen).await?;
+        let admin_http = match config.admin_listen {
+            None => None,
+            Some(addr) => Some(bind(addr).await?),
+        };
+        let metrics = crate::metrics::install().map_err(StartError::Metrics)?;
+        let notifier = Notifier::from_config(&config.pairing.notifier)?;
+        let router = Arc::new(Router::default());
         let hub = Arc::new(Hub::new(
             Settings::from_config(config),
             notifier,
             store,
-            Arc::clone(&registry),
             router,
             clock,
         ));
@@ -89,43 +114,23 @@ impl Host {
         let _ = std::fs::remove_dir_all(&staging);
         store::ensure_state_dir(&staging)?;
         let reloader = Arc::new(Reloader::new(Arc::clone(&hub), &config.file, &staging));
-        let report = reloader
-            .apply_initial(config)
-            .await
-            .map_err(StartError::Plugin)?;
+        let report = reloader.apply_initial(config).await?;
         for change in &report.changes {
-            tracing::info!("{change}");
+            tracing::debug!("{change}");
         }
 
         let tls = match &config.server.tls {
             Some(t) => Some(crate::tls::acceptor(t).map_err(StartError::Tls)?),
             None => None,
         };
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.server.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
         let scheme = if tls.is_some() { "wss" } else { "ws" };
-        tracing::info!(address = %local_addr, path = %config.server.path, scheme, "listening");
+        tracing::info!(address = %local_addr, path = %config.server.path, scheme, plugins = config.plugins.len(), "listening");
 
         let shutdown = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
-        let admin_addr = match config.admin_listen {
+        let admin_addr = match admin_http {
             None => None,
-            Some(addr) => {
-                let metrics = crate::metrics::install().map_err(StartError::Metrics)?;
-                let http = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                let bound = http
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?;
+            Some((http, bound)) => {
                 tracing::info!(address = %bound, "admin HTTP listening (/metrics, /healthz, /readyz)");
                 tokio::spawn(crate::http::serve(
                     http,
@@ -152,7 +157,7 @@ impl Host {
                 shutdown.clone(),
             ));
         }
-        tracker.spawn(sweep_loop(Arc::clone(&hub), shutdown.clone()));
+        tracker.spawn(crate::tasks::sweep_loop(Arc::clone(&hub), shutdown.clone()));
         ready.store(true, Ordering::Release);
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),
@@ -191,6 +196,48 @@ impl Host {
     }
 }
 
+/// Refuse a connection over the caps without any handshake: a fixed 503 for plain
+/// connections (written without reading the request, then the socket is drained briefly so
+/// the client sees the answer rather than a reset), nothing for TLS ones.
+fn refuse(
+    stream: TcpStream,
+    remote: SocketAddr,
+    reason: Refusal,
+    tls: bool,
+    refusals: &Arc<Semaphore>,
+    hub: &Hub,
+) {
+    crate::metrics::connection_rejected(reason.as_str());
+    if hub.may_log_refusal() {
+        tracing::warn!(remote = %remote, reason = reason.as_str(), "connection refused before its handshake: limit reached");
+    }
+    if tls {
+        return;
+    }
+    let Ok(permit) = Arc::clone(refusals).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            stream.write_all(&handshake::unavailable()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 512];
+            let mut total = 0;
+            while total < 16 * 1024 {
+                let n = stream.read(&mut sink).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
+}
+
 async fn accept_loop(
     hub: Arc<Hub>,
     listener: TcpListener,
@@ -200,6 +247,8 @@ async fn accept_loop(
     tracker: TaskTracker,
     ready: Arc<AtomicBool>,
 ) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -216,32 +265,51 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let limits = hub.settings().limits;
-        let ticket = hub
-            .admission
-            .try_admit(
-                remote.ip(),
-                limits.max_unauthenticated,
-                limits.max_unauthenticated_per_ip,
-            )
-            .map_err(|r| r.as_str());
+        let ticket: Ticket = match hub.admission.try_admit(
+            AddressKey::of(remote.ip()),
+            limits.max_unauthenticated,
+            limits.max_unauthenticated_per_ip,
+        ) {
+            Ok(t) => t,
+            Err(reason) => {
+                refuse(stream, remote, reason, tls.is_some(), &refusals, &hub);
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            drop(ticket);
+            refuse(
+                stream,
+                remote,
+                Refusal::TooManyHandshakes,
+                tls.is_some(),
+                &refusals,
+                &hub,
+            );
+            continue;
+        };
+        let deadline = Instant::now() + Duration::from_millis(limits.upgrade_timeout_ms);
         let (hub, shutdown) = (Arc::clone(&hub), shutdown.clone());
         match tls.clone() {
             None => {
                 tracker.spawn(crate::connection::run(
-                    hub, stream, remote, ticket, shutdown,
+                    hub, stream, remote, ticket, permit, deadline, shutdown,
                 ));
             }
             Some(acceptor) => {
                 tracker.spawn(async move {
-                    let deadline = Duration::from_millis(limits.upgrade_timeout_ms);
-                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            crate::connection::run(hub, tls_stream, remote, ticket, shutdown).await
+                            crate::connection::run(
+                                hub, tls_stream, remote, ticket, permit, deadline, shutdown,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
                         }
                         Err(_) => {
+                            crate::metrics::connection_rejected("upgrade_timeout");
                             tracing::debug!(remote = %remote, "TLS handshake deadline passed")
                         }
                     }
@@ -257,18 +325,8 @@ async fn accept_loop(
         tracing::warn!("some connections did not close within the shutdown grace period");
     }
     reloader.shutdown(grace).await;
-    if let Err(e) = hub.store.flush_if_dirty().await {
+    if let Err(e) = hub.store.flush().await {
         tracing::error!(error = %e, "cannot persist state at shutdown");
     }
     tracing::info!("host stopped");
-}
-
-async fn sweep_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
-    loop {
-        let every = Duration::from_secs(hub.settings().liveness.sweep_interval_secs.max(1));
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => crate::liveness::sweep(&hub).await,
-        }
-    }
 }

@@ -1,25 +1,34 @@
 //! One connection's protocol state machine: hello → pairing | authentication → authenticated.
 //!
-//! No sockets here: the session reads text, sends frames through its [`SessionHandle`] (the
-//! connection's own outbound queue, so replies keep their order) and tells the connection when
-//! to close. Every protocol rule can therefore be tested without a network.
+//! No sockets here: the session reads text, queues replies on its connection's outbound side
+//! ([`Peer`], so replies keep their order) and tells the connection when to close. Each phase
+//! holds only its own data. Rule messages and heartbeats are handled synchronously
+//! ([`Session::on_text_now`]); `hello`, `pair_confirm` and `auth_request` may wait on the
+//! store, the admin notifier or a deliberate delay, so they run as [`Session::on_control`],
+//! which the connection drives without blocking its other duties.
+//!
+//! Policy for everything a stranger can send (SECURITY.md): refused, counted per connection
+//! and per address, answered more slowly after a free allowance, never a cause of revocation;
+//! a connection that keeps failing is closed.
 
 use crate::auth::{self, AuthOutcome};
-use crate::hub::Hub;
-use crate::liveness::Liveness;
+use crate::guard::AddressKey;
+use crate::hub::{Hub, AUTH_FAILURES_PER_CONNECTION};
+use crate::lifecycle;
 use crate::metrics;
 use crate::notify::PairingNotice;
-use crate::pairing::{self, ConfirmOutcome};
-use crate::registry::{FollowerEvent, Outbound, SessionHandle};
+use crate::outbound::Peer;
+use crate::pairing::{self, CodeCheck, Completed};
 use crate::reply;
-use crate::router::{DispatchError, RuleMessage};
-use crate::store::NotifyStatus;
+use crate::router::{DispatchError, RuleMessage, Sender};
+use crate::store::StoreError;
+use crate::trust::{Liveness, NotifyStatus};
+use bytes::Bytes;
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Duration;
 use yonexus_protocol::envelope::*;
-use yonexus_protocol::{frame, validate, Envelope, Frame};
-
-/// Longest rule id accepted.
-pub const MAX_RULE_ID_CHARS: usize = 128;
+use yonexus_protocol::{frame, signing, validate, Envelope, Frame};
 
 /// What the connection does after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,65 +37,122 @@ pub enum Flow {
     /// Send a close frame with this code and reason, then end the connection.
     Close {
         code: u16,
-        reason: String,
+        reason: Cow<'static, str>,
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum State {
+impl Flow {
+    fn close(code: u16, reason: &'static str) -> Flow {
+        Flow::Close {
+            code,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+}
+
+/// The result of handling a frame at once.
+#[derive(Debug)]
+pub enum Step {
+    Done(Flow),
+    /// A control message that needs [`Session::on_control`].
+    Control(Envelope),
+}
+
+/// `hello` accepted for this identifier on this connection.
+#[derive(Debug, Clone)]
+struct Greeted {
+    identifier: Arc<str>,
+    /// The key from this connection's `hello`, in canonical form (bound if it confirms a code).
+    public_key: Option<String>,
+    /// A pairing was started or is awaited (the connection's deadline is extended).
+    pairing: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
     /// Nothing said yet.
     Connected,
-    /// `hello` accepted for this identifier.
-    Greeted {
-        identifier: String,
-        public_key: Option<String>,
-    },
-    Authenticated {
-        identifier: String,
-    },
+    Greeted(Greeted),
+    Authenticated(Sender),
 }
 
 /// The protocol state of one connection.
 pub struct Session {
-    handle: Arc<SessionHandle>,
-    state: State,
-    /// A pairing was started or is awaited on this connection (its deadline is extended).
-    pairing: bool,
+    peer: Arc<Peer>,
+    address: AddressKey,
+    phase: Phase,
+    /// Refused proofs and requests without a session on this connection.
+    auth_failures: u32,
+    /// Wrong pairing codes on this connection.
+    wrong_codes: u32,
+}
+
+/// An identifier from the wire, bounded and escaped for logging.
+pub(crate) fn shown(identifier: &str) -> String {
+    identifier
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect()
 }
 
 impl Session {
-    pub fn new(handle: Arc<SessionHandle>) -> Self {
+    pub fn new(peer: Arc<Peer>) -> Self {
+        let address = AddressKey::of(peer.remote.ip());
         Session {
-            handle,
-            state: State::Connected,
-            pairing: false,
+            peer,
+            address,
+            phase: Phase::Connected,
+            auth_failures: 0,
+            wrong_codes: 0,
         }
     }
 
     /// The authenticated identifier, if any.
-    pub fn authenticated_as(&self) -> Option<&str> {
-        match &self.state {
-            State::Authenticated { identifier } => Some(identifier),
+    pub fn authenticated_as(&self) -> Option<&Arc<str>> {
+        match &self.phase {
+            Phase::Authenticated(s) => Some(&s.id),
             _ => None,
         }
     }
 
     /// Whether a pairing is in progress on this connection.
     pub fn in_pairing(&self) -> bool {
-        self.pairing && self.authenticated_as().is_none()
+        matches!(&self.phase, Phase::Greeted(g) if g.pairing)
     }
 
-    fn send(&self, frame: String) {
+    fn greeted_as(&self) -> Option<&Arc<str>> {
+        match &self.phase {
+            Phase::Greeted(g) => Some(&g.identifier),
+            Phase::Authenticated(s) => Some(&s.id),
+            Phase::Connected => None,
+        }
+    }
+
+    fn send(&self, frame: Bytes) {
         // A full queue closes the connection (slow consumer); nothing more to do here.
-        let _ = self.handle.send(Outbound::Text(frame));
+        let _ = self.peer.send(frame);
     }
 
     fn error(&self, hub: &Hub, code: ErrorCode, message: impl Into<String>, rid: Option<&str>) {
         self.send(reply::error(code, message, hub.now(), rid));
     }
 
+    /// The trust store failed: say so, and close (the follower retries later).
+    fn unavailable(&self, hub: &Hub, e: &StoreError, rid: Option<&str>) -> Flow {
+        tracing::error!(error = %e, "trust store unavailable");
+        self.error(
+            hub,
+            ErrorCode::AuthFailed,
+            "the host's trust store is unavailable; try again later",
+            rid,
+        );
+        Flow::close(1013, "try again later")
+    }
+
     /// A binary frame: not part of protocol v1.
-    pub fn on_binary(&mut self, hub: &Hub) -> Flow {
+    pub fn on_binary(&mut self, hub: &Hub, len: usize) -> Flow {
+        metrics::frame_in("binary", len);
         self.error(
             hub,
             ErrorCode::MalformedMessage,
@@ -96,69 +162,67 @@ impl Session {
         Flow::Continue
     }
 
-    /// One inbound text frame.
-    pub async fn on_text(&mut self, hub: &Hub, text: &str) -> Flow {
-        match frame::parse(text) {
-            Err(e) => {
-                metrics::frame_in("malformed", None, text.len());
-                self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
-                Flow::Continue
-            }
-            Ok(Frame::Builtin(json)) => match decode_counted(json, text.len()) {
-                Err(e) => {
-                    self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
-                    Flow::Continue
-                }
-                Ok(env) => self.on_control(hub, env).await,
-            },
-            Ok(Frame::Rule { rule_id, content }) => self.on_rule(hub, rule_id, content),
+    /// One inbound text frame, all the way (tests and the fuzzer; the connection uses
+    /// [`Session::on_text_now`] and [`Session::on_control`]).
+    pub async fn on_text(&mut self, hub: &Hub, text: String) -> Flow {
+        match self.on_text_now(hub, text) {
+            Step::Done(flow) => flow,
+            Step::Control(env) => self.on_control(hub, env).await,
         }
     }
 
-    fn on_rule(&mut self, hub: &Hub, rule_id: &str, content: &str) -> Flow {
-        let State::Authenticated { identifier } = &self.state else {
-            return Flow::Close {
-                code: 1008,
-                reason: "Not authenticated".into(),
-            };
+    /// Handle what needs no waiting: rule messages, heartbeats, malformed frames.
+    pub fn on_text_now(&mut self, hub: &Hub, text: String) -> Step {
+        let rule_end = match frame::parse(&text) {
+            Err(e) => {
+                metrics::frame_in("malformed", text.len());
+                self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
+                return Step::Done(Flow::Continue);
+            }
+            Ok(Frame::Rule { rule_id, .. }) => rule_id.len(),
+            Ok(Frame::Builtin(json)) => {
+                metrics::frame_in("builtin", text.len());
+                return match Envelope::decode(json) {
+                    Err(e) => {
+                        self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
+                        Step::Done(Flow::Continue)
+                    }
+                    Ok(Envelope {
+                        message: Message::Heartbeat(hb),
+                        request_id,
+                        ..
+                    }) => Step::Done(self.on_heartbeat(hub, hb, request_id.as_deref())),
+                    Ok(env) => Step::Control(env),
+                };
+            }
         };
-        if rule_id.chars().count() > MAX_RULE_ID_CHARS {
-            self.error(
-                hub,
-                ErrorCode::MalformedMessage,
-                format!("rule id is longer than {MAX_RULE_ID_CHARS} characters"),
-                None,
-            );
+        Step::Done(self.on_rule(hub, text, rule_end))
+    }
+
+    fn on_rule(&mut self, hub: &Hub, text: String, rule_end: usize) -> Flow {
+        let Phase::Authenticated(sender) = &self.phase else {
+            return Flow::close(1008, "Not authenticated");
+        };
+        metrics::rule_bytes_in(text.len());
+        if let Err(e) = validate::rule_id(&text[..rule_end]) {
+            self.error(hub, ErrorCode::MalformedMessage, e.to_string(), None);
             return Flow::Continue;
         }
-        let msg = RuleMessage {
-            rule_id: rule_id.to_owned(),
-            sender: identifier.clone(),
-            content: content.to_owned(),
+        let Some(msg) = RuleMessage::new(text, rule_end, sender.clone()) else {
+            return Flow::Continue;
         };
-        let outcome = hub.router.dispatch(msg);
-        let known = !matches!(outcome, Err(DispatchError::NotFound(_)));
-        metrics::frame_in(
-            "rule",
-            known.then_some(rule_id),
-            rule_id.len() + content.len() + 2,
-        );
-        match outcome {
-            Ok(()) => {}
-            Err(e @ DispatchError::NotFound(_)) => {
-                self.error(hub, ErrorCode::RuleNotFound, e.to_string(), None)
-            }
-            Err(e @ DispatchError::Busy(_)) => {
-                self.error(hub, ErrorCode::HandlerBusy, e.to_string(), None)
-            }
-            Err(e @ DispatchError::Failed { .. }) => {
-                self.error(hub, ErrorCode::HandlerFailed, e.to_string(), None)
-            }
-        }
+        let (code, message) = match hub.router.dispatch(msg) {
+            Ok(()) => return Flow::Continue,
+            Err(e @ DispatchError::NotFound(_)) => (ErrorCode::RuleNotFound, e.to_string()),
+            Err(e @ DispatchError::Busy(_)) => (ErrorCode::HandlerBusy, e.to_string()),
+            Err(e @ DispatchError::Failed { .. }) => (ErrorCode::HandlerFailed, e.to_string()),
+        };
+        self.error(hub, code, message, None);
         Flow::Continue
     }
 
-    async fn on_control(&mut self, hub: &Hub, env: Envelope) -> Flow {
+    /// `hello`, `pair_confirm`, `auth_request` (and host-only types, which are refused).
+    pub async fn on_control(&mut self, hub: &Hub, env: Envelope) -> Flow {
         let rid = env.request_id.as_deref();
         match env.message {
             Message::Hello(h) => self.on_hello(hub, h, rid).await,
@@ -179,7 +243,6 @@ impl Session {
     }
 
     async fn on_hello(&mut self, hub: &Hub, hello: Hello, rid: Option<&str>) -> Flow {
-        let identifier = hello.identifier.trim().to_owned();
         if self.authenticated_as().is_some() {
             self.error(
                 hub,
@@ -189,18 +252,20 @@ impl Session {
             );
             return Flow::Continue;
         }
-        if validate::identifier(&identifier).is_err() || !hub.is_allowed(&identifier) {
-            tracing::warn!(remote = %self.handle.remote, identifier = %shown(&identifier), "hello from an identifier that is not allowed");
+        let identifier = hello.identifier.trim();
+        // Validated and checked against the allowlist before anything is stored or logged.
+        if validate::identifier(identifier).is_err() || !hub.is_allowed(identifier) {
+            metrics::auth_refused("not_allowed");
+            if hub.may_log_refusal() {
+                tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), "hello from an identifier that is not allowed");
+            }
             self.error(
                 hub,
                 ErrorCode::IdentifierNotAllowed,
                 "identifier is not on this host's allowlist",
                 rid,
             );
-            return Flow::Close {
-                code: 1008,
-                reason: "Identifier not allowed".into(),
-            };
+            return Flow::close(1008, "Identifier not allowed");
         }
         if !hello.version_supported() {
             self.error(
@@ -212,92 +277,90 @@ impl Session {
                 ),
                 rid,
             );
-            return Flow::Close {
-                code: 1002,
-                reason: "Unsupported protocol version".into(),
-            };
+            return Flow::close(1002, "Unsupported protocol version");
         }
-        self.state = State::Greeted {
-            identifier: identifier.clone(),
-            public_key: hello.public_key.clone(),
+        let public_key = match hello.public_key.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => match signing::decode_public_key(text) {
+                Ok(raw) => Some(signing::encode_base64(&raw)),
+                Err(e) => {
+                    self.error(
+                        hub,
+                        ErrorCode::MalformedMessage,
+                        format!("hello.publicKey cannot be used: {e} (expected the 32-byte Ed25519 key as base64, hex or PEM)"),
+                        rid,
+                    );
+                    return Flow::Continue;
+                }
+            },
         };
+        let identifier: Arc<str> = Arc::from(identifier);
         let settings = hub.settings();
         let now = hub.now();
-        // Decide and, if needed, create the pairing in one step under the store lock.
-        let decision = hub.store.update(&identifier, now, |r| {
-            let action = pairing::next_action(Some(r), now);
-            match action {
-                NextAction::PairRequired => {
-                    let before = r.clone();
-                    let expires_at =
-                        pairing::start(r, now, settings.pairing.ttl_secs, hello.public_key.clone());
-                    let code = r.pairing_code.clone().unwrap_or_default();
-                    (action, Some((before, expires_at, code)))
-                }
-                NextAction::WaitingPairConfirm => {
-                    pairing::note_public_key(r, hello.public_key.clone());
-                    (action, None)
-                }
-                _ => (action, None),
+        // Decide and, when needed, create the pairing in one durable step.
+        let ttl = settings.pairing.ttl_secs;
+        let decision = match hub.store.get(&identifier).await {
+            Err(e) => return self.unavailable(hub, &e, rid),
+            Ok(Some(r)) if r.is_paired() || r.live_pending(now) => {
+                (pairing::next_action(Some(&r), now), None)
             }
-        });
-        tracing::info!(remote = %self.handle.remote, identifier = %identifier, next_action = ?decision.0, "hello");
-        let (action, pending) = decision;
-        self.pairing = matches!(
-            action,
-            NextAction::PairRequired | NextAction::WaitingPairConfirm
-        );
-        let Some((before, expires_at, code)) = pending else {
-            self.send(reply::hello_ack(&identifier, action, now, rid));
-            return Flow::Continue;
+            Ok(_) => match hub
+                .store
+                .apply(&identifier, now, |r| pairing::on_hello(r, now, ttl))
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, identifier = %identifier, "cannot persist a pending pairing");
+                    self.send(reply::hello_ack(&identifier, NextAction::PairRequired, now, rid));
+                    self.send(reply::pair_failed(
+                        &identifier,
+                        PairFailReason::InternalError,
+                        None,
+                        now,
+                        rid,
+                    ));
+                    return Flow::Continue;
+                }
+            },
         };
-        // The pending pairing is durable before the follower hears of it.
-        if let Err(e) = hub.store.persist().await {
-            tracing::error!(error = %e, identifier = %identifier, "cannot persist pending pairing");
-            hub.store.restore(Some(before), &identifier);
-            self.send(reply::hello_ack(&identifier, action, now, rid));
-            self.send(reply::pair_failed(
-                &identifier,
-                PairFailReason::InternalError,
-                now,
-                rid,
-            ));
-            return Flow::Continue;
-        }
+        let (action, started) = decision;
+        tracing::debug!(remote = %self.peer.remote, identifier = %identifier, next_action = %action, "hello");
+        self.phase = Phase::Greeted(Greeted {
+            identifier: Arc::clone(&identifier),
+            public_key,
+            pairing: matches!(
+                action,
+                NextAction::PairRequired | NextAction::WaitingPairConfirm
+            ),
+        });
         self.send(reply::hello_ack(&identifier, action, now, rid));
-        let notice = PairingNotice {
-            identifier: identifier.clone(),
-            code,
-            expires_at,
+        let Some(started) = started else {
+            return Flow::Continue;
         };
-        let notifier = hub.notifier();
-        let delivered = match notifier.notify(&notice).await {
-            Ok(()) => {
-                metrics::pairing_result("started");
-                tracing::info!(identifier = %identifier, notifier = notifier.kind(), "pairing code delivered to the admin");
-                true
-            }
-            Err(e) => {
-                metrics::pairing_result("notify_failed");
-                tracing::warn!(identifier = %identifier, notifier = notifier.kind(), error = %e, "pairing notification failed; the code stays available through `yonexus pairing`");
-                false
-            }
-        };
+        // The pending pairing is durable; now tell the admin (bounded, never more than one
+        // notification per identifier per TTL: a new pairing starts only when none is live).
+        let delivered = notify_admin(hub, &identifier, &started).await;
         let notified_at = hub.now();
-        hub.store.update_existing(&identifier, |r| {
-            if r.pairing_expires_at == Some(expires_at) {
-                r.pairing_notify_status = Some(if delivered {
-                    NotifyStatus::Sent
-                } else {
-                    NotifyStatus::Failed
-                });
-                r.pairing_notified_at = Some(notified_at);
-            }
-        });
-        if let Err(e) = hub.store.persist().await {
-            tracing::warn!(error = %e, "cannot persist notification status (will retry with the next write)");
-        }
+        let expires_at = started.expires_at;
         let status = if delivered {
+            NotifyStatus::Sent
+        } else {
+            NotifyStatus::Failed
+        };
+        let recorded = hub
+            .store
+            .apply_existing(&identifier, |r| {
+                if r.pairing_expires_at == Some(expires_at) {
+                    r.pairing_notify_status = Some(status);
+                    r.pairing_notified_at = Some(notified_at);
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot persist the notification status (it is informational)");
+        }
+        let admin = if delivered {
             AdminNotification::Sent
         } else {
             AdminNotification::Failed
@@ -306,192 +369,222 @@ impl Session {
             &identifier,
             expires_at,
             expires_at - now,
-            status,
+            admin,
             notified_at,
             rid,
         ));
         Flow::Continue
     }
 
-    async fn on_pair_confirm(
+    /// A refused pairing attempt on this connection: slow the answer, then close past the
+    /// per-connection allowance.
+    async fn wrong_code(
         &mut self,
         hub: &Hub,
-        confirm: PairConfirm,
+        identifier: &str,
+        reason: PairFailReason,
+        delay: Duration,
         rid: Option<&str>,
     ) -> Flow {
-        let identifier = confirm.identifier.trim().to_owned();
-        let now = hub.now();
-        if !hub.is_allowed(&identifier) {
-            self.send(reply::pair_failed(
-                &identifier,
-                PairFailReason::IdentifierNotAllowed,
-                now,
-                rid,
-            ));
-            return Flow::Continue;
+        self.wrong_codes += 1;
+        let max = hub.settings().pairing.max_attempts;
+        let delay = delay.max(hub.guard.failure(self.address, hub.now()));
+        if !delay.is_zero() {
+            metrics::throttled("pairing");
+            tokio::time::sleep(delay).await;
         }
-        let hello_key = match &self.state {
-            State::Greeted {
-                identifier: id,
-                public_key,
-            } if *id == identifier => public_key.clone(),
+        let left = max.saturating_sub(self.wrong_codes);
+        self.send(reply::pair_failed(
+            identifier,
+            reason,
+            Some(left),
+            hub.now(),
+            rid,
+        ));
+        if left == 0 {
+            metrics::abuser_closed("pairing");
+            return Flow::close(1008, "too many wrong pairing codes");
+        }
+        Flow::Continue
+    }
+
+    async fn on_pair_confirm(&mut self, hub: &Hub, confirm: PairConfirm, rid: Option<&str>) -> Flow {
+        let identifier = confirm.identifier.trim();
+        let now = hub.now();
+        // Only the connection that said hello for this identifier may confirm its code.
+        let Some(greeted) = self.greeted_as().filter(|id| &***id == identifier).cloned() else {
+            metrics::pairing_result("no_hello");
+            if hub.may_log_refusal() {
+                tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), "pair_confirm on a connection that did not say hello for it");
+            }
+            self.error(
+                hub,
+                ErrorCode::MalformedMessage,
+                "send hello for this identifier on this connection before pair_confirm",
+                rid,
+            );
+            return self.wrong_code_without_answer(hub).await;
+        };
+        let checked = hub
+            .store
+            .apply_existing(&greeted, |r| pairing::check_code(r, &confirm.pairing_code, now))
+            .await;
+        let checked = match checked {
+            Err(e) => return self.unavailable(hub, &e, rid),
+            Ok(c) => c.unwrap_or(CodeCheck::Expired),
+        };
+        match checked {
+            CodeCheck::Right => {}
+            CodeCheck::Wrong { failures } => {
+                metrics::pairing_result("invalid_code");
+                if hub.may_log_refusal() {
+                    tracing::warn!(remote = %self.peer.remote, identifier = %greeted, failures, "wrong pairing code");
+                }
+                let delay = pairing::wrong_code_delay(failures);
+                return self
+                    .wrong_code(hub, &greeted, PairFailReason::InvalidCode, delay, rid)
+                    .await;
+            }
+            CodeCheck::AlreadyPaired => {
+                metrics::pairing_result("invalid_code");
+                return self
+                    .wrong_code(hub, &greeted, PairFailReason::InvalidCode, Duration::ZERO, rid)
+                    .await;
+            }
+            CodeCheck::Expired => {
+                metrics::pairing_result("expired");
+                self.send(reply::pair_failed(
+                    &greeted,
+                    PairFailReason::Expired,
+                    None,
+                    now,
+                    rid,
+                ));
+                return Flow::Continue;
+            }
+        }
+        let key = match &self.phase {
+            Phase::Greeted(g) => g.public_key.clone(),
             _ => None,
         };
-        let max_attempts = hub.settings().pairing.max_attempts;
-        let outcome = hub.store.update_existing(&identifier, |r| {
-            let before = r.clone();
-            (
-                before,
-                pairing::confirm(
-                    r,
-                    &confirm.pairing_code,
-                    hello_key.clone(),
-                    now,
-                    max_attempts,
-                ),
-            )
-        });
-        let Some((before, outcome)) = outcome else {
-            self.send(reply::pair_failed(
-                &identifier,
-                PairFailReason::Expired,
-                now,
-                rid,
-            ));
-            return Flow::Continue;
-        };
-        match outcome {
-            ConfirmOutcome::Paired { secret, paired_at } => {
-                if let Err(e) = hub.store.persist().await {
-                    tracing::error!(error = %e, identifier = %identifier, "cannot persist new pairing; refusing it");
-                    hub.store.restore(Some(before), &identifier);
-                    self.send(reply::pair_failed(
-                        &identifier,
-                        PairFailReason::InternalError,
-                        now,
-                        rid,
-                    ));
-                    return Flow::Continue;
-                }
-                hub.reset_auth_windows(&identifier);
+        let code = confirm.pairing_code;
+        let completed = hub
+            .store
+            .apply(&greeted, now, move |r| pairing::complete(r, &code, key, now))
+            .await;
+        match completed {
+            Ok(Completed::Paired { secret, paired_at }) => {
+                hub.guard.forget(&greeted);
                 metrics::pairing_result("paired");
-                tracing::info!(remote = %self.handle.remote, identifier = %identifier, "paired");
-                let public_key = hub.store.get(&identifier).and_then(|r| r.public_key);
-                self.state = State::Greeted {
-                    identifier: identifier.clone(),
-                    public_key,
+                tracing::info!(remote = %self.peer.remote, identifier = %greeted, "paired");
+                let public_key = match hub.store.get(&greeted).await {
+                    Ok(r) => r.and_then(|r| r.public_key),
+                    Err(_) => None,
                 };
-                self.send(reply::pair_success(&identifier, &secret, paired_at, rid));
+                self.phase = Phase::Greeted(Greeted {
+                    identifier: Arc::clone(&greeted),
+                    public_key,
+                    pairing: false,
+                });
+                self.send(reply::pair_success(&greeted, &secret, paired_at, rid));
             }
-            ConfirmOutcome::Failed(reason) => {
+            Ok(Completed::Lost(reason)) => {
                 metrics::pairing_result(reason.label());
-                tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = ?reason, "pair_confirm refused");
-                if let Err(e) = hub.store.persist().await {
-                    tracing::warn!(error = %e, "cannot persist pairing attempt count");
-                }
-                self.send(reply::pair_failed(&identifier, reason, now, rid));
+                self.send(reply::pair_failed(&greeted, reason, None, now, rid));
             }
+            Err(e) => {
+                tracing::error!(error = %e, identifier = %greeted, "cannot persist a new pairing; refusing it");
+                self.send(reply::pair_failed(
+                    &greeted,
+                    PairFailReason::InternalError,
+                    None,
+                    now,
+                    rid,
+                ));
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A pairing request that cannot be checked (no hello): counted like a wrong code.
+    async fn wrong_code_without_answer(&mut self, hub: &Hub) -> Flow {
+        self.wrong_codes += 1;
+        let delay = hub.guard.failure(self.address, hub.now());
+        if !delay.is_zero() {
+            metrics::throttled("pairing");
+            tokio::time::sleep(delay).await;
+        }
+        if self.wrong_codes >= hub.settings().pairing.max_attempts {
+            metrics::abuser_closed("pairing");
+            return Flow::close(1008, "too many wrong pairing codes");
         }
         Flow::Continue
     }
 
     async fn on_auth_request(&mut self, hub: &Hub, req: AuthRequest, rid: Option<&str>) -> Flow {
-        let identifier = req.identifier.trim().to_owned();
         let now = hub.now();
-        let allowed = hub.is_allowed(&identifier);
-        let has_session = match &self.state {
-            State::Greeted { identifier: id, .. } | State::Authenticated { identifier: id } => {
-                *id == identifier
+        let identifier = req.identifier.trim();
+        let allowed = validate::identifier(identifier).is_ok() && hub.is_allowed(identifier);
+        let has_session = self.greeted_as().is_some_and(|id| &**id == identifier);
+        let record = if allowed && has_session {
+            match hub.store.get(identifier).await {
+                Ok(r) => r,
+                Err(e) => return self.unavailable(hub, &e, rid),
             }
-            State::Connected => false,
-        };
-        let record = if allowed {
-            hub.store.get(&identifier)
         } else {
             None
         };
-        let outcome = hub.with_auth_windows(&identifier, |w| {
-            auth::check(allowed, record.as_ref(), has_session, w, &req, now)
+        let outcome = auth::check(allowed, record.as_ref(), has_session, &req, now, |nonce| {
+            hub.guard.replayed(identifier, nonce, now)
         });
-        match outcome {
-            AuthOutcome::Accepted { bind_key } => {
-                let bound = bind_key.is_some();
-                let before = hub.store.get(&identifier);
-                hub.store.update_existing(&identifier, |r| {
-                    if let Some(k) = bind_key {
-                        r.public_key = Some(k);
-                    }
-                    r.status = Liveness::Online;
-                    r.last_authenticated_at = Some(now);
-                    r.last_heartbeat_at = Some(now);
-                    r.updated_at = now;
-                });
-                if bound {
-                    if let Err(e) = hub.store.persist().await {
-                        tracing::error!(error = %e, "cannot persist the bound public key");
-                        hub.store.restore(before, &identifier);
-                        self.send(reply::auth_failed(
-                            &identifier,
-                            AuthFailReason::NotPaired,
-                            now,
-                            rid,
-                        ));
-                        return Flow::Continue;
-                    }
+        let bind_key = match outcome {
+            AuthOutcome::Accepted { bind_key } => bind_key,
+            AuthOutcome::Refused(refusal) => {
+                self.auth_failures += 1;
+                metrics::auth_refused(refusal.kind);
+                metrics::auth_result(refusal.reason.label());
+                if hub.may_log_refusal() {
+                    tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), reason = refusal.kind, "authentication refused");
                 }
-                self.state = State::Authenticated {
-                    identifier: identifier.clone(),
-                };
-                if let Some(old) = hub.registry.promote(&identifier, Arc::clone(&self.handle)) {
-                    if old.conn_id != self.handle.conn_id {
-                        tracing::info!(identifier = %identifier, old_remote = %old.remote, "session replaced by a newer one");
-                        old.close(1000, "session replaced");
-                    }
+                let delay = hub.guard.failure(self.address, now);
+                if !delay.is_zero() {
+                    metrics::throttled("address");
+                    tokio::time::sleep(delay).await;
                 }
-                hub.registry.emit(FollowerEvent::LivenessChanged {
-                    identifier: identifier.clone(),
-                    status: Liveness::Online,
-                });
-                metrics::auth_result("success");
-                tracing::info!(remote = %self.handle.remote, identifier = %identifier, "authenticated");
-                self.send(reply::auth_success(&identifier, now, rid));
+                self.send(reply::auth_failed(identifier, refusal.reason, hub.now(), rid));
+                if self.auth_failures >= AUTH_FAILURES_PER_CONNECTION {
+                    metrics::abuser_closed("auth");
+                    return Flow::close(1008, "too many failed authentication attempts");
+                }
+                return Flow::Continue;
             }
-            AuthOutcome::Failed(reason) => {
-                metrics::auth_result(reason.label());
-                tracing::warn!(remote = %self.handle.remote, identifier = %shown(&identifier), reason = reason.label(), "auth failed");
-                self.send(reply::auth_failed(&identifier, reason, now, rid));
-            }
-            AuthOutcome::RePair(reason) => {
-                metrics::auth_result(reason.label());
-                tracing::warn!(remote = %self.handle.remote, identifier = %identifier, reason = reason.label(), "trust revoked: re-pair required");
-                let own = self.authenticated_as() == Some(identifier.as_str());
-                if own {
-                    hub.registry.remove(&identifier, self.handle.conn_id);
-                }
-                // Any other live session of this identifier loses its trust too.
-                if let Some(other) = hub.registry.get(&identifier) {
-                    let _ = other.send(Outbound::Text(reply::re_pair_required(
-                        &identifier,
-                        reason.clone(),
-                        now,
-                        None,
-                    )));
-                }
-                if let Err(e) = hub
-                    .revoke(&identifier, "trust revoked: re-pair required")
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot persist revocation");
-                }
-                self.state = State::Connected;
-                self.send(reply::re_pair_required(&identifier, reason, now, rid));
-            }
+        };
+        let Some(greeted) = self.greeted_as().cloned() else {
+            return Flow::Continue;
+        };
+        // A follower that reconnects too fast is slowed, not refused.
+        let delay = hub.guard.accepted(&greeted, &req.nonce, now);
+        if !delay.is_zero() {
+            metrics::throttled("identifier");
+            tokio::time::sleep(delay).await;
         }
+        if let Err(e) = lifecycle::authenticated(hub, &greeted, &self.peer, bind_key).await {
+            tracing::error!(error = %e, identifier = %greeted, "cannot persist the bound public key");
+            self.send(reply::auth_failed(&greeted, AuthFailReason::NotPaired, hub.now(), rid));
+            return Flow::Continue;
+        }
+        self.phase = Phase::Authenticated(Sender {
+            id: Arc::clone(&greeted),
+            peer: Arc::clone(&self.peer),
+        });
+        metrics::auth_result("success");
+        tracing::info!(remote = %self.peer.remote, identifier = %greeted, "authenticated");
+        self.send(reply::auth_success(&greeted, hub.now(), rid));
         Flow::Continue
     }
 
     fn on_heartbeat(&mut self, hub: &Hub, hb: Heartbeat, rid: Option<&str>) -> Flow {
-        let Some(identifier) = self.authenticated_as().map(str::to_owned) else {
+        let Some(identifier) = self.authenticated_as().cloned() else {
             self.error(
                 hub,
                 ErrorCode::AuthFailed,
@@ -500,7 +593,7 @@ impl Session {
             );
             return Flow::Continue;
         };
-        if hb.identifier.trim() != identifier {
+        if hb.identifier.trim() != &*identifier {
             self.error(
                 hub,
                 ErrorCode::AuthFailed,
@@ -510,18 +603,7 @@ impl Session {
             return Flow::Continue;
         }
         let now = hub.now();
-        let previous = hub.store.update_existing(&identifier, |r| {
-            let was = r.status;
-            r.status = Liveness::Online;
-            r.last_heartbeat_at = Some(now);
-            was
-        });
-        if previous.is_some_and(|p| p != Liveness::Online) {
-            hub.registry.emit(FollowerEvent::LivenessChanged {
-                identifier: identifier.clone(),
-                status: Liveness::Online,
-            });
-        }
+        lifecycle::liveness(hub, &identifier, Liveness::Online, Some(now));
         self.send(reply::heartbeat_ack(
             &identifier,
             Liveness::Online.as_str(),
@@ -531,33 +613,52 @@ impl Session {
         Flow::Continue
     }
 
-    /// The connection ended: forget the session if it is still the active one.
+    /// The connection ended: take the follower offline if this was its connection.
     pub fn on_close(&mut self, hub: &Hub) {
-        if let State::Authenticated { identifier } = &self.state {
-            if hub.registry.remove(identifier, self.handle.conn_id) {
-                hub.store
-                    .update_existing(identifier, |r| r.status = Liveness::Offline);
-                hub.registry.emit(FollowerEvent::LivenessChanged {
-                    identifier: identifier.clone(),
-                    status: Liveness::Offline,
-                });
-                tracing::info!(remote = %self.handle.remote, identifier = %identifier, "disconnected");
+        if let Phase::Authenticated(sender) = &self.phase {
+            if lifecycle::went_offline(hub, &sender.id, self.peer.conn_id) {
+                tracing::info!(remote = %self.peer.remote, identifier = %sender.id, "disconnected");
             }
         }
     }
 }
 
-/// Decode a control envelope, counting the frame.
-fn decode_counted(json: &str, frame_len: usize) -> Result<Envelope, yonexus_protocol::DecodeError> {
-    metrics::frame_in("builtin", None, frame_len);
-    Envelope::decode(json)
-}
-
-/// An identifier from the wire, bounded for logging.
-fn shown(identifier: &str) -> String {
-    identifier
-        .chars()
-        .take(64)
-        .flat_map(char::escape_default)
-        .collect()
+/// Deliver a new pairing code to the admin: at most [`NOTIFICATIONS_IN_FLIGHT`] at once across
+/// every notifier. Returns whether it was delivered.
+///
+/// [`NOTIFICATIONS_IN_FLIGHT`]: crate::hub::NOTIFICATIONS_IN_FLIGHT
+async fn notify_admin(hub: &Hub, identifier: &str, started: &pairing::Started) -> bool {
+    let notice = PairingNotice {
+        identifier: identifier.to_owned(),
+        code: started.code.clone(),
+        expires_at: started.expires_at,
+    };
+    let notifier = hub.notifier();
+    let permit = match tokio::time::timeout(
+        crate::notify::DEFAULT_TIMEOUT,
+        hub.notifications.acquire(),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            metrics::pairing_result("notify_failed");
+            tracing::warn!(identifier = %identifier, "too many pairing notifications in flight; the code stays available through `yonexus pairing`");
+            return false;
+        }
+    };
+    let result = notifier.notify(&notice).await;
+    drop(permit);
+    match result {
+        Ok(()) => {
+            metrics::pairing_result("started");
+            tracing::info!(identifier = %identifier, notifier = notifier.kind(), expires_at = started.expires_at, "pairing started; code delivered to the admin");
+            true
+        }
+        Err(e) => {
+            metrics::pairing_result("notify_failed");
+            tracing::warn!(identifier = %identifier, notifier = notifier.kind(), error = %e, "pairing notification failed; the code stays available through `yonexus pairing`");
+            false
+        }
+    }
 }

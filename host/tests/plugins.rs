@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use std::collections::VecDeque;
 use yonexus_host::clock::{ManualClock, SharedClock};
+use yonexus_host::events::FollowerEvent;
+use yonexus_host::outbound::{Peer, QueueLimits};
 use yonexus_host::plugins::{self, LoadErrorKind, PluginHandler, PluginLoadError, PluginSpec};
-use yonexus_host::registry::{Outbound, Registry, SessionHandle};
-use yonexus_host::router::{DispatchError, RuleHandler, RuleMessage};
+use yonexus_host::registry::Registry;
+use yonexus_host::router::{DispatchError, RuleHandler, RuleMessage, Sender};
 
 const FIXTURES: &[(&str, &str)] = &[
     ("ok", include_str!("fixtures/plugins/ok.rs")),
@@ -186,37 +187,66 @@ fn clock() -> SharedClock {
     Arc::new(ManualClock::new(1_700_000_000))
 }
 
-/// A follower session in the real registry; returns the receiving end of its outbound queue.
-fn follower(reg: &Registry, id: &str, conn: u64) -> mpsc::Receiver<Outbound> {
-    let (tx, rx) = mpsc::channel(256);
-    let handle = SessionHandle::new(
-        conn,
-        "127.0.0.1:9".parse().unwrap(),
-        0,
-        tx,
-        CancellationToken::new(),
-    );
-    reg.promote(id, Arc::new(handle));
-    rx
+/// A follower connection in the real registry, whose outbound queue the test reads.
+struct Follower {
+    id: Arc<str>,
+    peer: Arc<Peer>,
+    got: VecDeque<String>,
 }
 
-fn recv(rx: &mut mpsc::Receiver<Outbound>, within: Duration) -> Option<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match rx.try_recv() {
-            Ok(Outbound::Text(t)) => return Some(t),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Err(_) => return None,
+impl Follower {
+    fn sender(&self) -> Sender {
+        Sender {
+            id: Arc::clone(&self.id),
+            peer: Arc::clone(&self.peer),
         }
     }
 }
 
-fn msg(sender: &str, content: &str) -> RuleMessage {
-    RuleMessage {
-        rule_id: "fx".into(),
-        sender: sender.into(),
-        content: content.into(),
+fn follower(reg: &Registry, id: &str, conn: u64) -> Follower {
+    let peer = Arc::new(Peer::new(
+        conn,
+        "127.0.0.1:9".parse().unwrap(),
+        0,
+        QueueLimits::UNLIMITED,
+    ));
+    reg.insert(id.into(), Arc::clone(&peer));
+    Follower {
+        id: id.into(),
+        peer,
+        got: VecDeque::new(),
+    }
+}
+
+fn recv(f: &mut Follower, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = f.got.pop_front() {
+            return Some(t);
+        }
+        f.got.extend(f.peer.drain_texts());
+        if f.got.is_empty() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn msg(sender: &Follower, content: &str) -> RuleMessage {
+    RuleMessage::from_parts("fx", content, sender.sender())
+}
+
+fn event(kind: &str, id: &str) -> FollowerEvent {
+    let identifier: Arc<str> = id.into();
+    match kind {
+        "authenticated" => FollowerEvent::Authenticated { identifier },
+        "disconnected" => FollowerEvent::Disconnected { identifier },
+        _ => FollowerEvent::LivenessChanged {
+            identifier,
+            status: yonexus_host::liveness::Liveness::Unstable,
+        },
     }
 }
 
@@ -247,12 +277,12 @@ fn separate_workspace_plugin_loads_and_answers() {
     println!("{d}");
     let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
     assert_eq!(h.name(), "fx");
-    h.dispatch(msg("alice", "hello::world")).unwrap();
+    h.dispatch(msg(&alice, "hello::world")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::> hello::world"));
-    h.dispatch(msg("alice", "now")).unwrap();
+    h.dispatch(msg(&alice, "now")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::> 1700000000"));
     let _bob = follower(&reg, "bob", 2);
-    h.dispatch(msg("alice", "who")).unwrap();
+    h.dispatch(msg(&alice, "who")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::> alice,bob"));
     // The staged copy is private and uniquely named.
     assert_ne!(lib.staged_path(), s.path.as_path());
@@ -318,7 +348,7 @@ fn plugin_built_with_nightly_loads() {
         lib.info()
     );
     let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
-    h.dispatch(msg("alice", "hi")).unwrap();
+    h.dispatch(msg(&alice, "hi")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hi"));
 }
 
@@ -340,12 +370,8 @@ fn bundled(name: &str) -> PathBuf {
     target.join(format!("debug/libyonexus_plugin_{name}.so"))
 }
 
-fn rule(rule: &str, sender: &str, content: &str) -> RuleMessage {
-    RuleMessage {
-        rule_id: rule.into(),
-        sender: sender.into(),
-        content: content.into(),
-    }
+fn rule(rule: &str, sender: &Follower, content: &str) -> RuleMessage {
+    RuleMessage::from_parts(rule, content, sender.sender())
 }
 
 #[test]
@@ -355,7 +381,7 @@ fn bundled_echo_plugin_loads_with_prefix() {
     let mut s = PluginSpec::new("echo", bundled("echo"), vec!["echo".into()]);
     s.config = serde_json::json!({"prefix": "E:"});
     let h = start(&s, &reg);
-    h.dispatch(rule("echo", "alice", "hi::x")).unwrap();
+    h.dispatch(rule("echo", &alice, "hi::x")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("echo::E:hi::x"));
 }
 
@@ -368,13 +394,13 @@ fn bundled_relay_delivers_or_answers_target_offline() {
         &PluginSpec::new("relay", bundled("relay"), vec!["relay".into()]),
         &reg,
     );
-    h.dispatch(rule("relay", "alice", "bob::hi::there"))
+    h.dispatch(rule("relay", &alice, "bob::hi::there"))
         .unwrap();
     assert_eq!(
         recv(&mut bob, T).as_deref(),
         Some("relay::alice::hi::there")
     );
-    h.dispatch(rule("relay", "alice", "carol::hello")).unwrap();
+    h.dispatch(rule("relay", &alice, "carol::hello")).unwrap();
     let err = recv(&mut alice, T).unwrap();
     assert!(err.contains("\"code\":\"TARGET_OFFLINE\""), "{err}");
 }
@@ -392,20 +418,22 @@ fn bundled_broadcast_and_presence() {
         &PluginSpec::new("presence", bundled("presence"), vec!["presence".into()]),
         &reg,
     );
-    b.dispatch(rule("broadcast", "alice", "hi all")).unwrap();
+    b.dispatch(rule("broadcast", &alice, "hi all")).unwrap();
     assert_eq!(
         recv(&mut bob, T).as_deref(),
         Some("broadcast::alice::hi all")
     );
     assert_eq!(recv(&mut alice, Duration::from_millis(100)), None);
-    p.dispatch(rule("presence", "alice", "subscribe")).unwrap();
+    p.dispatch(rule("presence", &alice, "subscribe")).unwrap();
     // Let the subscription be processed before the event (same queue, so order holds anyway).
     let _carol = follower(&reg, "carol", 3);
+    p.deliver_event(&event("authenticated", "carol"));
     assert_eq!(
         recv(&mut alice, T).as_deref(),
         Some("presence::carol::online")
     );
     assert!(reg.remove("carol", 3));
+    p.deliver_event(&event("disconnected", "carol"));
     assert_eq!(
         recv(&mut alice, T).as_deref(),
         Some("presence::carol::offline")
@@ -465,7 +493,7 @@ fn vtable_without_on_event_loads_and_is_never_read_past_its_size() {
     assert!(!lib.handles_events());
     let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
     let _bob = follower(&reg, "bob", 2); // an event nobody forwards
-    h.dispatch(msg("alice", "x")).unwrap();
+    h.dispatch(msg(&alice, "x")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hacked"));
     assert_eq!(h.stats().calls, 1);
 }
@@ -541,34 +569,34 @@ fn panicking_plugin_keeps_serving_and_others_are_unaffected() {
     let h = start(&s, &reg);
     let other = start(&spec("other", fixture_so("ok")), &reg);
 
-    h.dispatch(msg("alice", "panic")).unwrap();
+    h.dispatch(msg(&alice, "panic")).unwrap();
     let err = recv(&mut alice, T).unwrap();
     assert!(err.starts_with("builtin::"), "{err}");
     assert!(err.contains("\"code\":\"HANDLER_FAILED\""), "{err}");
-    h.dispatch(msg("alice", "still here")).unwrap();
+    h.dispatch(msg(&alice, "still here")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::still here"));
-    h.dispatch(msg("alice", "err")).unwrap();
+    h.dispatch(msg(&alice, "err")).unwrap();
     let err = recv(&mut alice, T).unwrap();
     assert!(
         err.contains("HANDLER_FAILED") && err.contains("bad input"),
         "{err}"
     );
-    other.dispatch(msg("alice", "other ok")).unwrap();
+    other.dispatch(msg(&alice, "other ok")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::other ok"));
 
     // Two more panics within the window trip the breaker: dispatch now fails up front.
     for _ in 0..2 {
-        h.dispatch(msg("alice", "panic")).unwrap();
+        h.dispatch(msg(&alice, "panic")).unwrap();
         assert!(recv(&mut alice, T).unwrap().contains("HANDLER_FAILED"));
     }
     assert!(matches!(
-        h.dispatch(msg("alice", "x")),
+        h.dispatch(msg(&alice, "x")),
         Err(DispatchError::Failed { .. })
     ));
     let st = h.stats();
     assert_eq!((st.panics, st.errors, st.disabled), (3, 1, true));
     // The other instance is untouched.
-    other.dispatch(msg("alice", "fine")).unwrap();
+    other.dispatch(msg(&alice, "fine")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::fine"));
     assert!(!other.is_disabled());
 }
@@ -582,10 +610,10 @@ fn slow_plugin_does_not_delay_another() {
     slow_spec.call_deadline = Duration::from_millis(100);
     let slow = start(&slow_spec, &reg);
     let fast = start(&spec("fast", fixture_so("ok")), &reg);
-    slow.dispatch(msg("alice", "sleep:1500")).unwrap();
+    slow.dispatch(msg(&alice, "sleep:1500")).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let t0 = Instant::now();
-    fast.dispatch(msg("bob", "quick")).unwrap();
+    fast.dispatch(msg(&bob, "quick")).unwrap();
     assert_eq!(recv(&mut bob, T).as_deref(), Some("fx::quick"));
     let took = t0.elapsed();
     assert!(
@@ -599,12 +627,12 @@ fn slow_plugin_does_not_delay_another() {
 #[test]
 fn full_queue_answers_busy() {
     let reg = Arc::new(Registry::new());
-    let _alice = follower(&reg, "alice", 1);
+    let alice = follower(&reg, "alice", 1);
     let mut s = spec("fx", fixture_so("ok"));
     s.queue_capacity = 1;
     let h = start(&s, &reg);
-    h.dispatch(msg("alice", "sleep:800")).unwrap();
-    let results: Vec<_> = (0..4).map(|_| h.dispatch(msg("alice", "x"))).collect();
+    h.dispatch(msg(&alice, "sleep:800")).unwrap();
+    let results: Vec<_> = (0..4).map(|_| h.dispatch(msg(&alice, "x"))).collect();
     assert!(
         results
             .iter()
@@ -620,7 +648,7 @@ fn plugin_logs_arrive_via_tracing_with_its_name() {
     let reg = Arc::new(Registry::new());
     let mut alice = follower(&reg, "alice", 1);
     let h = start(&spec("logtest", fixture_so("ok")), &reg);
-    h.dispatch(msg("alice", "log:hello from the plugin"))
+    h.dispatch(msg(&alice, "log:hello from the plugin"))
         .unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::logged"));
     let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
@@ -639,19 +667,18 @@ fn lifecycle_events_reach_the_plugin() {
     let mut watcher = follower(&reg, "watcher", 1);
     let h = start(&spec("fx", fixture_so("ok")), &reg);
     let _bob = follower(&reg, "bob", 2);
+    h.deliver_event(&event("authenticated", "bob"));
     assert_eq!(
         recv(&mut watcher, T).as_deref(),
         Some("ev::authenticated:bob")
     );
-    reg.emit(yonexus_host::registry::FollowerEvent::LivenessChanged {
-        identifier: "bob".into(),
-        status: yonexus_host::liveness::Liveness::Unstable,
-    });
+    h.deliver_event(&event("liveness", "bob"));
     assert_eq!(
         recv(&mut watcher, T).as_deref(),
         Some("ev::liveness:bob:unstable")
     );
     assert!(reg.remove("bob", 2));
+    h.deliver_event(&event("disconnected", "bob"));
     assert_eq!(
         recv(&mut watcher, T).as_deref(),
         Some("ev::disconnected:bob")
@@ -666,14 +693,11 @@ fn plugin_call_cost() {
     let reg = Arc::new(Registry::new());
     let mut alice = follower(&reg, "alice", 1);
     let h = start(&spec("bench", fixture_so("ok")), &reg);
-    let round = |n: usize, alice: &mut mpsc::Receiver<Outbound>| {
+    let round = |n: usize, alice: &mut Follower| {
         let t0 = Instant::now();
         for _ in 0..n {
-            h.dispatch(msg("alice", "ping")).unwrap();
-            loop {
-                if let Ok(Outbound::Text(_)) = alice.try_recv() {
-                    break;
-                }
+            h.dispatch(msg(alice, "ping")).unwrap();
+            while alice.peer.drain_texts().is_empty() {
                 std::hint::spin_loop();
             }
         }

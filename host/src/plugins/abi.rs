@@ -18,6 +18,11 @@ pub struct HeaderInfo {
     pub plugin_api_version: String,
     pub rustc_version: String,
     pub target: String,
+    /// The plugin promises short calls that never block: the host may call it on its async
+    /// threads (under a watchdog) instead of hopping to the plugin's thread.
+    pub non_blocking: bool,
+    /// The instance may be called from several threads at once (for different senders).
+    pub thread_safe: bool,
 }
 
 /// The plugin's functions, copied out of its vtable. Function pointers into a library that is
@@ -91,6 +96,8 @@ pub(crate) unsafe fn read_header(ptr: *const u8) -> Result<(HeaderInfo, Function
             plugin_api_version: header_str(h.plugin_api_version),
             rustc_version: header_str(h.rustc_version),
             target: header_str(h.target_triple),
+            non_blocking: false,
+            thread_safe: false,
         }
     };
     if h.abi_major != abi::ABI_MAJOR {

@@ -1,14 +1,62 @@
-//! [`PluginHandler`]: a plugin instance as the router sees it. `dispatch` only enqueues (never
-//! blocks the reactor); lifecycle events are forwarded to the same queue by a small thread.
+//! [`PluginHandler`]: a plugin instance as the router sees it. `dispatch` never blocks: it
+//! queues the message for the instance's worker (sharded by sender for a thread-safe
+//! instance), or — for a plugin that declared itself non-blocking and thread-safe — calls it
+//! right away on the calling thread, under a watchdog.
+//!
+//! The non-blocking contract and its watchdog: at most `inline threads` calls run inline at
+//! once across all plugins (the host sets it to one less than its async worker threads, so at
+//! least one always stays free for other followers); a call found running longer than
+//! [`INLINE_BUDGET`] demotes the plugin for good (until it is reloaded): its later messages go
+//! to its own worker thread like any other plugin's. A message never runs inline while earlier
+//! messages of the same plugin are still queued, so each sender's order holds.
 
-use super::worker::{Job, Shared};
-use crate::registry::Registry;
+use super::worker::{Instance, Job, Latch, Mailbox, Refused, Shared};
+use crate::events::FollowerEvent;
 use crate::router::{DispatchError, RuleHandler, RuleMessage};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Weak};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+
+/// An inline call running longer than this demotes its plugin to its own thread.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(2);
+/// Lifecycle events that may wait per worker beyond the message queue.
+pub const EVENT_QUEUE: usize = 4096;
+/// Threads that can run inline calls (each gets a slot the watchdog can see).
+const INLINE_SLOTS: usize = 64;
+
+/// How many inline calls may run at once (0 = none: every call goes to a worker thread).
+static INLINE_LIMIT: AtomicUsize = AtomicUsize::new(0);
+static INLINE_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Allow up to `n` inline calls at once (the host: its async worker threads minus one).
+pub fn set_inline_limit(n: usize) {
+    INLINE_LIMIT.store(n, Ordering::Relaxed);
+}
+
+fn thread_slot() -> Option<usize> {
+    SLOT.with(|s| {
+        if s.get().is_none() {
+            let n = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+            if n < INLINE_SLOTS {
+                s.set(Some(n));
+            }
+        }
+        s.get()
+    })
+}
+
+fn try_inline_permit() -> bool {
+    let limit = INLINE_LIMIT.load(Ordering::Relaxed);
+    INLINE_ACTIVE
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a < limit).then_some(a + 1))
+        .is_ok()
+}
 
 /// Counters of one plugin instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,75 +70,133 @@ pub struct PluginStats {
     pub overdue: u64,
     /// Messages refused with `Busy` because the queue was full.
     pub busy_rejections: u64,
-    /// Lifecycle events dropped because the queue was full.
+    /// Lifecycle events dropped because the event queue was full.
     pub events_dropped: u64,
     /// True once the panic breaker tripped.
     pub disabled: bool,
+    /// Messages queued for the workers right now.
+    pub queued: usize,
+    /// True once the watchdog moved a non-blocking plugin to its own thread.
+    pub demoted: bool,
+}
+
+struct Inline {
+    demoted: AtomicBool,
+    /// Start (nanos since the shared epoch) of the inline call running on each thread slot.
+    starts: Box<[AtomicU64]>,
 }
 
 struct Inner {
     name: String,
-    tx: SyncSender<Job>,
     shared: Arc<Shared>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    instance: Arc<Instance>,
     call_deadline: Duration,
+    max_messages: usize,
+    handles_events: bool,
+    gate: Arc<Latch>,
+    inline: Option<Inline>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Workers serve what is queued, then the instance is destroyed.
+        for m in &self.mailboxes {
+            m.close();
+        }
+    }
+}
+
+impl Inner {
+    fn demote(&self, why: &str) {
+        if let Some(inline) = &self.inline {
+            if !inline.demoted.swap(true, Ordering::AcqRel) {
+                crate::metrics::plugin_demoted(&self.name);
+                tracing::warn!(plugin = %self.name, budget = ?INLINE_BUDGET, "non-blocking plugin {why}: its messages now go to its own thread until it is reloaded");
+            }
+        }
+    }
+}
+
+/// The watchdog's list of plugins that may run inline.
+fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
+    static LIST: OnceLock<Mutex<Vec<Weak<Inner>>>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("yonexus-inline-watchdog".into())
+            .spawn(|| loop {
+                std::thread::sleep(INLINE_BUDGET / 2);
+                let live: Vec<Arc<Inner>> = {
+                    let mut list = watched().lock().unwrap_or_else(|p| p.into_inner());
+                    list.retain(|w| w.strong_count() > 0);
+                    list.iter().filter_map(Weak::upgrade).collect()
+                };
+                for inner in live {
+                    let Some(inline) = &inner.inline else { continue };
+                    if inline.demoted.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let now = inner.shared.nanos();
+                    let over = inline.starts.iter().any(|s| {
+                        let start = s.load(Ordering::Acquire);
+                        start != 0 && now.saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64
+                    });
+                    if over {
+                        inner.demote("overran its call budget");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the inline watchdog; plugins run on their own threads");
+            set_inline_limit(0);
+        }
+        Mutex::new(Vec::new())
+    })
 }
 
 /// A loaded, running plugin instance; implements [`RuleHandler`]. Dropping the last clone of the
-/// `Arc` stops its worker (after queued jobs) and destroys the instance; the library stays mapped.
+/// `Arc` stops its workers (after queued jobs) and destroys the instance; the library stays
+/// mapped.
 pub struct PluginHandler {
     inner: Arc<Inner>,
 }
 
 impl PluginHandler {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: String,
-        tx: SyncSender<Job>,
         shared: Arc<Shared>,
+        mailboxes: Vec<Arc<Mailbox>>,
+        instance: Arc<Instance>,
         call_deadline: Duration,
+        max_messages: usize,
+        handles_events: bool,
+        gate: Arc<Latch>,
+        inline: bool,
     ) -> Self {
-        PluginHandler {
-            inner: Arc::new(Inner {
-                name,
-                tx,
-                shared,
-                call_deadline,
-            }),
+        let inline = inline.then(|| Inline {
+            demoted: AtomicBool::new(false),
+            starts: (0..INLINE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let watch = inline.is_some();
+        let inner = Arc::new(Inner {
+            name,
+            shared,
+            mailboxes,
+            instance,
+            call_deadline,
+            max_messages,
+            handles_events,
+            gate,
+            inline,
+        });
+        if watch {
+            watched()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(&inner));
         }
-    }
-
-    /// Forward follower lifecycle events to this instance's queue until it is dropped.
-    pub(crate) fn forward_events(&self, registry: &Registry) -> std::io::Result<()> {
-        let mut rx = registry.subscribe();
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let name = self.inner.name.clone();
-        std::thread::Builder::new()
-            .name(format!("plugin-{name}-events"))
-            .spawn(move || loop {
-                // Ends on the first event after the handler is gone, or when the registry is.
-                match rx.blocking_recv() {
-                    Ok(event) => {
-                        let Some(inner) = weak.upgrade() else { break };
-                        inner.shared.queued.fetch_add(1, Ordering::AcqRel);
-                        let sent = inner.tx.try_send(Job::Event(event));
-                        if sent.is_err() {
-                            inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                        }
-                        match sent {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(job)) => {
-                                inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(plugin = %name, ?job, "plugin queue full; lifecycle event dropped");
-                            }
-                            Err(TrySendError::Disconnected(_)) => break,
-                        }
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(plugin = %name, missed = n, "plugin missed lifecycle events (event channel lagged)");
-                    }
-                    Err(RecvError::Closed) => break,
-                }
-            })?;
-        Ok(())
+        PluginHandler { inner }
     }
 
     /// A snapshot of the counters.
@@ -104,24 +210,75 @@ impl PluginHandler {
             busy_rejections: s.busy_rejections.load(Ordering::Relaxed),
             events_dropped: s.events_dropped.load(Ordering::Relaxed),
             disabled: s.disabled.load(Ordering::Relaxed),
+            queued: self.inner.mailboxes.iter().map(|m| m.queued()).sum(),
+            demoted: self
+                .inner
+                .inline
+                .as_ref()
+                .is_some_and(|i| i.demoted.load(Ordering::Relaxed)),
         }
     }
 
-    /// Set once this instance's worker has served its last queued job and destroyed the
-    /// instance (after every clone of the handler is dropped).
-    pub fn finished(&self) -> Arc<super::worker::Latch> {
+    /// Set once every worker has served its last queued job and the instance is destroyed
+    /// (after every clone of the handler is dropped).
+    pub fn finished(&self) -> Arc<Latch> {
         Arc::clone(&self.inner.shared.finished)
     }
 
     /// Nothing queued and no call running right now.
     pub fn is_idle(&self) -> bool {
-        let s = &self.inner.shared;
-        s.queued.load(Ordering::Acquire) == 0 && s.current_call_age().is_none()
+        let inner = &self.inner;
+        inner.shared.pending.load(Ordering::Acquire) == 0
+            && inner
+                .mailboxes
+                .iter()
+                .all(|m| m.call_started.load(Ordering::Acquire) == 0)
+            && inner.inline.as_ref().is_none_or(|i| {
+                i.starts.iter().all(|s| s.load(Ordering::Acquire) == 0)
+            })
     }
 
     /// Whether the panic breaker has disabled this instance.
     pub fn is_disabled(&self) -> bool {
         self.inner.shared.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether calls may run inline right now (tests).
+    pub fn runs_inline(&self) -> bool {
+        self.inner
+            .inline
+            .as_ref()
+            .is_some_and(|i| !i.demoted.load(Ordering::Relaxed))
+            && INLINE_LIMIT.load(Ordering::Relaxed) > 0
+    }
+
+    /// Try to handle `msg` on this thread; gives it back when it must be queued.
+    fn try_inline(&self, msg: RuleMessage) -> Result<(), RuleMessage> {
+        let inner = &self.inner;
+        let Some(inline) = &inner.inline else {
+            return Err(msg);
+        };
+        if inline.demoted.load(Ordering::Relaxed)
+            || !inner.gate.is_set()
+            || inner.shared.pending.load(Ordering::Acquire) != 0
+        {
+            return Err(msg);
+        }
+        let Some(slot) = thread_slot() else {
+            return Err(msg);
+        };
+        if !try_inline_permit() {
+            return Err(msg);
+        }
+        let start = inner.shared.nanos();
+        inline.starts[slot].store(start, Ordering::Release);
+        inner.instance.call_message(&msg);
+        inline.starts[slot].store(0, Ordering::Release);
+        INLINE_ACTIVE.fetch_sub(1, Ordering::AcqRel);
+        if inner.shared.nanos().saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64 {
+            inner.demote("overran its call budget");
+        }
+        Ok(())
     }
 }
 
@@ -134,44 +291,81 @@ impl RuleHandler for PluginHandler {
         let inner = &self.inner;
         if inner.shared.disabled.load(Ordering::Relaxed) {
             return Err(DispatchError::Failed {
-                rule: msg.rule_id,
+                rule: msg.rule_id().to_owned(),
                 reason: format!(
                     "plugin '{}' is disabled after repeated panics until it is reloaded",
                     inner.name
                 ),
             });
         }
-        // Counted before the send so the worker never sees it go below zero.
-        inner.shared.queued.fetch_add(1, Ordering::AcqRel);
-        let sent = inner.tx.try_send(Job::Message(msg));
-        if sent.is_err() {
-            inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-        match sent {
+        let msg = match self.try_inline(msg) {
+            Ok(()) => return Ok(()),
+            Err(msg) => msg,
+        };
+        let shard = (msg.sender.shard_key() as usize) % inner.mailboxes.len().max(1);
+        let Some(mailbox) = inner.mailboxes.get(shard) else {
+            return Err(DispatchError::Failed {
+                rule: msg.rule_id().to_owned(),
+                reason: format!("plugin '{}' has no worker", inner.name),
+            });
+        };
+        // Counted before the push so a worker never sees it go below zero.
+        inner.shared.pending.fetch_add(1, Ordering::AcqRel);
+        match mailbox.push(Job::Message(msg), inner.max_messages, EVENT_QUEUE) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(Job::Message(msg))) => {
+            Err(refused) => {
+                inner.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                let (job, full) = match refused {
+                    Refused::Full(job) => (job, true),
+                    Refused::Closed(job) => (job, false),
+                };
+                let rule = match job {
+                    Job::Message(m) => m.rule_id().to_owned(),
+                    Job::Event(_) => String::new(),
+                };
+                if !full {
+                    return Err(DispatchError::Failed {
+                        rule,
+                        reason: format!("plugin '{}' worker has stopped", inner.name),
+                    });
+                }
                 inner.shared.busy_rejections.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::plugin_call(&inner.name, "busy", 0.0);
-                if let Some(age) = inner.shared.current_call_age() {
+                inner.shared.metrics.call("busy", Duration::ZERO);
+                let started = mailbox.call_started.load(Ordering::Acquire);
+                if started != 0 {
+                    let age = Duration::from_nanos(inner.shared.nanos().saturating_sub(started));
                     if age > inner.call_deadline
                         && !inner.shared.stuck_reported.swap(true, Ordering::Relaxed)
                     {
                         tracing::warn!(plugin = %inner.name, running_for = ?age, "plugin call is over its deadline and its queue is full");
                     }
                 }
-                Err(DispatchError::Busy(msg.rule_id))
+                Err(DispatchError::Busy(rule))
             }
-            Err(TrySendError::Full(_)) => Err(DispatchError::Busy(String::new())),
-            Err(TrySendError::Disconnected(job)) => {
-                let rule = match job {
-                    Job::Message(m) => m.rule_id,
-                    Job::Event(_) => String::new(),
-                };
-                Err(DispatchError::Failed {
-                    rule,
-                    reason: format!("plugin '{}' worker has stopped", inner.name),
-                })
-            }
+        }
+    }
+
+    fn handles_events(&self) -> bool {
+        self.inner.handles_events
+    }
+
+    fn deliver_event(&self, event: &FollowerEvent) {
+        let inner = &self.inner;
+        if !inner.handles_events {
+            return;
+        }
+        let n = inner.mailboxes.len().max(1);
+        let shard = event
+            .identifier()
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
+            % n;
+        let Some(mailbox) = inner.mailboxes.get(shard) else {
+            return;
+        };
+        if let Err(Refused::Full(_)) = mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE) {
+            inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");
         }
     }
 }

@@ -3,8 +3,10 @@
 //! a panic unwind into the plugin.
 
 use crate::clock::SharedClock;
-use crate::registry::{Registry, SendError};
+use crate::outbound::SendError;
+use crate::registry::Registry;
 use crate::reply;
+use bytes::Bytes;
 use core::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -50,9 +52,18 @@ fn text<'a>(s: FfiStr) -> Option<&'a str> {
     unsafe { s.as_str() }
 }
 
-/// A rule id a plugin may send under: non-empty, not `builtin`, no `::`.
+/// A rule id a plugin may send under (the protocol's one rule).
 fn valid_rule(rule: &str) -> bool {
-    !rule.is_empty() && rule != yonexus_protocol::BUILTIN_RULE && !rule.contains("::")
+    yonexus_protocol::validate::rule_id(rule).is_ok()
+}
+
+/// Queue `frame` for `target`: straight to the connection of the message being handled when
+/// the target is its sender (no lookup by name), else through the registry.
+fn deliver(ctx: &HostCtx, target: &str, frame: Bytes) -> Result<(), SendError> {
+    super::worker::with_current_sender(|current| match current {
+        Some(sender) if &*sender.id == target => sender.peer.send(frame),
+        _ => ctx.registry.send_to(target, frame),
+    })
 }
 
 fn send_status(r: Result<(), SendError>) -> Status {
@@ -81,8 +92,7 @@ unsafe extern "C" fn send_to(
         if !valid_rule(rule) {
             return abi::STATUS_INVALID;
         }
-        let frame = yonexus_protocol::frame::encode_rule(rule, content);
-        send_status(ctx(c).registry.send_to(target, frame))
+        send_status(deliver(ctx(c), target, reply::rule(rule, content)))
     })
 }
 
@@ -108,7 +118,7 @@ unsafe extern "C" fn send_error(
         };
         let ctx = ctx(c);
         let frame = reply::error(error_code(code), message, ctx.clock.now(), None);
-        send_status(ctx.registry.send_to(target, frame))
+        send_status(deliver(ctx, target, frame))
     })
 }
 
@@ -126,7 +136,7 @@ unsafe extern "C" fn broadcast(
         if !valid_rule(rule) {
             return 0;
         }
-        let frame = yonexus_protocol::frame::encode_rule(rule, content);
+        let frame = reply::rule(rule, content);
         let except = (!except.is_empty()).then_some(except);
         ctx(c).registry.broadcast(&frame, except) as u64
     })
@@ -172,7 +182,7 @@ unsafe extern "C" fn connected_followers(c: *const c_void, out: *mut FfiBuf) -> 
         if out.is_null() {
             return abi::STATUS_INVALID;
         }
-        let ids: Vec<String> = ctx(c)
+        let ids: Vec<std::sync::Arc<str>> = ctx(c)
             .registry
             .connected()
             .into_iter()

@@ -12,9 +12,11 @@
 //!   panic=unwind), reading newer optional fields only when the plugin's struct has them.
 //! - `host_api`: the callbacks a plugin calls (send, error, broadcast, log, now, connected),
 //!   backed by the real [`Registry`](crate::registry::Registry).
-//! - `worker`: per-plugin thread + bounded queue; deadlines, failure replies, panic breaker.
+//! - `worker`: the instance's worker thread(s), each with a mailbox drained a batch per
+//!   wake-up; deadlines, failure replies, panic breaker.
 //! - `handler`: [`PluginHandler`], the [`RuleHandler`](crate::router::RuleHandler) the router
-//!   calls; forwards follower lifecycle events.
+//!   calls: queues messages (sharded by sender for a thread-safe instance) or runs a
+//!   non-blocking plugin inline under a watchdog; queues lifecycle events.
 //!
 //! Libraries are never `dlclose`d: a superseded generation stays mapped (see
 //! [`mapped_libraries`]).
@@ -28,7 +30,7 @@ mod worker;
 
 pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
-pub use handler::{PluginHandler, PluginStats};
+pub use handler::{set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
 pub use worker::Latch;
@@ -166,7 +168,7 @@ pub fn load(spec: &PluginSpec, staging_dir: &Path) -> Result<LoadedLibrary, Plug
     // SAFETY: `header` is the address of the exported header symbol in a library that stays
     // mapped forever; `read_header` checks magic and size before reading further.
     let (info, functions) = unsafe { abi::read_header(header) }.map_err(|k| spec.error(k))?;
-    tracing::info!(
+    tracing::debug!(
         plugin = %spec.name,
         path = %spec.path.display(),
         staged = %staged.display(),
@@ -240,7 +242,7 @@ impl LoadedLibrary {
         clock: SharedClock,
         gate: Arc<Latch>,
     ) -> Result<Arc<PluginHandler>, PluginLoadError> {
-        let shared = Arc::new(worker::Shared::new());
+        let shared = Arc::new(worker::Shared::new(&spec.name));
         let ctx = Box::new(host_api::HostCtx {
             name: spec.name.clone(),
             registry: Arc::clone(&registry),
@@ -249,33 +251,38 @@ impl LoadedLibrary {
         let cfg = worker::WorkerConfig {
             name: spec.name.clone(),
             config_json: spec.config.to_string(),
-            queue_capacity: spec.queue_capacity,
             call_deadline: spec.call_deadline,
             panic_limit: spec.panic_limit,
             panic_window: spec.panic_window,
         };
         let create_timeout = spec.call_deadline.max(Duration::from_secs(10));
-        let tx = worker::spawn(
+        let workers = if self.info.thread_safe {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        };
+        let started = worker::spawn(
             cfg,
             self.functions,
             ctx,
             Arc::clone(&shared),
             create_timeout,
-            gate,
+            Arc::clone(&gate),
+            workers,
         )
         .map_err(|k| spec.error(k))?;
         let handler = Arc::new(PluginHandler::new(
             spec.name.clone(),
-            tx,
             shared,
+            started.mailboxes,
+            started.instance,
             spec.call_deadline,
+            spec.queue_capacity,
+            self.handles_events(),
+            gate,
+            self.info.non_blocking && self.info.thread_safe,
         ));
-        if self.handles_events() {
-            handler
-                .forward_events(&registry)
-                .map_err(|e| spec.error(LoadErrorKind::Thread(e)))?;
-        }
-        tracing::info!(plugin = %spec.name, rules = ?spec.rules, "plugin instance created");
+        tracing::debug!(plugin = %spec.name, rules = ?spec.rules, workers, "plugin instance created");
         Ok(handler)
     }
 }

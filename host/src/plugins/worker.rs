@@ -1,17 +1,23 @@
-//! One plugin instance on its own thread: a bounded job queue, the `create` handshake, every
-//! call timed against the deadline, failures answered with `error HANDLER_FAILED`, and the panic
-//! circuit breaker. Plugin code never runs on the async reactor.
+//! Running one plugin instance: its worker thread(s), each fed by a mailbox that is drained a
+//! whole batch per wake-up; the `create` handshake; every call timed against the deadline;
+//! failures answered with `error HANDLER_FAILED`; the panic circuit breaker.
+//!
+//! Threads: an instance that is not thread-safe lives on one worker thread, which makes every
+//! call. A thread-safe instance (its header says so) gets one worker per core, and each
+//! sender's messages go to one of them (sharded by connection), so a busy rule can use every
+//! core while each follower's messages stay in order.
 
 use super::abi::Functions;
 use super::error::LoadErrorKind;
 use super::host_api::HostCtx;
-use crate::registry::FollowerEvent;
+use crate::events::FollowerEvent;
 use crate::reply;
-use crate::router::RuleMessage;
+use crate::router::{RuleMessage, Sender};
 use core::ffi::c_void;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use yonexus_plugin_api::abi::{self, FfiBuf, FfiStr, FreeBufFn, HostApi};
@@ -20,6 +26,7 @@ use yonexus_protocol::envelope::ErrorCode;
 /// A one-way flag threads can wait on: set once, then every wait returns at once.
 #[derive(Debug, Default)]
 pub struct Latch {
+    fast: AtomicBool,
     set: Mutex<bool>,
     cv: Condvar,
 }
@@ -32,15 +39,19 @@ impl Latch {
     /// Set the flag and wake every waiter.
     pub fn set(&self) {
         *self.set.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.fast.store(true, Ordering::Release);
         self.cv.notify_all();
     }
 
     pub fn is_set(&self) -> bool {
-        *self.set.lock().unwrap_or_else(|p| p.into_inner())
+        self.fast.load(Ordering::Acquire)
     }
 
     /// Wait until set or `timeout` passes; true when set.
     pub fn wait(&self, timeout: Duration) -> bool {
+        if self.is_set() {
+            return true;
+        }
         let guard = self.set.lock().unwrap_or_else(|p| p.into_inner());
         let (guard, _) = self
             .cv
@@ -57,7 +68,87 @@ pub(crate) enum Job {
     Event(FollowerEvent),
 }
 
-/// Counters and health, shared between the handler and its worker.
+#[derive(Debug, Default)]
+struct MailboxState {
+    jobs: VecDeque<Job>,
+    messages: usize,
+    events: usize,
+    /// The worker is asleep waiting for jobs (only then does a push notify it).
+    waiting: bool,
+    closed: bool,
+}
+
+/// Why a job was not queued.
+pub(crate) enum Refused {
+    Full(Job),
+    Closed(Job),
+}
+
+/// One worker's queue. Pushes never block; the worker takes everything queued at once.
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    state: Mutex<MailboxState>,
+    cv: Condvar,
+    /// When the call in progress on this worker started (nanos since `Shared::epoch`), 0 idle.
+    pub call_started: AtomicU64,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue a job: messages up to `max_messages`, events up to `max_events` (separately, so a
+    /// burst of lifecycle events never makes a follower's message HANDLER_BUSY).
+    pub fn push(&self, job: Job, max_messages: usize, max_events: usize) -> Result<(), Refused> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(Refused::Closed(job));
+        }
+        match &job {
+            Job::Message(_) if s.messages >= max_messages => return Err(Refused::Full(job)),
+            Job::Event(_) if s.events >= max_events => return Err(Refused::Full(job)),
+            Job::Message(_) => s.messages += 1,
+            Job::Event(_) => s.events += 1,
+        }
+        s.jobs.push_back(job);
+        let wake = std::mem::take(&mut s.waiting);
+        drop(s);
+        if wake {
+            self.cv.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stop accepting; the worker ends once it has served what is queued.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    /// Everything queued (waiting for it), or `None` once closed and empty.
+    fn take_all(&self) -> Option<VecDeque<Job>> {
+        let mut s = self.lock();
+        loop {
+            if !s.jobs.is_empty() {
+                s.messages = 0;
+                s.events = 0;
+                return Some(std::mem::take(&mut s.jobs));
+            }
+            if s.closed {
+                return None;
+            }
+            s.waiting = true;
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.lock().jobs.len()
+    }
+}
+
+/// Counters and health, shared between the handler and its workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub calls: AtomicU64,
@@ -67,19 +158,18 @@ pub(crate) struct Shared {
     pub busy_rejections: AtomicU64,
     pub events_dropped: AtomicU64,
     pub disabled: AtomicBool,
-    /// When the call in progress started (nanos since `epoch`), 0 when idle.
-    pub call_started: AtomicU64,
     pub stuck_reported: AtomicBool,
-    /// Jobs queued and not yet taken by the worker.
-    pub queued: AtomicUsize,
+    /// Messages queued or being handled by the workers (not counting inline calls).
+    pub pending: AtomicUsize,
     pub epoch: Instant,
     panic_times: Mutex<VecDeque<Instant>>,
-    /// Set once the worker has served its last job and destroyed the instance.
+    /// Set once every worker has served its last job and the instance is destroyed.
     pub finished: Arc<Latch>,
+    pub metrics: crate::metrics::PluginMetrics,
 }
 
 impl Shared {
-    pub fn new() -> Self {
+    pub fn new(name: &str) -> Self {
         Shared {
             calls: AtomicU64::new(0),
             panics: AtomicU64::new(0),
@@ -88,24 +178,17 @@ impl Shared {
             busy_rejections: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
-            call_started: AtomicU64::new(0),
             stuck_reported: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             epoch: Instant::now(),
             panic_times: Mutex::new(VecDeque::new()),
             finished: Latch::new(),
+            metrics: crate::metrics::PluginMetrics::new(name),
         }
     }
 
-    /// How long the call in progress has been running, if any.
-    pub fn current_call_age(&self) -> Option<Duration> {
-        match self.call_started.load(Ordering::Acquire) {
-            0 => None,
-            started => {
-                let now = self.epoch.elapsed().as_nanos() as u64;
-                Some(Duration::from_nanos(now.saturating_sub(started)))
-            }
-        }
+    pub fn nanos(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
     }
 
     /// Record a panic; true when this one trips the breaker.
@@ -127,172 +210,122 @@ impl Shared {
     }
 }
 
-/// Settings the worker needs.
+/// Settings the workers need.
 pub(crate) struct WorkerConfig {
     pub name: String,
     pub config_json: String,
-    pub queue_capacity: usize,
     pub call_deadline: Duration,
     pub panic_limit: u32,
     pub panic_window: Duration,
 }
 
-/// Copy a plugin-owned error buffer out and give it back to the plugin's `free_buf`.
+thread_local! {
+    /// The sender of the message being handled on this thread, so a reply to it goes straight
+    /// to its connection instead of being looked up by name.
+    static CURRENT_SENDER: RefCell<Option<Sender>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with the sender of the message this thread is handling, if any.
+pub(crate) fn with_current_sender<R>(f: impl FnOnce(Option<&Sender>) -> R) -> R {
+    CURRENT_SENDER.with(|c| f(c.borrow().as_ref()))
+}
+
+/// A created plugin instance and the host API it was given. Freed after `destroy`.
+pub(crate) struct Instance {
+    f: Functions,
+    ptr: *mut c_void,
+    cfg: WorkerConfig,
+    shared: Arc<Shared>,
+    _api: Box<HostApi>,
+    ctx: Box<HostCtx>,
+}
+
+// SAFETY: the instance pointer is only used from several threads when the plugin declared
+// itself thread-safe; otherwise only its one worker thread touches it. The host API and
+// context are immutable after creation.
+unsafe impl Send for Instance {}
+// SAFETY: as above.
+unsafe impl Sync for Instance {}
+
 fn take_err(free: FreeBufFn, buf: FfiBuf) -> String {
     if buf.ptr.is_null() {
         return String::new();
     }
-    // SAFETY: the plugin wrote a buffer of `len` readable bytes into our slot.
-    let bytes = unsafe { buf.to_vec() };
-    // SAFETY: the buffer was allocated by the plugin; the plugin frees it (once).
+    // SAFETY: a plugin-made buffer: read it, then hand it back to the plugin's allocator.
+    let text = String::from_utf8_lossy(&unsafe { buf.to_vec() }).into_owned();
+    // SAFETY: as above; freed exactly once.
     unsafe { free(buf) };
-    String::from_utf8_lossy(&bytes).into_owned()
+    text
 }
 
-/// Start the worker: it calls `create`, reports the outcome, waits for `gate` (so a replacement
-/// instance starts only after its predecessor drained, keeping each sender's order), then serves
-/// jobs until every sender is dropped, and finally calls `destroy`. Blocks until `create`
-/// returns (or times out).
-pub(crate) fn spawn(
-    cfg: WorkerConfig,
-    f: Functions,
-    ctx: Box<HostCtx>,
-    shared: Arc<Shared>,
-    create_timeout: Duration,
-    gate: Arc<Latch>,
-) -> Result<SyncSender<Job>, LoadErrorKind> {
-    let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
-    let (init_tx, init_rx) = mpsc::channel::<Result<(), LoadErrorKind>>();
-    std::thread::Builder::new()
-        .name(format!("plugin-{}", cfg.name))
-        .spawn(move || {
-            let api: Box<HostApi> = Box::new(ctx.api());
-            let mut instance = std::ptr::null_mut();
-            let mut err = FfiBuf::empty();
-            // SAFETY: `api` and `ctx` outlive the instance (dropped at the end of this thread,
-            // after destroy); the config string lives across the call; out pointers are valid.
-            let status = unsafe {
-                (f.create)(
-                    &*api,
-                    FfiStr::new(&cfg.config_json),
-                    &mut instance,
-                    &mut err,
-                )
-            };
-            let message = take_err(f.free_buf, err);
-            let outcome = match status {
-                abi::STATUS_OK if !instance.is_null() => Ok(()),
-                abi::STATUS_OK => Err(LoadErrorKind::Create("returned a null instance".into())),
-                abi::STATUS_PANIC => Err(LoadErrorKind::CreatePanicked(message)),
-                other => Err(LoadErrorKind::Create(if message.is_empty() {
-                    format!("status {other}")
-                } else {
-                    message
-                })),
-            };
-            let ok = outcome.is_ok();
-            // The receiver may have timed out and gone; then nobody will send jobs either.
-            let _ = init_tx.send(outcome);
-            if ok {
-                while !gate.wait(Duration::from_secs(3600)) {}
-                // The instance never leaves this thread.
-                serve(&cfg, &f, &ctx, &shared, instance, rx);
-                // SAFETY: no call is running and none will follow (all senders are gone).
-                unsafe { (f.destroy)(instance) };
-                tracing::info!(plugin = %cfg.name, "plugin instance destroyed");
-            }
-            drop(api);
-            drop(ctx);
-            shared.finished.set();
-        })
-        .map_err(LoadErrorKind::Thread)?;
-    match init_rx.recv_timeout(create_timeout) {
-        Ok(Ok(())) => Ok(tx),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(LoadErrorKind::CreateTimedOut(create_timeout)),
-    }
-}
-
-fn serve(
-    cfg: &WorkerConfig,
-    f: &Functions,
-    ctx: &HostCtx,
-    shared: &Shared,
-    instance: *mut c_void,
-    rx: Receiver<Job>,
-) {
-    while let Ok(job) = rx.recv() {
-        let depth = shared
-            .queued
-            .fetch_sub(1, Ordering::AcqRel)
-            .saturating_sub(1);
-        crate::metrics::set_plugin_queue_depth(&cfg.name, depth);
-        shared.stuck_reported.store(false, Ordering::Relaxed);
+impl Instance {
+    /// Handle one message on the calling thread (a worker, or an async thread for a
+    /// non-blocking plugin). `started` is taken by the caller for its own bookkeeping.
+    pub fn call_message(&self, msg: &RuleMessage) {
+        CURRENT_SENDER.with(|c| *c.borrow_mut() = Some(msg.sender.clone()));
         let started = Instant::now();
-        shared.call_started.store(
-            (shared.epoch.elapsed().as_nanos() as u64).max(1),
-            Ordering::Release,
-        );
         let mut err = FfiBuf::empty();
-        let (status, sender, what) = match &job {
-            Job::Message(m) => {
-                // SAFETY: live instance, serialized calls, strings valid across the call.
-                let status = unsafe {
-                    (f.on_message)(
-                        instance,
-                        FfiStr::new(&m.rule_id),
-                        FfiStr::new(&m.sender),
-                        FfiStr::new(&m.content),
-                        &mut err,
-                    )
-                };
-                (status, Some(m.sender.as_str()), "message")
+        // SAFETY: live instance (destroyed only after every caller is gone), calls serialized
+        // unless the plugin is thread-safe, strings valid across the call.
+        let status = unsafe {
+            (self.f.on_message)(
+                self.ptr,
+                FfiStr::new(msg.rule_id()),
+                FfiStr::new(&msg.sender.id),
+                FfiStr::new(msg.content()),
+                &mut err,
+            )
+        };
+        CURRENT_SENDER.with(|c| *c.borrow_mut() = None);
+        self.finish(status, err, started.elapsed(), Some(&msg.sender), "message");
+    }
+
+    fn call_event(&self, ev: &FollowerEvent) {
+        let Some(on_event) = self.f.on_event else {
+            return;
+        };
+        let (kind, id, status) = match ev {
+            FollowerEvent::Authenticated { identifier } => (abi::EVENT_AUTHENTICATED, identifier, ""),
+            FollowerEvent::Disconnected { identifier } => (abi::EVENT_DISCONNECTED, identifier, ""),
+            FollowerEvent::LivenessChanged { identifier, status } => {
+                (abi::EVENT_LIVENESS_CHANGED, identifier, status.as_str())
             }
-            Job::Event(ev) => match f.on_event {
-                Some(on_event) => {
-                    let (kind, id, status) = match ev {
-                        FollowerEvent::Authenticated { identifier } => {
-                            (abi::EVENT_AUTHENTICATED, identifier, "")
-                        }
-                        FollowerEvent::Disconnected { identifier } => {
-                            (abi::EVENT_DISCONNECTED, identifier, "")
-                        }
-                        FollowerEvent::LivenessChanged { identifier, status } => {
-                            (abi::EVENT_LIVENESS_CHANGED, identifier, status.as_str())
-                        }
-                    };
-                    // SAFETY: as for on_message.
-                    let st = unsafe {
-                        on_event(
-                            instance,
-                            kind,
-                            FfiStr::new(id),
-                            FfiStr::new(status),
-                            &mut err,
-                        )
-                    };
-                    (st, None, "event")
-                }
-                None => continue,
-            },
         };
-        shared.call_started.store(0, Ordering::Release);
+        let started = Instant::now();
+        let mut err = FfiBuf::empty();
+        // SAFETY: as for on_message.
+        let st = unsafe {
+            on_event(
+                self.ptr,
+                kind,
+                FfiStr::new(id),
+                FfiStr::new(status),
+                &mut err,
+            )
+        };
+        self.finish(st, err, started.elapsed(), None, "event");
+    }
+
+    fn finish(&self, status: u32, err: FfiBuf, elapsed: Duration, sender: Option<&Sender>, what: &str) {
+        let (shared, cfg) = (&*self.shared, &self.cfg);
         shared.calls.fetch_add(1, Ordering::Relaxed);
-        let elapsed = started.elapsed();
-        let message = take_err(f.free_buf, err);
-        let outcome = match status {
-            abi::STATUS_OK if elapsed > cfg.call_deadline => "deadline",
-            abi::STATUS_OK => "ok",
-            abi::STATUS_PANIC => "panic",
-            _ => "error",
-        };
-        crate::metrics::plugin_call(&cfg.name, outcome, elapsed.as_secs_f64());
-        if elapsed > cfg.call_deadline {
+        let message = take_err(self.f.free_buf, err);
+        let overdue = elapsed > cfg.call_deadline;
+        shared.metrics.call(
+            match status {
+                abi::STATUS_OK if overdue => "deadline",
+                abi::STATUS_OK => "ok",
+                abi::STATUS_PANIC => "panic",
+                _ => "error",
+            },
+            elapsed,
+        );
+        if overdue {
             let n = shared.overdue.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(plugin = %cfg.name, ?elapsed, deadline = ?cfg.call_deadline, overdue_calls = n, "plugin {what} call exceeded its deadline");
         }
         let failure = match status {
-            abi::STATUS_OK => continue,
+            abi::STATUS_OK => return,
             abi::STATUS_PANIC => {
                 let tripped = shared.record_panic(cfg.panic_limit, cfg.panic_window);
                 tracing::error!(plugin = %cfg.name, panics = shared.panics.load(Ordering::Relaxed), "plugin panicked handling a {what}: {message}");
@@ -312,9 +345,155 @@ fn serve(
             }
         };
         if let Some(sender) = sender {
-            let frame = reply::error(ErrorCode::HandlerFailed, failure, ctx.clock.now(), None);
+            let frame = reply::error(ErrorCode::HandlerFailed, failure, self.ctx.clock.now(), None);
             // The sender may be gone; nothing else to do then.
-            let _ = ctx.registry.send_to(sender, frame);
+            let _ = sender.peer.send(frame);
+        }
+    }
+}
+
+/// Serve one mailbox until it is closed and drained.
+fn serve(instance: &Instance, mailbox: &Mailbox) {
+    let shared = &instance.shared;
+    while let Some(batch) = mailbox.take_all() {
+        shared.metrics.queue_depth(0);
+        for job in batch {
+            shared.stuck_reported.store(false, Ordering::Relaxed);
+            mailbox.call_started.store(shared.nanos(), Ordering::Release);
+            match &job {
+                Job::Message(m) => instance.call_message(m),
+                Job::Event(ev) => instance.call_event(ev),
+            }
+            mailbox.call_started.store(0, Ordering::Release);
+            if matches!(job, Job::Message(_)) {
+                shared.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// What [`spawn`] starts.
+pub(crate) struct Workers {
+    pub mailboxes: Vec<Arc<Mailbox>>,
+    /// The instance itself, for non-blocking thread-safe plugins called inline.
+    pub instance: Arc<Instance>,
+}
+
+/// Start the workers: the first calls `create` and reports the outcome; then every worker
+/// waits for `gate` (a replacement instance starts only after its predecessor drained, keeping
+/// each sender's order), serves jobs until its mailbox is closed and drained; the first then
+/// waits for the others and calls `destroy`. Blocks until `create` returns (or times out).
+pub(crate) fn spawn(
+    cfg: WorkerConfig,
+    f: Functions,
+    ctx: Box<HostCtx>,
+    shared: Arc<Shared>,
+    create_timeout: Duration,
+    gate: Arc<Latch>,
+    workers: usize,
+) -> Result<Workers, LoadErrorKind> {
+    let mailboxes: Vec<Arc<Mailbox>> = (0..workers.max(1)).map(|_| Arc::default()).collect();
+    let (init_tx, init_rx) = mpsc::channel::<Result<Arc<Instance>, LoadErrorKind>>();
+    let first = Arc::clone(&mailboxes[0]);
+    let others: Vec<Arc<Mailbox>> = mailboxes[1..].to_vec();
+    let name = cfg.name.clone();
+    std::thread::Builder::new()
+        .name(format!("plugin-{name}"))
+        .spawn(move || {
+            let api: Box<HostApi> = Box::new(ctx.api());
+            let mut ptr = std::ptr::null_mut();
+            let mut err = FfiBuf::empty();
+            // SAFETY: `api` and `ctx` outlive the instance (dropped after destroy); the config
+            // string lives across the call; out pointers are valid.
+            let status = unsafe {
+                (f.create)(
+                    &*api,
+                    FfiStr::new(&cfg.config_json),
+                    &mut ptr,
+                    &mut err,
+                )
+            };
+            let message = take_err(f.free_buf, err);
+            let created = match status {
+                abi::STATUS_OK if !ptr.is_null() => Ok(()),
+                abi::STATUS_OK => Err(LoadErrorKind::Create("returned a null instance".into())),
+                abi::STATUS_PANIC => Err(LoadErrorKind::CreatePanicked(message)),
+                other => Err(LoadErrorKind::Create(if message.is_empty() {
+                    format!("status {other}")
+                } else {
+                    message
+                })),
+            };
+            if let Err(e) = created {
+                // The receiver may have timed out and gone.
+                let _ = init_tx.send(Err(e));
+                drop(api);
+                drop(ctx);
+                shared.finished.set();
+                return;
+            }
+            let instance = Arc::new(Instance {
+                f,
+                ptr,
+                cfg,
+                shared: Arc::clone(&shared),
+                _api: api,
+                ctx,
+            });
+            let mut helpers = Vec::new();
+            for (i, mailbox) in others.into_iter().enumerate() {
+                let (instance, gate) = (Arc::clone(&instance), Arc::clone(&gate));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("plugin-{name}-{}", i + 1))
+                    .spawn(move || {
+                        while !gate.wait(Duration::from_secs(3600)) {}
+                        serve(&instance, &mailbox);
+                    });
+                match spawned {
+                    Ok(h) => helpers.push(h),
+                    Err(e) => tracing::error!(plugin = %name, error = %e, "cannot start a plugin worker thread; its share of senders is served by the others"),
+                }
+            }
+            if init_tx.send(Ok(Arc::clone(&instance))).is_err() {
+                // Nobody will send jobs: the creator timed out.
+                first.close();
+            }
+            while !gate.wait(Duration::from_secs(3600)) {}
+            serve(&instance, &first);
+            for h in helpers {
+                let _ = h.join();
+            }
+            // Wait for the last inline caller to let go of the instance.
+            let mut instance = instance;
+            loop {
+                match Arc::try_unwrap(instance) {
+                    Ok(owned) => {
+                        // SAFETY: no call is running and none will follow.
+                        unsafe { (owned.f.destroy)(owned.ptr) };
+                        tracing::debug!(plugin = %name, "plugin instance destroyed");
+                        drop(owned);
+                        break;
+                    }
+                    Err(still_shared) => {
+                        instance = still_shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            shared.finished.set();
+        })
+        .map_err(LoadErrorKind::Thread)?;
+    match init_rx.recv_timeout(create_timeout) {
+        Ok(Ok(instance)) => Ok(Workers {
+            mailboxes,
+            instance,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            for m in &mailboxes {
+                m.close();
+            }
+            Err(LoadErrorKind::CreateTimedOut(create_timeout))
         }
     }
 }

@@ -1,0 +1,138 @@
+//! The follower lifecycle, in one place: every change that touches the registry, the trust
+//! store and the lifecycle events together — authenticated, went offline, liveness changed,
+//! revoked — is one function here, and these functions are the only ones that emit events.
+
+use crate::events::{FollowerEvent, Recorded};
+use crate::hub::Hub;
+use crate::outbound::Peer;
+use crate::store::StoreError;
+use crate::trust::Liveness;
+use std::sync::Arc;
+
+/// Publish an event to the bus (dashboard, cluster) and to the plugins that handle events.
+fn emit(hub: &Hub, event: FollowerEvent) {
+    hub.router.deliver_event(&event);
+    hub.events.publish(Recorded {
+        at: hub.now(),
+        node: None,
+        event,
+    });
+}
+
+/// `identifier` authenticated on `peer`: bind its key if it was paired without one (durably,
+/// before anything else), record it online, make `peer` its connection (closing the one it
+/// replaces with `session replaced`), and tell everyone.
+pub async fn authenticated(
+    hub: &Hub,
+    identifier: &Arc<str>,
+    peer: &Arc<Peer>,
+    bind_key: Option<String>,
+) -> Result<(), StoreError> {
+    let now = hub.now();
+    if let Some(key) = bind_key {
+        hub.store
+            .apply(identifier, now, |r| {
+                if r.public_key.is_none() {
+                    r.public_key = Some(key);
+                }
+                r.updated_at = now;
+            })
+            .await?;
+    }
+    hub.store.touch(identifier, |r| {
+        r.status = Liveness::Online;
+        r.last_authenticated_at = Some(now);
+        r.last_heartbeat_at = Some(now);
+    });
+    peer.set_identity(identifier);
+    if let Some(old) = hub.registry.insert(Arc::clone(identifier), Arc::clone(peer)) {
+        if old.conn_id != peer.conn_id {
+            tracing::info!(identifier = %identifier, old_remote = %old.remote, "session replaced by a newer one");
+            old.close(1000, "session replaced");
+        }
+    }
+    emit(
+        hub,
+        FollowerEvent::Authenticated {
+            identifier: Arc::clone(identifier),
+        },
+    );
+    emit(
+        hub,
+        FollowerEvent::LivenessChanged {
+            identifier: Arc::clone(identifier),
+            status: Liveness::Online,
+        },
+    );
+    Ok(())
+}
+
+/// Connection `conn_id` of `identifier` is gone (closed by either side, dropped, timed out).
+/// If it was still the follower's connection: forget it, record it offline, tell everyone.
+/// Returns whether it was.
+pub fn went_offline(hub: &Hub, identifier: &Arc<str>, conn_id: u64) -> bool {
+    if !hub.registry.remove(identifier, conn_id) {
+        return false;
+    }
+    hub.store.touch(identifier, |r| r.status = Liveness::Offline);
+    emit(
+        hub,
+        FollowerEvent::Disconnected {
+            identifier: Arc::clone(identifier),
+        },
+    );
+    emit(
+        hub,
+        FollowerEvent::LivenessChanged {
+            identifier: Arc::clone(identifier),
+            status: Liveness::Offline,
+        },
+    );
+    true
+}
+
+/// Record a liveness change of a connected follower (heartbeat after silence, sweep).
+/// Returns the previous status when it changed.
+pub fn liveness(hub: &Hub, identifier: &Arc<str>, status: Liveness, heartbeat_at: Option<i64>) -> Option<Liveness> {
+    let previous = hub.store.touch(identifier, |r| {
+        let was = r.status;
+        r.status = status;
+        if let Some(at) = heartbeat_at {
+            r.last_heartbeat_at = Some(at);
+        }
+        was
+    })?;
+    if previous == status {
+        return None;
+    }
+    emit(
+        hub,
+        FollowerEvent::LivenessChanged {
+            identifier: Arc::clone(identifier),
+            status,
+        },
+    );
+    Some(previous)
+}
+
+/// Close `identifier`'s connection (if any) with `code`/`reason` and take it offline.
+pub fn disconnect(hub: &Hub, identifier: &str, code: u16, reason: &str) {
+    if let Some(peer) = hub.registry.get(identifier) {
+        peer.close(code, reason);
+        went_offline(hub, &Arc::from(identifier), peer.conn_id);
+    }
+}
+
+/// Revoke trust in `identifier`: its connection is closed at once (whatever the disk says
+/// afterwards), then the secret is forgotten durably. Returns whether a record existed.
+pub async fn revoke(hub: &Hub, identifier: &str, close_reason: &str) -> Result<bool, StoreError> {
+    disconnect(hub, identifier, 1008, close_reason);
+    hub.guard.forget(identifier);
+    let now = hub.now();
+    let existed = hub
+        .store
+        .apply_existing(identifier, |r| r.revoke(now))
+        .await?
+        .is_some();
+    Ok(existed)
+}

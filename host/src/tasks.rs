@@ -1,0 +1,81 @@
+//! Background tasks that keep the hub honest over time: the liveness sweep (unstable →
+//! offline by heartbeat silence), the lazy write of liveness to the trust store, and forgetting
+//! what the guard no longer needs.
+
+use crate::hub::Hub;
+use crate::lifecycle;
+use crate::liveness::{evaluate, Transition};
+use crate::reply;
+use crate::trust::Liveness;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Publish the followers-by-liveness gauge from the trust store.
+pub async fn publish_liveness_gauge(hub: &Hub) {
+    let Ok(records) = hub.store.snapshot().await else {
+        return;
+    };
+    let (mut online, mut unstable, mut offline) = (0, 0, 0);
+    for record in records {
+        match record.status {
+            Liveness::Online => online += 1,
+            Liveness::Unstable => unstable += 1,
+            Liveness::Offline => offline += 1,
+        }
+    }
+    crate::metrics::set_followers_by_liveness(online, unstable, offline);
+}
+
+/// Apply the liveness rule to every authenticated follower once, then write liveness lazily.
+pub async fn sweep(hub: &Hub) {
+    let now = hub.now();
+    let thresholds = hub.settings().thresholds();
+    for (identifier, peer) in hub.registry.sessions() {
+        // Decide and record in one step, so a heartbeat landing meanwhile is not overwritten.
+        let Some(transition) = hub.store.touch(&identifier, |r| {
+            let last = r
+                .last_heartbeat_at
+                .or(r.last_authenticated_at)
+                .unwrap_or(now);
+            evaluate(r.status, last, now, thresholds)
+        }) else {
+            continue;
+        };
+        match transition {
+            Transition::Stay => {}
+            Transition::Unstable { reason } => {
+                tracing::warn!(identifier = %identifier, reason = %reason, "follower unstable");
+                let _ = peer.send(reply::status_update(
+                    &identifier,
+                    Liveness::Unstable.as_str(),
+                    &reason,
+                    now,
+                ));
+                lifecycle::liveness(hub, &identifier, Liveness::Unstable, None);
+            }
+            Transition::Offline { reason } => {
+                tracing::warn!(identifier = %identifier, reason = %reason, "follower offline: disconnecting");
+                let _ = peer.send(reply::disconnect_notice(&identifier, &reason, now));
+                peer.close(1001, &reason);
+                lifecycle::went_offline(hub, &identifier, peer.conn_id);
+            }
+        }
+    }
+    hub.guard.sweep(now);
+    publish_liveness_gauge(hub).await;
+    if let Err(e) = hub.store.flush().await {
+        tracing::warn!(error = %e, "cannot write liveness to the trust store");
+    }
+}
+
+/// Run [`sweep`] every `liveness.sweep_interval_secs` until shutdown.
+pub async fn sweep_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
+    loop {
+        let every = Duration::from_secs(hub.settings().liveness.sweep_interval_secs.max(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => sweep(&hub).await,
+        }
+    }
+}
