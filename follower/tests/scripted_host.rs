@@ -213,6 +213,7 @@ async fn pairs_authenticates_heartbeats_and_exchanges_rules() {
         Message::PairFailed(PairFailed {
             identifier: "alpha".into(),
             reason: PairFailReason::InvalidCode,
+            attempts_left: None,
         }),
     )
     .await;

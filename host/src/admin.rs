@@ -220,22 +220,19 @@ async fn handle(hub: &Hub, reloader: &Reloader, req: Request) -> Response {
             },
             Err(e) => Response::error(e.to_string()),
         },
-        Request::Revoke { identifier } => match crate::lifecycle::revoke(
-            hub,
-            &identifier,
-            "trust revoked by the operator",
-        )
-        .await
-        {
-            Ok(existed) => {
-                tracing::info!(identifier = %identifier, "revoked by the operator");
-                Response {
-                    revoked: Some(existed),
-                    ..Response::ok()
+        Request::Revoke { identifier } => {
+            match crate::lifecycle::revoke(hub, &identifier, "trust revoked by the operator").await
+            {
+                Ok(existed) => {
+                    tracing::info!(identifier = %identifier, "revoked by the operator");
+                    Response {
+                        revoked: Some(existed),
+                        ..Response::ok()
+                    }
                 }
+                Err(e) => Response::error(e.to_string()),
             }
-            Err(e) => Response::error(e.to_string()),
-        },
+        }
         Request::Reload => match reloader.reload("yonexus reload").await {
             Ok(report) => Response {
                 reload: Some(report),

@@ -12,7 +12,9 @@ use yonexus_protocol::{signing, validate};
 pub enum AuthOutcome {
     /// Authenticated. `bind_key` is set when the record had no public key yet (paired without
     /// one) and the request's key must now be stored.
-    Accepted { bind_key: Option<String> },
+    Accepted {
+        bind_key: Option<String>,
+    },
     Refused(Refusal),
 }
 
@@ -133,20 +135,54 @@ mod tests {
         let c = |allowed, rec: Option<&TrustRecord>, session, req: &AuthRequest, now| {
             reason(check(allowed, rec, session, req, now, fresh))
         };
-        assert_eq!(c(false, Some(&rec), true, &request(&key, &n(1), NOW), NOW), "unknown_identifier");
-        assert_eq!(c(true, Some(&rec), false, &request(&key, &n(1), NOW), NOW), "not_paired");
-        assert_eq!(c(true, None, true, &request(&key, &n(1), NOW), NOW), "not_paired");
-        assert_eq!(c(true, Some(&rec), true, &request(&key, "short", NOW), NOW), "malformed_nonce");
-        assert_eq!(c(true, Some(&rec), true, &request(&key, &n(1), NOW - 10), NOW), "stale");
-        assert_eq!(c(true, Some(&rec), true, &request(&key, &n(1), NOW + 10), NOW), "future");
-        assert_eq!(c(true, Some(&rec), true, &request(&key, &n(1), NOW - 9), NOW), "accepted");
-        let replay = check(true, Some(&rec), true, &request(&key, &n(1), NOW), NOW, |_| true);
+        assert_eq!(
+            c(false, Some(&rec), true, &request(&key, &n(1), NOW), NOW),
+            "unknown_identifier"
+        );
+        assert_eq!(
+            c(true, Some(&rec), false, &request(&key, &n(1), NOW), NOW),
+            "not_paired"
+        );
+        assert_eq!(
+            c(true, None, true, &request(&key, &n(1), NOW), NOW),
+            "not_paired"
+        );
+        assert_eq!(
+            c(true, Some(&rec), true, &request(&key, "short", NOW), NOW),
+            "malformed_nonce"
+        );
+        assert_eq!(
+            c(true, Some(&rec), true, &request(&key, &n(1), NOW - 10), NOW),
+            "stale"
+        );
+        assert_eq!(
+            c(true, Some(&rec), true, &request(&key, &n(1), NOW + 10), NOW),
+            "future"
+        );
+        assert_eq!(
+            c(true, Some(&rec), true, &request(&key, &n(1), NOW - 9), NOW),
+            "accepted"
+        );
+        let replay = check(
+            true,
+            Some(&rec),
+            true,
+            &request(&key, &n(1), NOW),
+            NOW,
+            |_| true,
+        );
         assert_eq!(
             replay,
-            AuthOutcome::Refused(Refusal { reason: AuthFailReason::InvalidSignature, kind: "replayed" })
+            AuthOutcome::Refused(Refusal {
+                reason: AuthFailReason::InvalidSignature,
+                kind: "replayed"
+            })
         );
         let other = signing::generate_signing_key();
-        assert_eq!(c(true, Some(&rec), true, &request(&other, &n(2), NOW), NOW), "wrong_key");
+        assert_eq!(
+            c(true, Some(&rec), true, &request(&other, &n(2), NOW), NOW),
+            "wrong_key"
+        );
         let mut bad = request(&key, &n(3), NOW);
         bad.signature = signing::sign(&key, "wrong-secret", &n(3), NOW);
         assert_eq!(c(true, Some(&rec), true, &bad, NOW), "bad_signature");
@@ -157,7 +193,14 @@ mod tests {
         let key = signing::generate_signing_key();
         let mut rec = paired(&key);
         rec.public_key = None;
-        let out = check(true, Some(&rec), true, &request(&key, &format!("{:0>24}", 7), NOW), NOW, |_| false);
+        let out = check(
+            true,
+            Some(&rec),
+            true,
+            &request(&key, &format!("{:0>24}", 7), NOW),
+            NOW,
+            |_| false,
+        );
         assert!(matches!(out, AuthOutcome::Accepted { bind_key: Some(_) }));
     }
 }

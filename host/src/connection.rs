@@ -111,7 +111,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let mut n = 0;
                 for (i, frame) in self.out.iter().take(MAX_IOV).enumerate() {
-                    slices[i] = IoSlice::new(if i == 0 { &frame[self.written..] } else { frame });
+                    slices[i] = IoSlice::new(if i == 0 {
+                        &frame[self.written..]
+                    } else {
+                        frame
+                    });
                     n = i + 1;
                 }
                 match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
@@ -182,7 +186,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 if n == 0 {
                     return Poll::Ready(Io::Eof);
                 }
-                match Self::decode(&mut self.decoder, &mut stack[..n], self.limit, &mut messages) {
+                match Self::decode(
+                    &mut self.decoder,
+                    &mut stack[..n],
+                    self.limit,
+                    &mut messages,
+                ) {
                     Err(e) => Err(e),
                     Ok((used, need)) => {
                         if used < n {
@@ -211,14 +220,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 }
                 // SAFETY: `poll_read` initialised `n` bytes of the spare capacity.
                 unsafe { self.inbuf.set_len(len + n) };
-                match Self::decode(&mut self.decoder, &mut self.inbuf, self.limit, &mut messages) {
+                match Self::decode(
+                    &mut self.decoder,
+                    &mut self.inbuf,
+                    self.limit,
+                    &mut messages,
+                ) {
                     Err(e) => Err(e),
                     Ok((used, need)) => {
                         self.inbuf.drain(..used);
                         if self.inbuf.is_empty() {
                             self.inbuf = Vec::new();
                         } else if let Some(need) = need {
-                            self.inbuf.reserve_exact(need.saturating_sub(self.inbuf.len()));
+                            self.inbuf
+                                .reserve_exact(need.saturating_sub(self.inbuf.len()));
                         }
                         Ok(())
                     }
@@ -284,7 +299,8 @@ pub async fn run<S>(
     let path = settings.path.clone();
     drop(settings);
     // Boxed: the handshake's buffers are not part of every connection's state for its life.
-    let upgrade = tokio::time::timeout_at(deadline, Box::pin(handshake::read(&mut io, &path))).await;
+    let upgrade =
+        tokio::time::timeout_at(deadline, Box::pin(handshake::read(&mut io, &path))).await;
     let early = match upgrade {
         Err(_) => {
             metrics::connection_rejected("upgrade_timeout");
@@ -325,7 +341,12 @@ async fn serve<S>(
     let limits = settings.limits;
     let pairing_ttl = u64::try_from(settings.pairing.ttl_secs).unwrap_or(0);
     let conn_id = hub.next_conn_id();
-    let peer = Arc::new(Peer::new(conn_id, remote, hub.now(), settings.queue_limits()));
+    let peer = Arc::new(Peer::new(
+        conn_id,
+        remote,
+        hub.now(),
+        settings.queue_limits(),
+    ));
     drop(settings);
     metrics::connection_opened();
     metrics::connection_state(None, Some(ConnectionState::Unauthenticated));
@@ -381,7 +402,9 @@ async fn serve<S>(
     loop {
         // Hand queued messages to the session while no operation is pending.
         while op.is_none() {
-            let Some(message) = backlog.pop_front() else { break };
+            let Some(message) = backlog.pop_front() else {
+                break;
+            };
             let Some(mut s) = session.take() else { break };
             last_heard = Instant::now();
             let flow = match message {
@@ -391,11 +414,17 @@ async fn serve<S>(
                         limited_in_a_row += 1;
                         if limited_in_a_row >= limits.rate_abuse_close_after {
                             tracing::warn!(remote = %remote, conn = conn_id, "persistent rate-limit abuse: closing");
-                            Flow::Close { code: 1008, reason: "rate limit exceeded".into() }
+                            Flow::Close {
+                                code: 1008,
+                                reason: "rate limit exceeded".into(),
+                            }
                         } else {
                             let _ = peer.send(crate::reply::error(
                                 ErrorCode::RateLimited,
-                                format!("more than {} messages per second; message dropped", limits.rate_per_sec),
+                                format!(
+                                    "more than {} messages per second; message dropped",
+                                    limits.rate_per_sec
+                                ),
                                 hub.now(),
                                 None,
                             ));
@@ -426,7 +455,10 @@ async fn serve<S>(
                     // Answer the peer's close with its code, then end.
                     let code = frame.map_or(1000, |(c, _)| c);
                     sock.read_closed = true;
-                    Flow::Close { code, reason: "".into() }
+                    Flow::Close {
+                        code,
+                        reason: "".into(),
+                    }
                 }
             };
             session = Some(s);

@@ -178,7 +178,10 @@ impl Guard {
         }
         let n = map
             .entry(addr)
-            .or_insert(Window { start: now, count: 0 })
+            .or_insert(Window {
+                start: now,
+                count: 0,
+            })
             .hit(now, policy.window_secs);
         policy.delay(n, policy.free_failures_per_address)
     }
@@ -204,7 +207,10 @@ impl Guard {
         id.nonces.push_back((nonce.into(), now));
         let n = id
             .logins
-            .get_or_insert(Window { start: now, count: 0 })
+            .get_or_insert(Window {
+                start: now,
+                count: 0,
+            })
             .hit(now, policy.window_secs);
         policy.delay(n, policy.free_logins_per_identifier)
     }
@@ -236,8 +242,14 @@ impl Guard {
     /// (addresses, identities) remembered right now.
     pub fn sizes(&self) -> (usize, usize) {
         (
-            self.addresses.lock().unwrap_or_else(|p| p.into_inner()).len(),
-            self.identities.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            self.addresses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            self.identities
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
         )
     }
 }

@@ -4,7 +4,9 @@
 
 use crate::events::{FollowerEvent, Recorded};
 use crate::hub::Hub;
+use crate::liveness::{evaluate, Thresholds, Transition};
 use crate::outbound::Peer;
+use crate::reply;
 use crate::store::StoreError;
 use crate::trust::Liveness;
 use std::sync::Arc;
@@ -45,7 +47,10 @@ pub async fn authenticated(
         r.last_heartbeat_at = Some(now);
     });
     peer.set_identity(identifier);
-    if let Some(old) = hub.registry.insert(Arc::clone(identifier), Arc::clone(peer)) {
+    if let Some(old) = hub
+        .registry
+        .insert(Arc::clone(identifier), Arc::clone(peer))
+    {
         if old.conn_id != peer.conn_id {
             tracing::info!(identifier = %identifier, old_remote = %old.remote, "session replaced by a newer one");
             old.close(1000, "session replaced");
@@ -74,7 +79,8 @@ pub fn went_offline(hub: &Hub, identifier: &Arc<str>, conn_id: u64) -> bool {
     if !hub.registry.remove(identifier, conn_id) {
         return false;
     }
-    hub.store.touch(identifier, |r| r.status = Liveness::Offline);
+    hub.store
+        .touch(identifier, |r| r.status = Liveness::Offline);
     emit(
         hub,
         FollowerEvent::Disconnected {
@@ -93,7 +99,12 @@ pub fn went_offline(hub: &Hub, identifier: &Arc<str>, conn_id: u64) -> bool {
 
 /// Record a liveness change of a connected follower (heartbeat after silence, sweep).
 /// Returns the previous status when it changed.
-pub fn liveness(hub: &Hub, identifier: &Arc<str>, status: Liveness, heartbeat_at: Option<i64>) -> Option<Liveness> {
+pub fn liveness(
+    hub: &Hub,
+    identifier: &Arc<str>,
+    status: Liveness,
+    heartbeat_at: Option<i64>,
+) -> Option<Liveness> {
     let previous = hub.store.touch(identifier, |r| {
         let was = r.status;
         r.status = status;
@@ -113,6 +124,58 @@ pub fn liveness(hub: &Hub, identifier: &Arc<str>, status: Liveness, heartbeat_at
         },
     );
     Some(previous)
+}
+
+/// One liveness sweep step for a connected follower: decide by heartbeat silence and record
+/// in one store step (a heartbeat landing meanwhile is not overwritten), then notify it
+/// (`status_update`, or `disconnect_notice` and close 1001) and tell everyone.
+pub fn sweep_one(
+    hub: &Hub,
+    identifier: &Arc<str>,
+    peer: &Arc<Peer>,
+    now: i64,
+    thresholds: Thresholds,
+) {
+    let Some(transition) = hub.store.touch(identifier, |r| {
+        let last = r
+            .last_heartbeat_at
+            .or(r.last_authenticated_at)
+            .unwrap_or(now);
+        let t = evaluate(r.status, last, now, thresholds);
+        match t {
+            Transition::Stay => {}
+            Transition::Unstable { .. } => r.status = Liveness::Unstable,
+            Transition::Offline { .. } => r.status = Liveness::Offline,
+        }
+        t
+    }) else {
+        return;
+    };
+    match transition {
+        Transition::Stay => {}
+        Transition::Unstable { reason } => {
+            tracing::warn!(identifier = %identifier, reason = %reason, "follower unstable");
+            let _ = peer.send(reply::status_update(
+                identifier,
+                Liveness::Unstable.as_str(),
+                &reason,
+                now,
+            ));
+            emit(
+                hub,
+                FollowerEvent::LivenessChanged {
+                    identifier: Arc::clone(identifier),
+                    status: Liveness::Unstable,
+                },
+            );
+        }
+        Transition::Offline { reason } => {
+            tracing::warn!(identifier = %identifier, reason = %reason, "follower offline: disconnecting");
+            let _ = peer.send(reply::disconnect_notice(identifier, &reason, now));
+            peer.close(1001, &reason);
+            went_offline(hub, identifier, peer.conn_id);
+        }
+    }
 }
 
 /// Close `identifier`'s connection (if any) with `code`/`reason` and take it offline.

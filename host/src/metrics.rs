@@ -496,9 +496,7 @@ pub struct PluginMetrics {
 
 impl PluginMetrics {
     pub fn new(plugin: &str) -> Self {
-        let calls = |outcome: &'static str| {
-            counter!(PLUGIN_CALLS, "plugin" => plugin.to_owned(), "outcome" => outcome)
-        };
+        let calls = |outcome: &'static str| counter!(PLUGIN_CALLS, "plugin" => plugin.to_owned(), "outcome" => outcome);
         PluginMetrics {
             ok: calls("ok"),
             error: calls("error"),

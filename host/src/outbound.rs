@@ -79,7 +79,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(conn_id: u64, remote: SocketAddr, connected_since: i64, limits: QueueLimits) -> Self {
+    pub fn new(
+        conn_id: u64,
+        remote: SocketAddr,
+        connected_since: i64,
+        limits: QueueLimits,
+    ) -> Self {
         Peer {
             conn_id,
             remote,
@@ -228,7 +233,10 @@ mod tests {
 
     #[test]
     fn queues_closes_and_refuses_slow_consumers() {
-        let p = peer(QueueLimits { frames: 2, bytes: 1000 });
+        let p = peer(QueueLimits {
+            frames: 2,
+            bytes: 1000,
+        });
         p.send(codec::text("a")).unwrap();
         p.send(codec::text("b")).unwrap();
         assert_eq!(p.send(codec::text("c")), Err(SendError::QueueFull));
@@ -239,15 +247,28 @@ mod tests {
         assert!(batch.frames.is_empty(), "an abort drops the queue");
         assert_eq!(batch.close.map(|c| (c.code, c.abort)), Some((1008, true)));
 
-        let p = peer(QueueLimits { frames: 10, bytes: 10 });
-        assert_eq!(p.send(codec::text(&"x".repeat(20))), Err(SendError::QueueFull));
+        let p = peer(QueueLimits {
+            frames: 10,
+            bytes: 10,
+        });
+        assert_eq!(
+            p.send(codec::text(&"x".repeat(20))),
+            Err(SendError::QueueFull)
+        );
         let p = peer(QueueLimits::UNLIMITED);
         p.send(codec::text("first")).unwrap();
         p.close(1000, "bye");
         p.close(1001, "later close ignored");
         let batch = p.take(&Context::from_waker(&waker), true);
-        assert_eq!(batch.frames.len(), 1, "a graceful close keeps what was queued");
+        assert_eq!(
+            batch.frames.len(),
+            1,
+            "a graceful close keeps what was queued"
+        );
         assert_eq!(batch.close.map(|c| c.code), Some(1000));
-        assert!(p.take(&Context::from_waker(&waker), true).close.is_none(), "taken once");
+        assert!(
+            p.take(&Context::from_waker(&waker), true).close.is_none(),
+            "taken once"
+        );
     }
 }

@@ -63,7 +63,11 @@ pub fn start(record: &mut TrustRecord, now: i64, ttl_secs: i64) -> Started {
 /// The decision for a `hello`, made and applied in one step: a new pairing is created only when
 /// none is pending (so concurrent hellos for one identifier create one pairing and one
 /// notification).
-pub fn on_hello(record: &mut TrustRecord, now: i64, ttl_secs: i64) -> (NextAction, Option<Started>) {
+pub fn on_hello(
+    record: &mut TrustRecord,
+    now: i64,
+    ttl_secs: i64,
+) -> (NextAction, Option<Started>) {
     match next_action(Some(record), now) {
         NextAction::PairRequired => (NextAction::PairRequired, Some(start(record, now, ttl_secs))),
         other => (other, None),
@@ -177,9 +181,15 @@ mod tests {
         let started = started.unwrap();
         assert_eq!(started.expires_at, 400);
         // A second hello reuses the pending pairing.
-        assert_eq!(on_hello(&mut r, 150, 300), (NextAction::WaitingPairConfirm, None));
+        assert_eq!(
+            on_hello(&mut r, 150, 300),
+            (NextAction::WaitingPairConfirm, None)
+        );
         assert_eq!(next_action(Some(&r), 400), NextAction::PairRequired);
-        assert_eq!(check_code(&mut r, "WRONGCOD", 150), CodeCheck::Wrong { failures: 1 });
+        assert_eq!(
+            check_code(&mut r, "WRONGCOD", 150),
+            CodeCheck::Wrong { failures: 1 }
+        );
         assert!(r.live_pending(150), "a wrong code keeps the pairing");
         let code = started.code.to_lowercase();
         assert_eq!(check_code(&mut r, &code, 160), CodeCheck::Right);
@@ -190,7 +200,10 @@ mod tests {
         assert!(r.pairing_code.is_none());
         let secret = r.secret.clone();
         assert_eq!(check_code(&mut r, &code, 170), CodeCheck::AlreadyPaired);
-        assert_eq!(complete(&mut r, &code, None, 170), Completed::Lost(PairFailReason::InvalidCode));
+        assert_eq!(
+            complete(&mut r, &code, None, 170),
+            Completed::Lost(PairFailReason::InvalidCode)
+        );
         assert_eq!(r.secret, secret, "trust kept");
     }
 
@@ -204,14 +217,23 @@ mod tests {
         assert_eq!(check_code(&mut r, &started.code, 2), CodeCheck::Right);
         assert_eq!(check_code(&mut r, &started.code, 300), CodeCheck::Expired);
         assert_eq!(r.pairing_status, PairingStatus::Unpaired);
-        assert_eq!(complete(&mut r, &started.code, None, 301), Completed::Lost(PairFailReason::Expired));
+        assert_eq!(
+            complete(&mut r, &started.code, None, 301),
+            Completed::Lost(PairFailReason::Expired)
+        );
     }
 
     #[test]
     fn wrong_codes_are_slowed() {
         assert_eq!(wrong_code_delay(FREE_WRONG_CODES), Duration::ZERO);
-        assert_eq!(wrong_code_delay(FREE_WRONG_CODES + 1), Duration::from_secs(1));
-        assert_eq!(wrong_code_delay(FREE_WRONG_CODES + 2), Duration::from_secs(2));
+        assert_eq!(
+            wrong_code_delay(FREE_WRONG_CODES + 1),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            wrong_code_delay(FREE_WRONG_CODES + 2),
+            Duration::from_secs(2)
+        );
         assert_eq!(wrong_code_delay(1000), MAX_WRONG_CODE_DELAY);
     }
 }

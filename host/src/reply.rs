@@ -112,12 +112,7 @@ pub fn auth_success(identifier: &str, now: i64, rid: Option<&str>) -> Bytes {
     )
 }
 
-pub fn auth_failed(
-    identifier: &str,
-    reason: AuthFailReason,
-    now: i64,
-    rid: Option<&str>,
-) -> Bytes {
+pub fn auth_failed(identifier: &str, reason: AuthFailReason, now: i64, rid: Option<&str>) -> Bytes {
     frame(
         Message::AuthFailed(AuthFailed {
             identifier: identifier.into(),

@@ -65,7 +65,11 @@ impl RuleMessage {
 
     /// The host's rewritten form, `rule_id::sender::content`.
     pub fn rewritten(&self) -> String {
-        yonexus_protocol::frame::rewrite_with_sender(self.rule_id(), &self.sender.id, self.content())
+        yonexus_protocol::frame::rewrite_with_sender(
+            self.rule_id(),
+            &self.sender.id,
+            self.content(),
+        )
     }
 }
 

@@ -312,7 +312,12 @@ impl Session {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, identifier = %identifier, "cannot persist a pending pairing");
-                    self.send(reply::hello_ack(&identifier, NextAction::PairRequired, now, rid));
+                    self.send(reply::hello_ack(
+                        &identifier,
+                        NextAction::PairRequired,
+                        now,
+                        rid,
+                    ));
                     self.send(reply::pair_failed(
                         &identifier,
                         PairFailReason::InternalError,
@@ -408,7 +413,12 @@ impl Session {
         Flow::Continue
     }
 
-    async fn on_pair_confirm(&mut self, hub: &Hub, confirm: PairConfirm, rid: Option<&str>) -> Flow {
+    async fn on_pair_confirm(
+        &mut self,
+        hub: &Hub,
+        confirm: PairConfirm,
+        rid: Option<&str>,
+    ) -> Flow {
         let identifier = confirm.identifier.trim();
         let now = hub.now();
         // Only the connection that said hello for this identifier may confirm its code.
@@ -427,7 +437,9 @@ impl Session {
         };
         let checked = hub
             .store
-            .apply_existing(&greeted, |r| pairing::check_code(r, &confirm.pairing_code, now))
+            .apply_existing(&greeted, |r| {
+                pairing::check_code(r, &confirm.pairing_code, now)
+            })
             .await;
         let checked = match checked {
             Err(e) => return self.unavailable(hub, &e, rid),
@@ -448,7 +460,13 @@ impl Session {
             CodeCheck::AlreadyPaired => {
                 metrics::pairing_result("invalid_code");
                 return self
-                    .wrong_code(hub, &greeted, PairFailReason::InvalidCode, Duration::ZERO, rid)
+                    .wrong_code(
+                        hub,
+                        &greeted,
+                        PairFailReason::InvalidCode,
+                        Duration::ZERO,
+                        rid,
+                    )
                     .await;
             }
             CodeCheck::Expired => {
@@ -470,7 +488,9 @@ impl Session {
         let code = confirm.pairing_code;
         let completed = hub
             .store
-            .apply(&greeted, now, move |r| pairing::complete(r, &code, key, now))
+            .apply(&greeted, now, move |r| {
+                pairing::complete(r, &code, key, now)
+            })
             .await;
         match completed {
             Ok(Completed::Paired { secret, paired_at }) => {
@@ -551,7 +571,12 @@ impl Session {
                     metrics::throttled("address");
                     tokio::time::sleep(delay).await;
                 }
-                self.send(reply::auth_failed(identifier, refusal.reason, hub.now(), rid));
+                self.send(reply::auth_failed(
+                    identifier,
+                    refusal.reason,
+                    hub.now(),
+                    rid,
+                ));
                 if self.auth_failures >= AUTH_FAILURES_PER_CONNECTION {
                     metrics::abuser_closed("auth");
                     return Flow::close(1008, "too many failed authentication attempts");
@@ -570,7 +595,12 @@ impl Session {
         }
         if let Err(e) = lifecycle::authenticated(hub, &greeted, &self.peer, bind_key).await {
             tracing::error!(error = %e, identifier = %greeted, "cannot persist the bound public key");
-            self.send(reply::auth_failed(&greeted, AuthFailReason::NotPaired, hub.now(), rid));
+            self.send(reply::auth_failed(
+                &greeted,
+                AuthFailReason::NotPaired,
+                hub.now(),
+                rid,
+            ));
             return Flow::Continue;
         }
         self.phase = Phase::Authenticated(Sender {

@@ -4,8 +4,6 @@
 
 use crate::hub::Hub;
 use crate::lifecycle;
-use crate::liveness::{evaluate, Transition};
-use crate::reply;
 use crate::trust::Liveness;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,35 +30,7 @@ pub async fn sweep(hub: &Hub) {
     let now = hub.now();
     let thresholds = hub.settings().thresholds();
     for (identifier, peer) in hub.registry.sessions() {
-        // Decide and record in one step, so a heartbeat landing meanwhile is not overwritten.
-        let Some(transition) = hub.store.touch(&identifier, |r| {
-            let last = r
-                .last_heartbeat_at
-                .or(r.last_authenticated_at)
-                .unwrap_or(now);
-            evaluate(r.status, last, now, thresholds)
-        }) else {
-            continue;
-        };
-        match transition {
-            Transition::Stay => {}
-            Transition::Unstable { reason } => {
-                tracing::warn!(identifier = %identifier, reason = %reason, "follower unstable");
-                let _ = peer.send(reply::status_update(
-                    &identifier,
-                    Liveness::Unstable.as_str(),
-                    &reason,
-                    now,
-                ));
-                lifecycle::liveness(hub, &identifier, Liveness::Unstable, None);
-            }
-            Transition::Offline { reason } => {
-                tracing::warn!(identifier = %identifier, reason = %reason, "follower offline: disconnecting");
-                let _ = peer.send(reply::disconnect_notice(&identifier, &reason, now));
-                peer.close(1001, &reason);
-                lifecycle::went_offline(hub, &identifier, peer.conn_id);
-            }
-        }
+        lifecycle::sweep_one(hub, &identifier, &peer, now, thresholds);
     }
     hub.guard.sweep(now);
     publish_liveness_gauge(hub).await;

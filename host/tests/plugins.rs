@@ -5,11 +5,11 @@
 //! dir, reused across runs so rebuilds are incremental) and built once per test binary. The
 //! host side uses the real `Registry` with fake-but-real sessions whose outbound queues we read.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use std::collections::VecDeque;
 use yonexus_host::clock::{ManualClock, SharedClock};
 use yonexus_host::events::FollowerEvent;
 use yonexus_host::outbound::{Peer, QueueLimits};
@@ -394,8 +394,7 @@ fn bundled_relay_delivers_or_answers_target_offline() {
         &PluginSpec::new("relay", bundled("relay"), vec!["relay".into()]),
         &reg,
     );
-    h.dispatch(rule("relay", &alice, "bob::hi::there"))
-        .unwrap();
+    h.dispatch(rule("relay", &alice, "bob::hi::there")).unwrap();
     assert_eq!(
         recv(&mut bob, T).as_deref(),
         Some("relay::alice::hi::there")

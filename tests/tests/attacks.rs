@@ -62,7 +62,10 @@ async fn junk_and_replayed_proofs_never_change_trust() {
     let mut genuine = Raw::connect(&host.url()).await.unwrap();
     assert_eq!(alpha.hello(&mut genuine).await.unwrap(), "auth_required");
     genuine.send("auth_request", proof.clone()).await.unwrap();
-    assert!(matches!(genuine.control().await.unwrap(), Msg::AuthSuccess(_)));
+    assert!(matches!(
+        genuine.control().await.unwrap(),
+        Msg::AuthSuccess(_)
+    ));
     let mut replay = Raw::connect(&host.url()).await.unwrap();
     assert_eq!(alpha.hello(&mut replay).await.unwrap(), "auth_required");
     replay.send("auth_request", proof).await.unwrap();
@@ -85,7 +88,11 @@ async fn junk_and_replayed_proofs_never_change_trust() {
         }
         for i in 0..5 {
             // Half with the stranger's own key, half claiming alpha's public key.
-            let key = if i % 2 == 0 { stranger.public_key() } else { alpha.public_key() };
+            let key = if i % 2 == 0 {
+                stranger.public_key()
+            } else {
+                alpha.public_key()
+            };
             let bad = json!({"identifier": "alpha", "nonce": validate::generate_nonce(),
                 "proofTimestamp": now(), "signature": "AAAA", "publicKey": key});
             if raw.send("auth_request", bad).await.is_err() {
@@ -106,7 +113,12 @@ async fn junk_and_replayed_proofs_never_change_trust() {
     genuine.close().await;
     let mut fresh = Raw::connect(&host.url()).await.unwrap();
     alpha.login(&mut fresh).await.unwrap();
-    assert!(metric_of(&host, "yonexus_auth_refused_total{reason=\"bad_signature\"}") >= 1.0);
+    assert!(
+        metric_of(
+            &host,
+            "yonexus_auth_refused_total{reason=\"bad_signature\"}"
+        ) >= 1.0
+    );
     assert!(metric_of(&host, "yonexus_auth_refused_total{reason=\"wrong_key\"}") >= 1.0);
     assert!(metric_of(&host, "yonexus_auth_refused_total{reason=\"replayed\"}") >= 1.0);
     assert!(metric_of(&host, "yonexus_abusers_closed_total{reason=\"auth\"}") >= 1.0);
@@ -134,7 +146,8 @@ async fn identifier_flood_leaves_no_state_and_bounded_memory() {
                 };
                 let (mut sink, mut stream) = raw.into_inner().split();
                 // Answers are read (and dropped) so the host never sees a slow consumer.
-                let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+                let reader =
+                    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
                 loop {
                     n += 1;
                     let id = format!("{w}-{n}-{}", "x".repeat(6000));
@@ -144,7 +157,10 @@ async fn identifier_flood_leaves_no_state_and_bounded_memory() {
                             "proofTimestamp": 0, "signature": "s"}})
                     );
                     if Instant::now() >= deadline
-                        || sink.send(tokio_tungstenite::tungstenite::Message::text(frame)).await.is_err()
+                        || sink
+                            .send(tokio_tungstenite::tungstenite::Message::text(frame))
+                            .await
+                            .is_err()
                     {
                         break;
                     }
@@ -169,13 +185,20 @@ async fn identifier_flood_leaves_no_state_and_bounded_memory() {
     );
     echo(&mut genuine, "after the flood").await;
     let state = std::fs::read_to_string(tmp.path().join("state/trust.json")).unwrap();
-    assert!(!state.contains("xxxxxxxxxx"), "a stranger's identifier was stored");
+    assert!(
+        !state.contains("xxxxxxxxxx"),
+        "a stranger's identifier was stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frame_before_authentication_is_refused_at_its_header() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = host(tmp.path(), &["alpha"], "max_unauthenticated_message = 4096\n");
+    let host = host(
+        tmp.path(),
+        &["alpha"],
+        "max_unauthenticated_message = 4096\n",
+    );
     let (mut genuine, _) = paired_session(&host, "alpha").await.unwrap();
     // Upgrade by hand, then send only the header of a 1 MiB text frame.
     let mut tcp = std::net::TcpStream::connect(host.addr).unwrap();
@@ -187,7 +210,11 @@ async fn oversize_frame_before_authentication_is_refused_at_its_header() {
         assert_eq!(tcp.read(&mut byte).unwrap(), 1, "upgrade answer");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let mut frame = vec![0x81, 0x80 | 127];
     frame.extend_from_slice(&(1u64 << 20).to_be_bytes());
     frame.extend_from_slice(&[1, 2, 3, 4]);
@@ -209,14 +236,20 @@ async fn strangers_cannot_cancel_a_pairing_steal_its_key_or_spam_the_admin() {
     let mut pairing = Raw::connect(&host.url()).await.unwrap();
     let mut alpha = Identity::new("alpha");
     assert_eq!(alpha.hello(&mut pairing).await.unwrap(), "pair_required");
-    assert!(matches!(pairing.control().await.unwrap(), Msg::PairRequest(_)));
+    assert!(matches!(
+        pairing.control().await.unwrap(),
+        Msg::PairRequest(_)
+    ));
     let code = codes_for(tmp.path(), "alpha").pop().unwrap();
 
     // A bad key in hello is a clear error and changes nothing.
     let mut bad = Raw::connect(&host.url()).await.unwrap();
-    bad.send("hello", json!({"identifier": "alpha", "protocolVersion": "1", "publicKey": "not a key"}))
-        .await
-        .unwrap();
+    bad.send(
+        "hello",
+        json!({"identifier": "alpha", "protocolVersion": "1", "publicKey": "not a key"}),
+    )
+    .await
+    .unwrap();
     let (code_name, message) = bad.error().await.unwrap();
     assert_eq!(code_name, "MALFORMED_MESSAGE");
     assert!(message.contains("publicKey"), "{message}");
@@ -227,9 +260,14 @@ async fn strangers_cannot_cancel_a_pairing_steal_its_key_or_spam_the_admin() {
     while started.elapsed() < Duration::from_secs(4) {
         // Confirm without hello, wrong codes after a hello of its own (with its own key), and
         // hellos that could re-create and re-notify the pairing.
-        let Ok(mut raw) = Raw::connect(&url).await else { continue };
+        let Ok(mut raw) = Raw::connect(&url).await else {
+            continue;
+        };
         let _ = raw
-            .send("pair_confirm", json!({"identifier": "alpha", "pairingCode": "AAAAAAAA"}))
+            .send(
+                "pair_confirm",
+                json!({"identifier": "alpha", "pairingCode": "AAAAAAAA"}),
+            )
             .await;
         let _ = raw.recv_within(Duration::from_secs(8)).await;
         let stranger = Identity::new("alpha");
@@ -238,14 +276,20 @@ async fn strangers_cannot_cancel_a_pairing_steal_its_key_or_spam_the_admin() {
         }
         for _ in 0..2 {
             if raw
-                .send("pair_confirm", json!({"identifier": "alpha", "pairingCode": "BBBBBBBB"}))
+                .send(
+                    "pair_confirm",
+                    json!({"identifier": "alpha", "pairingCode": "BBBBBBBB"}),
+                )
                 .await
                 .is_err()
             {
                 break;
             }
             tries += 1;
-            if !matches!(raw.recv_within(Duration::from_secs(40)).await, Ok(Incoming::Control(_))) {
+            if !matches!(
+                raw.recv_within(Duration::from_secs(40)).await,
+                Ok(Incoming::Control(_))
+            ) {
                 break;
             }
         }
@@ -254,7 +298,10 @@ async fn strangers_cannot_cancel_a_pairing_steal_its_key_or_spam_the_admin() {
     assert!(tries >= 1);
     // The genuine follower's code still works on its own connection, binding its own key.
     pairing
-        .send("pair_confirm", json!({"identifier": "alpha", "pairingCode": code}))
+        .send(
+            "pair_confirm",
+            json!({"identifier": "alpha", "pairingCode": code}),
+        )
         .await
         .unwrap();
     let secret = loop {
@@ -265,12 +312,20 @@ async fn strangers_cannot_cancel_a_pairing_steal_its_key_or_spam_the_admin() {
         }
     };
     alpha.secret = Some(secret);
-    assert_eq!(trust(tmp.path(), "alpha").2, json!(alpha.public_key()), "alpha's own key is bound");
+    assert_eq!(
+        trust(tmp.path(), "alpha").2,
+        json!(alpha.public_key()),
+        "alpha's own key is bound"
+    );
     match alpha.auth(&mut pairing).await.unwrap() {
         Msg::AuthSuccess(_) => {}
         other => panic!("{other:?}"),
     }
-    assert_eq!(codes_for(tmp.path(), "alpha").len(), 1, "the admin was notified once");
+    assert_eq!(
+        codes_for(tmp.path(), "alpha").len(),
+        1,
+        "the admin was notified once"
+    );
     assert!(metric_of(&host, "yonexus_pairing_results_total{result=\"no_hello\"}") >= 1.0);
 }
 
@@ -288,17 +343,25 @@ async fn handshake_flood_over_the_caps_is_refused_before_any_handshake() {
     let mut held = Vec::new();
     let mut refused = 0;
     for mut tcp in opened {
-        tcp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut buf = [0u8; 64];
         match tcp.read(&mut buf) {
             Ok(n) if n > 0 => {
-                assert!(buf[..n].starts_with(b"HTTP/1.1 503"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+                assert!(
+                    buf[..n].starts_with(b"HTTP/1.1 503"),
+                    "{:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
                 refused += 1;
             }
             _ => held.push(tcp),
         }
     }
-    println!("handshake flood: {} held, {refused} refused before a handshake", held.len());
+    println!(
+        "handshake flood: {} held, {refused} refused before a handshake",
+        held.len()
+    );
     assert!(held.len() <= 4, "{} admitted over a cap of 4", held.len());
     assert!(refused >= 50);
     echo(&mut genuine, "served during the flood").await;
@@ -307,12 +370,19 @@ async fn handshake_flood_over_the_caps_is_refused_before_any_handshake() {
     assert!(after < baseline + 4 * 1024, "{baseline} KiB → {after} KiB");
     // Once the flood stops, strangers' slots are free again.
     let ok = wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(host.addr).ok().and_then(|mut t| {
-            t.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-            let mut b = [0u8; 8];
-            matches!(t.read(&mut b), Err(_)).then_some(())
-        })
+        std::net::TcpStream::connect(host.addr)
+            .ok()
+            .and_then(|mut t| {
+                t.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+                let mut b = [0u8; 8];
+                t.read(&mut b).is_err().then_some(())
+            })
     });
     assert!(ok.is_some(), "slots were not released");
-    assert!(metric_of(&host, "yonexus_connections_rejected_total{reason=\"per_ip_limit\"}") >= 50.0);
+    assert!(
+        metric_of(
+            &host,
+            "yonexus_connections_rejected_total{reason=\"per_ip_limit\"}"
+        ) >= 50.0
+    );
 }

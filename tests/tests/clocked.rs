@@ -56,10 +56,10 @@ async fn liveness_online_unstable_offline() {
     let clock = ManualClock::new(T0);
     let host = start(tmp.path(), &clock).await;
     let (mut raw, _) = login(&host, tmp.path(), &clock, "alpha").await;
-    let mut events = host.hub.registry.subscribe();
+    let mut events = host.hub.events.subscribe();
 
     clock.advance(419);
-    yonexus_host::liveness::sweep(&host.hub).await;
+    yonexus_host::tasks::sweep(&host.hub).await;
     raw.send("heartbeat", json!({"identifier": "alpha"}))
         .await
         .unwrap();
@@ -69,7 +69,7 @@ async fn liveness_online_unstable_offline() {
     );
 
     clock.advance(420);
-    yonexus_host::liveness::sweep(&host.hub).await;
+    yonexus_host::tasks::sweep(&host.hub).await;
     match raw.control().await.unwrap() {
         Msg::StatusUpdate(u) => {
             assert_eq!(u.status, "unstable");
@@ -78,14 +78,21 @@ async fn liveness_online_unstable_offline() {
         other => panic!("{other:?}"),
     }
     // A second sweep while unstable sends nothing new.
-    yonexus_host::liveness::sweep(&host.hub).await;
+    yonexus_host::tasks::sweep(&host.hub).await;
     assert_eq!(
-        host.hub.store.get("alpha").unwrap().status.as_str(),
+        host.hub
+            .store
+            .get("alpha")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
         "unstable"
     );
 
     clock.advance(240);
-    yonexus_host::liveness::sweep(&host.hub).await;
+    yonexus_host::tasks::sweep(&host.hub).await;
     match raw.control().await.unwrap() {
         Msg::DisconnectNotice(n) => assert_eq!(n.reason, "heartbeat_timeout_11m"),
         other => panic!("{other:?}"),
@@ -93,7 +100,14 @@ async fn liveness_online_unstable_offline() {
     assert_eq!(raw.closed().await.unwrap().0, 1001);
     assert!(!host.hub.registry.is_connected("alpha"));
     assert_eq!(
-        host.hub.store.get("alpha").unwrap().status.as_str(),
+        host.hub
+            .store
+            .get("alpha")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
         "offline"
     );
     let mut seen = Vec::new();
@@ -114,18 +128,25 @@ async fn heartbeat_brings_an_unstable_follower_back_online() {
     let host = start(tmp.path(), &clock).await;
     let (mut raw, _) = login(&host, tmp.path(), &clock, "alpha").await;
     clock.advance(500);
-    yonexus_host::liveness::sweep(&host.hub).await;
+    yonexus_host::tasks::sweep(&host.hub).await;
     assert!(matches!(raw.control().await.unwrap(), Msg::StatusUpdate(_)));
     raw.send("heartbeat", json!({"identifier": "alpha"}))
         .await
         .unwrap();
     assert!(matches!(raw.control().await.unwrap(), Msg::HeartbeatAck(_)));
     assert_eq!(
-        host.hub.store.get("alpha").unwrap().status.as_str(),
+        host.hub
+            .store
+            .get("alpha")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
         "online"
     );
     clock.advance(500);
-    yonexus_host::liveness::sweep(&host.hub).await;
+    yonexus_host::tasks::sweep(&host.hub).await;
     assert!(
         matches!(raw.control().await.unwrap(), Msg::StatusUpdate(_)),
         "silence counts from the last heartbeat"

@@ -158,7 +158,11 @@ async fn wrong_code_then_right_code_and_attempt_limit() {
     .await
     .unwrap();
     assert!(matches!(raw.control().await.unwrap(), Msg::PairSuccess(_)));
-    assert_eq!(codes_for(tmp.path(), "beta").len(), 1, "no second notification");
+    assert_eq!(
+        codes_for(tmp.path(), "beta").len(),
+        1,
+        "no second notification"
+    );
 }
 
 #[tokio::test]

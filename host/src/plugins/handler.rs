@@ -54,7 +54,9 @@ fn thread_slot() -> Option<usize> {
 fn try_inline_permit() -> bool {
     let limit = INLINE_LIMIT.load(Ordering::Relaxed);
     INLINE_ACTIVE
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a < limit).then_some(a + 1))
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+            (a < limit).then_some(a + 1)
+        })
         .is_ok()
 }
 
@@ -233,9 +235,10 @@ impl PluginHandler {
                 .mailboxes
                 .iter()
                 .all(|m| m.call_started.load(Ordering::Acquire) == 0)
-            && inner.inline.as_ref().is_none_or(|i| {
-                i.starts.iter().all(|s| s.load(Ordering::Acquire) == 0)
-            })
+            && inner
+                .inline
+                .as_ref()
+                .is_none_or(|i| i.starts.iter().all(|s| s.load(Ordering::Acquire) == 0))
     }
 
     /// Whether the panic breaker has disabled this instance.
@@ -355,15 +358,15 @@ impl RuleHandler for PluginHandler {
             return;
         }
         let n = inner.mailboxes.len().max(1);
-        let shard = event
-            .identifier()
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
-            % n;
+        let shard = event.identifier().bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % n;
         let Some(mailbox) = inner.mailboxes.get(shard) else {
             return;
         };
-        if let Err(Refused::Full(_)) = mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE) {
+        if let Err(Refused::Full(_)) =
+            mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE)
+        {
             inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");
         }

@@ -285,7 +285,9 @@ impl Instance {
             return;
         };
         let (kind, id, status) = match ev {
-            FollowerEvent::Authenticated { identifier } => (abi::EVENT_AUTHENTICATED, identifier, ""),
+            FollowerEvent::Authenticated { identifier } => {
+                (abi::EVENT_AUTHENTICATED, identifier, "")
+            }
             FollowerEvent::Disconnected { identifier } => (abi::EVENT_DISCONNECTED, identifier, ""),
             FollowerEvent::LivenessChanged { identifier, status } => {
                 (abi::EVENT_LIVENESS_CHANGED, identifier, status.as_str())
@@ -306,7 +308,14 @@ impl Instance {
         self.finish(st, err, started.elapsed(), None, "event");
     }
 
-    fn finish(&self, status: u32, err: FfiBuf, elapsed: Duration, sender: Option<&Sender>, what: &str) {
+    fn finish(
+        &self,
+        status: u32,
+        err: FfiBuf,
+        elapsed: Duration,
+        sender: Option<&Sender>,
+        what: &str,
+    ) {
         let (shared, cfg) = (&*self.shared, &self.cfg);
         shared.calls.fetch_add(1, Ordering::Relaxed);
         let message = take_err(self.f.free_buf, err);
@@ -345,7 +354,12 @@ impl Instance {
             }
         };
         if let Some(sender) = sender {
-            let frame = reply::error(ErrorCode::HandlerFailed, failure, self.ctx.clock.now(), None);
+            let frame = reply::error(
+                ErrorCode::HandlerFailed,
+                failure,
+                self.ctx.clock.now(),
+                None,
+            );
             // The sender may be gone; nothing else to do then.
             let _ = sender.peer.send(frame);
         }
@@ -359,7 +373,9 @@ fn serve(instance: &Instance, mailbox: &Mailbox) {
         shared.metrics.queue_depth(0);
         for job in batch {
             shared.stuck_reported.store(false, Ordering::Relaxed);
-            mailbox.call_started.store(shared.nanos(), Ordering::Release);
+            mailbox
+                .call_started
+                .store(shared.nanos(), Ordering::Release);
             match &job {
                 Job::Message(m) => instance.call_message(m),
                 Job::Event(ev) => instance.call_event(ev),

@@ -397,7 +397,10 @@ mod tests {
         store.touch("alpha", |r| r.last_heartbeat_at = Some(5));
         assert_eq!(load_file(&file).unwrap()["alpha"].last_heartbeat_at, None);
         store.flush().await.unwrap();
-        assert_eq!(load_file(&file).unwrap()["alpha"].last_heartbeat_at, Some(5));
+        assert_eq!(
+            load_file(&file).unwrap()["alpha"].last_heartbeat_at,
+            Some(5)
+        );
         assert!(store.touch("nobody", |_| ()).is_none());
         assert_eq!(store.apply_existing("nobody", |_| 1).await.unwrap(), None);
     }
@@ -429,14 +432,21 @@ mod tests {
             .await;
         assert!(matches!(err, Err(StoreError::Write { .. })), "{err:?}");
         let a = store.get("alpha").await.unwrap().unwrap();
-        assert_eq!(a.pairing_status, PairingStatus::Pending, "the change is undone");
+        assert_eq!(
+            a.pairing_status,
+            PairingStatus::Pending,
+            "the change is undone"
+        );
         assert!(a.secret.is_none());
         assert_eq!(a.last_heartbeat_at, Some(7), "other changes survive");
         assert!(store
             .apply("beta", 3, |r| r.pairing_status = PairingStatus::Pending)
             .await
             .is_err());
-        assert!(store.get("beta").await.unwrap().is_none(), "a new record is removed");
+        assert!(
+            store.get("beta").await.unwrap().is_none(),
+            "a new record is removed"
+        );
         if blocked {
             fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
         }

@@ -121,7 +121,9 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, Error> {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
-        return Err(Error::Protocol("reserved bits set (no extension was negotiated)"));
+        return Err(Error::Protocol(
+            "reserved bits set (no extension was negotiated)",
+        ));
     }
     if b1 & 0x80 == 0 {
         return Err(Error::Protocol("unmasked frame from a client"));
@@ -267,9 +269,9 @@ impl Decoder {
                 }
                 if h.fin {
                     match self.partial.take() {
-                        Some(Partial::Text(v)) => {
-                            Some(Message::Text(String::from_utf8(v).map_err(|_| Error::Utf8)?))
-                        }
+                        Some(Partial::Text(v)) => Some(Message::Text(
+                            String::from_utf8(v).map_err(|_| Error::Utf8)?,
+                        )),
                         Some(Partial::Binary(n)) => Some(Message::Binary(n as usize)),
                         None => None,
                     }
@@ -375,7 +377,10 @@ pub fn server_text(frame: &[u8]) -> Option<&str> {
         return None;
     }
     let (len, at) = match b1 {
-        126 => (usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])), 4),
+        126 => (
+            usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])),
+            4,
+        ),
         127 => {
             let mut a = [0u8; 8];
             a.copy_from_slice(frame.get(2..10)?);
@@ -446,13 +451,24 @@ mod tests {
                 Decoded::Need(_) => panic!("complete input"),
             }
         }
-        assert_eq!(got, vec![Message::Ping(b"p".to_vec()), Message::Text("abcd".into())]);
+        assert_eq!(
+            got,
+            vec![Message::Ping(b"p".to_vec()), Message::Text("abcd".into())]
+        );
         frames = client(true, OP_BINARY, &[0xff; 300], [1, 1, 1, 1]);
         assert!(matches!(
             one(&mut d, &frames, 1024).unwrap(),
-            Decoded::Frame { message: Some(Message::Binary(300)), .. }
+            Decoded::Frame {
+                message: Some(Message::Binary(300)),
+                ..
+            }
         ));
-        let close = client(true, OP_CLOSE, &[0x03, 0xe8, b'b', b'y', b'e'], [3, 3, 3, 3]);
+        let close = client(
+            true,
+            OP_CLOSE,
+            &[0x03, 0xe8, b'b', b'y', b'e'],
+            [3, 3, 3, 3],
+        );
         assert!(matches!(
             one(&mut d, &close, 1024).unwrap(),
             Decoded::Frame { message: Some(Message::Close(Some((1000, ref r)))), .. } if r == "bye"
@@ -468,14 +484,20 @@ mod tests {
         header.extend_from_slice(&[0, 0, 0, 0]);
         assert_eq!(
             one(&mut d, &header, 65536),
-            Err(Error::TooBig { size: 1 << 20, limit: 65536 })
+            Err(Error::TooBig {
+                size: 1 << 20,
+                limit: 65536
+            })
         );
         // Fragments add up.
         let mut d = Decoder::default();
         let a = client(false, OP_TEXT, &[b'a'; 600], [1, 2, 3, 4]);
         assert!(one(&mut d, &a, 1000).is_ok());
         let b = client(true, OP_CONTINUATION, &[b'a'; 600], [1, 2, 3, 4]);
-        assert!(matches!(one(&mut d, &b[..14], 1000), Err(Error::TooBig { size: 1200, .. })));
+        assert!(matches!(
+            one(&mut d, &b[..14], 1000),
+            Err(Error::TooBig { size: 1200, .. })
+        ));
     }
 
     #[test]
@@ -509,7 +531,10 @@ mod tests {
             let f = text(&payload);
             assert_eq!(server_text(&f), Some(payload.as_str()));
         }
-        assert_eq!(server_text(&text_parts(&["echo", "::", "hi"])), Some("echo::hi"));
+        assert_eq!(
+            server_text(&text_parts(&["echo", "::", "hi"])),
+            Some("echo::hi")
+        );
         let c = close(1008, &"é".repeat(100));
         assert!(c.len() <= 127);
         assert_eq!(&c[..4], &[0x88, (c.len() - 2) as u8, 0x03, 0xf0]);
@@ -524,7 +549,11 @@ mod tests {
         for len in [0, 1, 7, 8, 9, 15, 16, 17, 1000] {
             let mut fast = data[..len].to_vec();
             unmask(&mut fast, mask);
-            let slow: Vec<u8> = data[..len].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let slow: Vec<u8> = data[..len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             assert_eq!(fast, slow);
         }
     }

@@ -223,10 +223,19 @@ mod tests {
         let v12 = REQ.replace("Version: 13", "Version: 12");
         assert_eq!(check(v12.as_bytes(), "/ws"), Err(Refusal::Version));
         let post = REQ.replace("GET", "POST");
-        assert!(matches!(check(post.as_bytes(), "/ws"), Err(Refusal::BadRequest(_))));
+        assert!(matches!(
+            check(post.as_bytes(), "/ws"),
+            Err(Refusal::BadRequest(_))
+        ));
         let plain = REQ.replace("Upgrade: WebSocket\r\n", "");
-        assert!(matches!(check(plain.as_bytes(), "/ws"), Err(Refusal::BadRequest(_))));
-        assert!(matches!(check(b"\x16\x03\x01garbage\r\n\r\n", "/"), Err(Refusal::BadRequest(_))));
+        assert!(matches!(
+            check(plain.as_bytes(), "/ws"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            check(b"\x16\x03\x01garbage\r\n\r\n", "/"),
+            Err(Refusal::BadRequest(_))
+        ));
         let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
         let big = REQ.replace("Host: h\r\n", &format!("Host: h\r\n{many}"));
         assert_eq!(check(big.as_bytes(), "/ws"), Err(Refusal::TooLarge));
