@@ -1,0 +1,138 @@
+//! `[limits]`: protection against hostile and slow peers.
+
+use super::error::Invalid;
+use serde::Deserialize;
+
+/// `[limits]`: protection against hostile and slow peers. Every value has a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Deadline for the WebSocket upgrade after TCP accept.
+    pub upgrade_timeout_ms: u64,
+    /// Deadline to authenticate after the upgrade (extended by the pairing TTL while a pairing
+    /// is in progress, so a human has time to relay the code).
+    pub auth_timeout_secs: u64,
+    /// Unauthenticated connections in total, and per remote IP; beyond them upgrades get 503.
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_ip: usize,
+    /// Largest message accepted before authentication, and after it.
+    pub max_unauthenticated_message: usize,
+    pub max_message_size: usize,
+    /// Inbound messages per second per connection, and the burst allowed above that rate.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// Consecutive rate-limited messages after which the connection is closed (1008).
+    pub rate_abuse_close_after: u32,
+    /// Outbound queue per connection, in frames and bytes; a follower whose queue is full is
+    /// closed as a slow consumer (1008).
+    pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
+    /// WebSocket ping interval; a peer silent for two intervals is dropped.
+    pub ping_interval_secs: u64,
+    /// How long shutdown waits for connections and plugins to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            upgrade_timeout_ms: 5_000,
+            auth_timeout_secs: 10,
+            max_unauthenticated: 1_000,
+            max_unauthenticated_per_ip: 20,
+            max_unauthenticated_message: 64 * 1024,
+            max_message_size: 1024 * 1024,
+            rate_per_sec: 1_000,
+            rate_burst: 2_000,
+            rate_abuse_close_after: 1_000,
+            outbound_queue: 1_024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            ping_interval_secs: 30,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Every limit positive, and the sizes consistent with each other.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        let positive: [(&str, u64); 12] = [
+            ("limits.upgrade_timeout_ms", self.upgrade_timeout_ms),
+            ("limits.auth_timeout_secs", self.auth_timeout_secs),
+            (
+                "limits.max_unauthenticated",
+                self.max_unauthenticated as u64,
+            ),
+            (
+                "limits.max_unauthenticated_per_ip",
+                self.max_unauthenticated_per_ip as u64,
+            ),
+            (
+                "limits.max_unauthenticated_message",
+                self.max_unauthenticated_message as u64,
+            ),
+            ("limits.max_message_size", self.max_message_size as u64),
+            ("limits.rate_per_sec", u64::from(self.rate_per_sec)),
+            ("limits.rate_burst", u64::from(self.rate_burst)),
+            ("limits.outbound_queue", self.outbound_queue as u64),
+            (
+                "limits.outbound_queue_bytes",
+                self.outbound_queue_bytes as u64,
+            ),
+            ("limits.ping_interval_secs", self.ping_interval_secs),
+            ("limits.shutdown_grace_ms", self.shutdown_grace_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(Invalid::new(key, "must be positive"));
+            }
+        }
+        if self.max_message_size > 64 * 1024 * 1024 {
+            return Err(Invalid::new(
+                "limits.max_message_size",
+                "must be at most 64 MiB",
+            ));
+        }
+        if self.max_unauthenticated_message > self.max_message_size {
+            return Err(Invalid::new(
+                "limits.max_unauthenticated_message",
+                format!(
+                    "must not exceed limits.max_message_size ({})",
+                    self.max_message_size
+                ),
+            ));
+        }
+        if self.outbound_queue_bytes < self.max_message_size {
+            return Err(Invalid::new(
+                "limits.outbound_queue_bytes",
+                format!(
+                    "must be at least limits.max_message_size ({})",
+                    self.max_message_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_inconsistent_sizes_are_not() {
+        LimitsConfig::default().validate().unwrap();
+        let zero = LimitsConfig {
+            rate_burst: 0,
+            ..LimitsConfig::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().key, "limits.rate_burst");
+        let small_queue = LimitsConfig {
+            outbound_queue_bytes: 1024,
+            ..LimitsConfig::default()
+        };
+        let e = small_queue.validate().unwrap_err();
+        assert_eq!(e.key, "limits.outbound_queue_bytes");
+        assert!(e.message.contains("at least"), "{e:?}");
+    }
+}

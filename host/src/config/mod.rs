@@ -1,0 +1,280 @@
+//! The operator's TOML configuration: parsing, defaults and validation, one module per section.
+//!
+//! Every error names the file, the key and what is wrong (`file: key: message`), and a config with
+//! an error is never partly applied. Relative paths (`state_dir`, TLS files, plugin `path`) are
+//! resolved against the directory of the config file and normalised ([`paths`]), so the same file
+//! works from any working directory.
+//!
+//! Layout: [`error`] (the error types), [`paths`] (resolving relative paths), then one module per
+//! section, each with its raw serde struct, its defaults and its validation: [`server`] (and
+//! `[server.tls]`), [`followers`], [`pairing`], [`liveness`], [`limits`], [`reload`], [`admin`],
+//! [`plugins`].
+
+pub mod admin;
+pub mod error;
+pub mod followers;
+pub mod limits;
+pub mod liveness;
+pub mod pairing;
+pub mod paths;
+pub mod plugins;
+pub mod reload;
+pub mod server;
+
+pub use admin::AdminConfig;
+pub use error::ConfigError;
+pub use limits::LimitsConfig;
+pub use liveness::LivenessConfig;
+pub use pairing::PairingConfig;
+pub use plugins::PluginConfig;
+pub use reload::ReloadConfig;
+pub use server::{ServerConfig, TlsConfig};
+
+use error::Invalid;
+use paths::Paths;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from.
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub allow: BTreeSet<String>,
+    pub pairing: PairingConfig,
+    pub liveness: LivenessConfig,
+    pub reload: ReloadConfig,
+    pub limits: LimitsConfig,
+    /// `[admin]`: the admin HTTP port and the name of the token's environment variable.
+    pub admin: AdminConfig,
+    /// Same as `admin.listen`; kept only until `server.rs` reads `admin.listen` (then remove).
+    pub admin_listen: Option<SocketAddr>,
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: server::RawServer,
+    #[serde(default)]
+    followers: followers::RawFollowers,
+    #[serde(default)]
+    pairing: pairing::RawPairing,
+    #[serde(default)]
+    liveness: liveness::RawLiveness,
+    #[serde(default)]
+    reload: reload::RawReload,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    admin: admin::RawAdmin,
+    #[serde(default)]
+    plugins: Vec<plugins::RawPlugin>,
+}
+
+impl RawConfig {
+    /// Each section validates itself, in file order.
+    fn validate(self, file: &Path) -> Result<Config, Invalid> {
+        let paths = Paths::for_config(file);
+        let server = self.server.validate(&paths)?;
+        let allow = self.followers.validate()?;
+        let pairing = self.pairing.validate()?;
+        let liveness = self.liveness.validate()?;
+        let reload = self.reload.validate()?;
+        self.limits.validate()?;
+        let admin = self.admin.validate()?;
+        let plugins = plugins::validate(self.plugins, &paths)?;
+        Ok(Config {
+            file: file.to_owned(),
+            server,
+            allow,
+            pairing,
+            liveness,
+            reload,
+            limits: self.limits,
+            admin_listen: admin.listen,
+            admin,
+            plugins,
+        })
+    }
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Invalid::new("", format!("cannot read config file: {e}")).in_file(file))?;
+        Config::parse(file, &text)
+    }
+
+    /// Parse and validate config text that came from `file` (used for messages and for
+    /// resolving relative paths).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message already carries the line, column and offending key.
+            Invalid::new("", format!("invalid TOML: {}", e.to_string().trim_end())).in_file(file)
+        })?;
+        raw.validate(file).map_err(|e| e.in_file(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::NotifierConfig;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/yonexus/yonexus.toml"), text)
+    }
+
+    #[test]
+    fn defaults_and_relative_state_dir() {
+        let c = parse("[followers]\nallow = [\"alpha\", \"beta\"]\n").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8787".parse().unwrap());
+        assert_eq!(c.server.path, "/");
+        assert_eq!(
+            c.server.state_dir,
+            PathBuf::from("/etc/yonexus/yonexus-state")
+        );
+        assert_eq!(c.pairing.ttl_secs, 300);
+        assert_eq!(c.pairing.max_attempts, 5);
+        assert_eq!(c.pairing.notifier, NotifierConfig::Log);
+        assert_eq!(c.liveness.unstable_after_secs, 420);
+        assert_eq!(c.liveness.offline_after_secs, 660);
+        assert_eq!(c.allow.len(), 2);
+        assert_eq!(c.admin, AdminConfig::default());
+        assert_eq!(c.admin_listen, c.admin.listen);
+        assert_eq!(c.reload.debounce_ms, 500);
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn admin_section() {
+        let c = parse("[admin]\nlisten = \"off\"\ntoken_env = \"MY_TOKEN\"\n").unwrap();
+        assert_eq!(c.admin.listen, None);
+        assert_eq!(c.admin.token_env, "MY_TOKEN");
+        let e = parse("[admin]\ntoken_env = \"MY-TOKEN\"\n").unwrap_err();
+        assert_eq!(e.key, "admin.token_env");
+        assert!(
+            e.message.contains("not an environment variable name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        for (text, key, needle) in [
+            (
+                "[server]\nlisten = \"nope\"",
+                "server.listen",
+                "not an IP:port",
+            ),
+            ("[server]\nlisten = 5", "", "invalid TOML"),
+            ("[server]\nlistne = \"x\"", "", "unknown field"),
+            (
+                "[followers]\nallow = [\"a::b\"]",
+                "followers.allow[0]",
+                "'::'",
+            ),
+            (
+                "[followers]\nallow = [\"a\", \"a\"]",
+                "followers.allow[1]",
+                "twice",
+            ),
+            (
+                "[pairing]\nnotify = \"pigeon\"",
+                "pairing.notify",
+                "not one of",
+            ),
+            (
+                "[pairing]\nnotify = \"command\"",
+                "pairing.command",
+                "non-empty",
+            ),
+            (
+                "[pairing]\nnotify = \"discord\"",
+                "pairing.discord_admin_user_id",
+                "numeric",
+            ),
+            (
+                "[pairing]\nttl_secs = 0",
+                "pairing.ttl_secs",
+                "out of range",
+            ),
+            (
+                "[liveness]\nunstable_after_secs = 10\noffline_after_secs = 5",
+                "liveness.offline_after_secs",
+                "greater",
+            ),
+            (
+                "[[plugins]]\nname = \"x\"\npath = \"/nonexistent.so\"\nrules = [\"x\"]",
+                "plugins[0].path",
+                "plugin 'x': plugin file '/nonexistent.so' does not exist",
+            ),
+            (
+                "[[plugins]]\nname = \"relay\"\npath = \"lib/relay.so\"\nrules = [\"x\"]",
+                "plugins[0].path",
+                "plugin 'relay': plugin file '/etc/yonexus/lib/relay.so' does not exist (relative paths are resolved against the config file's folder '/etc/yonexus')",
+            ),
+            (
+                "[reload]\ndebounce_ms = 1",
+                "reload.debounce_ms",
+                "out of range",
+            ),
+            (
+                "[limits]\nmax_message_size = 0",
+                "limits.max_message_size",
+                "must be positive",
+            ),
+            (
+                "[admin]\nlisten = \"nowhere\"",
+                "admin.listen",
+                "or \"off\"",
+            ),
+            (
+                "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"",
+                "server.tls.cert",
+                "'/etc/yonexus/c.pem' does not exist (relative paths",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+            assert!(
+                e.to_string().starts_with("/etc/yonexus/yonexus.toml"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn plugin_rule_conflicts_name_both_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let so = dir.path().join("lib.so");
+        std::fs::write(&so, b"x").unwrap();
+        let file = dir.path().join("y.toml");
+        let text = "[[plugins]]\nname = \"a\"\npath = \"lib.so\"\nrules = [\"echo\"]\n[[plugins]]\nname = \"b\"\npath = \"lib.so\"\nrules = [\"echo\"]\n";
+        let e = Config::parse(&file, text).unwrap_err();
+        assert_eq!(e.key, "plugins[1].rules[0]");
+        assert!(
+            e.message.contains("plugin 'a' (plugins[0])")
+                && e.message.contains("plugin 'b' (plugins[1])"),
+            "{e}"
+        );
+        let text = "[[plugins]]\nname = \"a\"\npath = \"lib.so\"\nrules = [\"builtin\"]\n";
+        assert!(Config::parse(&file, text)
+            .unwrap_err()
+            .message
+            .contains("reserved"));
+        let text = "[[plugins]]\nname = \"a\"\npath = \"lib.so\"\nrules = [\"echo\"]\n[plugins.config]\nprefix = \">\"\n";
+        let c = Config::parse(&file, text).unwrap();
+        assert_eq!(c.plugins[0].path, so);
+        assert_eq!(c.plugins[0].config["prefix"], ">");
+    }
+}
