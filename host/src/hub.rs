@@ -21,8 +21,6 @@ use tokio::sync::Semaphore;
 
 /// Pairing notifications in flight at once, across every notifier.
 pub const NOTIFICATIONS_IN_FLIGHT: usize = 4;
-/// Failed proofs (or requests without a session) per connection before it is closed.
-pub const AUTH_FAILURES_PER_CONNECTION: u32 = 3;
 
 /// Settings that may change while the host runs.
 #[derive(Debug, Clone)]
@@ -87,6 +85,7 @@ impl Hub {
         router: Arc<Router>,
         clock: SharedClock,
     ) -> Self {
+        let guard = Guard::new(settings.limits.guard_policy());
         Hub {
             settings: RwLock::new(Arc::new(settings)),
             notifier: RwLock::new(Arc::new(notifier)),
@@ -95,7 +94,7 @@ impl Hub {
             router,
             clock,
             admission: Arc::new(Admission::default()),
-            guard: Guard::default(),
+            guard,
             events: EventBus::default(),
             notifications: Semaphore::new(NOTIFICATIONS_IN_FLIGHT),
             log_limit: LogLimiter::new(20),
@@ -112,6 +111,7 @@ impl Hub {
     }
 
     pub fn set_settings(&self, settings: Settings) {
+        self.guard.set_policy(settings.limits.guard_policy());
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 

@@ -27,9 +27,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// TLS and WebSocket handshakes in flight at once; more connections are refused like those
-/// over the unauthenticated caps.
-pub const MAX_HANDSHAKES: usize = 256;
 /// Refusals (503 answers) being written at once; beyond it a refused socket is just closed.
 const MAX_REFUSALS: usize = 64;
 
@@ -93,7 +90,7 @@ impl Host {
         }
         // Bind first: a port in use is reported before anything else happens.
         let (listener, local_addr) = bind(config.server.listen).await?;
-        let admin_http = match config.admin_listen {
+        let admin_http = match config.admin.listen {
             None => None,
             Some(addr) => Some(bind(addr).await?),
         };
@@ -247,7 +244,7 @@ async fn accept_loop(
     tracker: TaskTracker,
     ready: Arc<AtomicBool>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Arc::new(Semaphore::new(hub.settings().limits.max_handshakes));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         let accepted = tokio::select! {

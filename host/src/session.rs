@@ -13,7 +13,7 @@
 
 use crate::auth::{self, AuthOutcome};
 use crate::guard::AddressKey;
-use crate::hub::{Hub, AUTH_FAILURES_PER_CONNECTION};
+use crate::hub::Hub;
 use crate::lifecycle;
 use crate::metrics;
 use crate::notify::PairingNotice;
@@ -577,7 +577,7 @@ impl Session {
                     hub.now(),
                     rid,
                 ));
-                if self.auth_failures >= AUTH_FAILURES_PER_CONNECTION {
+                if self.auth_failures >= hub.settings().limits.auth_failures_per_connection {
                     metrics::abuser_closed("auth");
                     return Flow::close(1008, "too many failed authentication attempts");
                 }

@@ -2,6 +2,7 @@
 
 use super::error::Invalid;
 use serde::Deserialize;
+use std::time::Duration;
 
 /// `[limits]`: protection against hostile and slow peers. Every value has a default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -31,6 +32,22 @@ pub struct LimitsConfig {
     pub ping_interval_secs: u64,
     /// How long shutdown waits for connections and plugins to finish.
     pub shutdown_grace_ms: u64,
+    /// TLS and WebSocket handshakes in flight at once; more connections are refused like those
+    /// over the unauthenticated caps.
+    pub max_handshakes: usize,
+    /// Refused proofs (and requests without a session) one connection may send before it is
+    /// closed (1008).
+    pub auth_failures_per_connection: u32,
+    /// Failures (refused proofs, wrong pairing codes) per remote address (IPv4 address, IPv6
+    /// /64) within `failure_window_secs` answered without delay; each further one waits twice
+    /// as long as the previous (250 ms, 500 ms, …) up to `max_failure_delay_ms`. A valid proof is
+    /// never delayed.
+    pub free_failures_per_address: u32,
+    /// Successful authentications per identifier within `failure_window_secs` answered without
+    /// delay (a follower reconnecting faster is slowed, never revoked).
+    pub free_logins_per_identifier: u32,
+    pub failure_window_secs: u64,
+    pub max_failure_delay_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -49,14 +66,39 @@ impl Default for LimitsConfig {
             outbound_queue_bytes: 4 * 1024 * 1024,
             ping_interval_secs: 30,
             shutdown_grace_ms: 5_000,
+            max_handshakes: 256,
+            auth_failures_per_connection: 3,
+            free_failures_per_address: 10,
+            free_logins_per_identifier: 10,
+            failure_window_secs: 60,
+            max_failure_delay_ms: 5_000,
         }
     }
 }
 
 impl LimitsConfig {
+    /// The guard's policy for failures and logins.
+    pub fn guard_policy(&self) -> crate::guard::Policy {
+        crate::guard::Policy {
+            free_failures_per_address: self.free_failures_per_address,
+            free_logins_per_identifier: self.free_logins_per_identifier,
+            window_secs: i64::try_from(self.failure_window_secs).unwrap_or(i64::MAX),
+            base_delay: Duration::from_millis(250)
+                .min(Duration::from_millis(self.max_failure_delay_ms)),
+            max_delay: Duration::from_millis(self.max_failure_delay_ms),
+        }
+    }
+
     /// Every limit positive, and the sizes consistent with each other.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 16] = [
+            ("limits.max_handshakes", self.max_handshakes as u64),
+            (
+                "limits.auth_failures_per_connection",
+                u64::from(self.auth_failures_per_connection),
+            ),
+            ("limits.failure_window_secs", self.failure_window_secs),
+            ("limits.max_failure_delay_ms", self.max_failure_delay_ms),
             ("limits.upgrade_timeout_ms", self.upgrade_timeout_ms),
             ("limits.auth_timeout_secs", self.auth_timeout_secs),
             (
@@ -86,6 +128,12 @@ impl LimitsConfig {
             if value == 0 {
                 return Err(Invalid::new(key, "must be positive"));
             }
+        }
+        if self.max_failure_delay_ms > 60_000 {
+            return Err(Invalid::new(
+                "limits.max_failure_delay_ms",
+                "must be at most 60000 (a minute)",
+            ));
         }
         if self.max_message_size > 64 * 1024 * 1024 {
             return Err(Invalid::new(
@@ -134,5 +182,13 @@ mod tests {
         let e = small_queue.validate().unwrap_err();
         assert_eq!(e.key, "limits.outbound_queue_bytes");
         assert!(e.message.contains("at least"), "{e:?}");
+        let no_auth = LimitsConfig {
+            auth_failures_per_connection: 0,
+            ..LimitsConfig::default()
+        };
+        assert_eq!(
+            no_auth.validate().unwrap_err().key,
+            "limits.auth_failures_per_connection"
+        );
     }
 }

@@ -34,7 +34,6 @@ use error::Invalid;
 use paths::Paths;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -51,8 +50,6 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[admin]`: the admin HTTP port and the name of the token's environment variable.
     pub admin: AdminConfig,
-    /// Same as `admin.listen`; kept only until `server.rs` reads `admin.listen` (then remove).
-    pub admin_listen: Option<SocketAddr>,
     pub plugins: Vec<PluginConfig>,
 }
 
@@ -97,7 +94,6 @@ impl RawConfig {
             liveness,
             reload,
             limits: self.limits,
-            admin_listen: admin.listen,
             admin,
             plugins,
         })
@@ -148,7 +144,6 @@ mod tests {
         assert_eq!(c.liveness.offline_after_secs, 660);
         assert_eq!(c.allow.len(), 2);
         assert_eq!(c.admin, AdminConfig::default());
-        assert_eq!(c.admin_listen, c.admin.listen);
         assert_eq!(c.reload.debounce_ms, 500);
         assert_eq!(c.limits, LimitsConfig::default());
         assert!(c.plugins.is_empty());
