@@ -6,12 +6,16 @@
 //! - [`load`] (here): file → checked [`LoadedLibrary`]; [`LoadedLibrary::instantiate`] →
 //!   running [`PluginHandler`]; [`LoadedLibrary::describe`] for `yonexus check`.
 //! - `error`: [`PluginLoadError`] — one line naming the plugin, the file and the exact reason.
-//! - `loader`: file sanity (regular, non-empty, ELF header/segments inside the file), private staged copy under a never-reused
+//! - `file_trust`: [`check_trusted_file`] / [`read_trusted`] — refuse files writable by group or
+//!   others or owned by another non-root user (plugin libraries here; the config file too).
+//! - `loader`: file sanity (regular, non-empty, trusted, ELF header/segments inside the file), private staged copy under a never-reused
 //!   name, `dlopen(RTLD_NOW | RTLD_LOCAL)`, the never-unloaded library list.
 //! - `abi`: header and vtable checks (magic, size, ABI major, pointer width, target,
-//!   panic=unwind), reading newer optional fields only when the plugin's struct has them.
+//!   panic strategy), the 1.1 flags ([`HeaderInfo::non_blocking`], [`HeaderInfo::thread_safe`]),
+//!   reading newer optional fields only when the plugin's struct has them.
 //! - `host_api`: the callbacks a plugin calls (send, error, broadcast, log, now, connected),
-//!   backed by the real [`Registry`](crate::registry::Registry).
+//!   backed by the real [`Registry`](crate::registry::Registry); the table lives in a
+//!   never-freed slot so late calls from a destroyed instance return `STATUS_GONE`.
 //! - `worker`: per-plugin thread + bounded queue; deadlines, failure replies, panic breaker.
 //! - `handler`: [`PluginHandler`], the [`RuleHandler`](crate::router::RuleHandler) the router
 //!   calls; forwards follower lifecycle events.
@@ -241,11 +245,11 @@ impl LoadedLibrary {
         gate: Arc<Latch>,
     ) -> Result<Arc<PluginHandler>, PluginLoadError> {
         let shared = Arc::new(worker::Shared::new());
-        let ctx = Box::new(host_api::HostCtx {
-            name: spec.name.clone(),
-            registry: Arc::clone(&registry),
+        let ctx = Box::new(host_api::HostCtx::new(
+            &spec.name,
+            Arc::clone(&registry),
             clock,
-        });
+        ));
         let cfg = worker::WorkerConfig {
             name: spec.name.clone(),
             config_json: spec.config.to_string(),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use yonexus_plugin_api::abi::{self, FfiBuf, FfiStr, FreeBufFn, HostApi};
+use yonexus_plugin_api::abi::{self, FfiBuf, FfiStr, FreeBufFn};
 use yonexus_protocol::envelope::ErrorCode;
 
 /// A one-way flag threads can wait on: set once, then every wait returns at once.
@@ -166,19 +166,15 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(format!("plugin-{}", cfg.name))
         .spawn(move || {
-            let api: Box<HostApi> = Box::new(ctx.api());
+            // Never freed; dropping `ctx` (after destroy) makes late calls return STATUS_GONE.
+            let api = ctx.api();
             let mut instance = std::ptr::null_mut();
             let mut err = FfiBuf::empty();
-            // SAFETY: `api` and `ctx` outlive the instance (dropped at the end of this thread,
-            // after destroy); the config string lives across the call; out pointers are valid.
-            let status = unsafe {
-                (f.create)(
-                    &*api,
-                    FfiStr::new(&cfg.config_json),
-                    &mut instance,
-                    &mut err,
-                )
-            };
+            // SAFETY: `api` is valid forever and `ctx` outlives the instance (dropped at the end
+            // of this thread, after destroy); the config string lives across the call; out
+            // pointers are valid.
+            let status =
+                unsafe { (f.create)(api, FfiStr::new(&cfg.config_json), &mut instance, &mut err) };
             let message = take_err(f.free_buf, err);
             let outcome = match status {
                 abi::STATUS_OK if !instance.is_null() => Ok(()),
@@ -201,7 +197,6 @@ pub(crate) fn spawn(
                 unsafe { (f.destroy)(instance) };
                 tracing::info!(plugin = %cfg.name, "plugin instance destroyed");
             }
-            drop(api);
             drop(ctx);
             shared.finished.set();
         })
