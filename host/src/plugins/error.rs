@@ -45,6 +45,8 @@ pub enum LoadErrorKind {
     NotRegularFile,
     #[error("the file is empty (0 bytes)")]
     Empty,
+    #[error("{}", .0.reason())]
+    Untrusted(super::file_trust::UntrustedFile),
     #[error("not a shared library: no ELF magic at the start of the file (first bytes {0})")]
     NotElf(String),
     #[error(

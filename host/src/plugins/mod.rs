@@ -25,6 +25,7 @@
 
 mod abi;
 mod error;
+mod file_trust;
 mod handler;
 mod host_api;
 mod loader;
@@ -32,6 +33,7 @@ mod worker;
 
 pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
+pub use file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
 pub use handler::{PluginHandler, PluginStats};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
