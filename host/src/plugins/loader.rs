@@ -44,7 +44,8 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadErrorKind> {
     if !meta.is_file() {
         return Err(LoadErrorKind::NotRegularFile);
     }
-    super::file_trust::check_metadata(path, &meta).map_err(LoadErrorKind::Untrusted)?;
+    super::file_trust::check_metadata(path, &meta)
+        .map_err(|e| LoadErrorKind::Untrusted(Box::new(e)))?;
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.read_to_end(&mut bytes)
         .map_err(LoadErrorKind::Unreadable)?;
