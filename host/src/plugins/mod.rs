@@ -130,13 +130,25 @@ pub struct PluginDescription {
     pub rustc_version: String,
     pub rules: Vec<String>,
     pub path: PathBuf,
+    /// ABI 1.1 declarations (see [`HeaderInfo`]).
+    pub non_blocking: bool,
+    pub thread_safe: bool,
+    pub unwinds: bool,
 }
 
 impl fmt::Display for PluginDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let declared: Vec<&str> = [
+            (self.non_blocking, "non-blocking"),
+            (self.thread_safe, "thread-safe"),
+            (!self.unwinds, "never unwinds"),
+        ]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect();
         write!(
             f,
-            "plugin '{}': {} {} (ABI {}.{}, plugin-api {}, {}) from {}; rules: {}",
+            "plugin '{}': {} {} (ABI {}.{}, plugin-api {}, {}){} from {}; rules: {}",
             self.name,
             self.plugin_name,
             self.version,
@@ -144,6 +156,11 @@ impl fmt::Display for PluginDescription {
             self.abi_minor,
             self.plugin_api_version,
             self.rustc_version,
+            if declared.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", declared.join(", "))
+            },
             self.path.display(),
             if self.rules.is_empty() {
                 "(none)".to_owned()
@@ -218,6 +235,9 @@ impl LoadedLibrary {
             rustc_version: self.info.rustc_version.clone(),
             rules: spec.rules.clone(),
             path: self.source.clone(),
+            non_blocking: self.info.non_blocking,
+            thread_safe: self.info.thread_safe,
+            unwinds: self.info.unwinds,
         }
     }
 
