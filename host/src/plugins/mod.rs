@@ -14,8 +14,8 @@
 //!   panic strategy), the 1.1 flags ([`HeaderInfo::non_blocking`], [`HeaderInfo::thread_safe`]),
 //!   reading newer optional fields only when the plugin's struct has them.
 //! - `host_api`: the callbacks a plugin calls (send, error, broadcast, log, now, connected),
-//!   backed by the real [`Registry`]; the table lives in a
-//!   never-freed slot so late calls from a destroyed instance return `STATUS_GONE`.
+//!   backed by the real [`Registry`]; the table lives in a never-freed slot so late calls from
+//!   a destroyed instance return `STATUS_GONE`.
 //! - `worker`: per-plugin thread + bounded queue; deadlines, failure replies, panic breaker.
 //! - `handler`: [`PluginHandler`], the [`RuleHandler`](crate::router::RuleHandler) the router
 //!   calls; forwards follower lifecycle events.
