@@ -20,6 +20,7 @@ use yonexus_host::router::{DispatchError, RuleHandler, RuleMessage, Sender};
 const FIXTURES: &[(&str, &str)] = &[
     ("ok", include_str!("fixtures/plugins/ok.rs")),
     ("noheader", include_str!("fixtures/plugins/noheader.rs")),
+    ("late", include_str!("fixtures/plugins/late.rs")),
 ];
 const HACKED: &str = include_str!("fixtures/plugins/hacked_header.rs");
 /// (crate name, header hack, vtable hack)
@@ -40,6 +41,26 @@ const HACKS: &[(&str, &str, &str)] = &[
         "",
         "$v.struct_size = yonexus_plugin_api::abi::VTABLE_V1_0_MIN_SIZE as u32;",
     ),
+    // A 1.0 plugin whose reserved word (now `flags`) holds garbage: must load, flags unread.
+    ("v1_0", "$h.0.abi_minor = 0; $h.0.flags = 0xffff_ffff;", ""),
+    // Both 1.1 flags plus a bit no host knows yet.
+    (
+        "flagged",
+        "$h.0.flags = yonexus_plugin_api::abi::FLAG_NON_BLOCKING | yonexus_plugin_api::abi::FLAG_THREAD_SAFE | (1 << 31);",
+        "",
+    ),
+    // As a C plugin declares itself.
+    (
+        "no_unwind",
+        "$h.0.panic_unwind = yonexus_plugin_api::abi::PANIC_NONE;",
+        "",
+    ),
+    (
+        "no_unwind_v1_0",
+        "$h.0.panic_unwind = yonexus_plugin_api::abi::PANIC_NONE; $h.0.abi_minor = 0;",
+        "",
+    ),
+    ("panic7", "$h.0.panic_unwind = 7;", ""),
 ];
 
 fn repo_root() -> PathBuf {
@@ -380,7 +401,10 @@ fn bundled_echo_plugin_loads_with_prefix() {
     let mut alice = follower(&reg, "alice", 1);
     let mut s = PluginSpec::new("echo", bundled("echo"), vec!["echo".into()]);
     s.config = serde_json::json!({"prefix": "E:"});
-    let h = start(&s, &reg);
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    // echo only queues replies: it declares itself non-blocking (but not thread-safe).
+    assert!(lib.info().non_blocking && !lib.info().thread_safe && lib.info().unwinds);
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
     h.dispatch(rule("echo", &alice, "hi::x")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("echo::E:hi::x"));
 }
@@ -495,6 +519,172 @@ fn vtable_without_on_event_loads_and_is_never_read_past_its_size() {
     h.dispatch(msg(&alice, "x")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hacked"));
     assert_eq!(h.stats().calls, 1);
+}
+
+#[test]
+fn an_abi_1_0_plugin_loads_and_its_reserved_word_is_not_read_as_flags() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let s = spec("v1_0", fixture_so("v1_0"));
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    let info = lib.info();
+    assert_eq!((info.abi_major, info.abi_minor), (1, 0));
+    assert_eq!(info.flags, 0, "{info:?}");
+    assert!(
+        !info.non_blocking && !info.thread_safe && info.unwinds,
+        "{info:?}"
+    );
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
+    h.dispatch(msg(&alice, "x")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hacked"));
+}
+
+#[test]
+fn declared_flags_reach_header_info_and_unknown_bits_are_ignored() {
+    let s = spec("flagged", fixture_so("flagged"));
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    let info = lib.info();
+    assert_eq!(info.abi_minor, plugins::ABI_MINOR);
+    assert!(
+        info.non_blocking && info.thread_safe && info.unwinds,
+        "{info:?}"
+    );
+    assert_eq!(
+        info.flags & (1 << 31),
+        1 << 31,
+        "raw flags kept for diagnostics"
+    );
+    let d = lib.describe(&s).to_string();
+    assert!(
+        d.contains("non-blocking") && d.contains("thread-safe"),
+        "{d}"
+    );
+    // A plugin that declares nothing shows nothing.
+    let plain = plugins::load(&spec("ok", fixture_so("ok")), &staging()).unwrap();
+    let info = plain.info();
+    assert!(
+        !info.non_blocking && !info.thread_safe && info.unwinds,
+        "{info:?}"
+    );
+}
+
+#[test]
+fn a_plugin_that_never_unwinds_loads_from_abi_1_1() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let s = spec("no_unwind", fixture_so("no_unwind"));
+    let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!lib.info().unwinds);
+    assert!(lib.describe(&s).to_string().contains("never unwinds"));
+    let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
+    h.dispatch(msg(&alice, "x")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::hacked"));
+}
+
+#[test]
+fn never_unwinds_in_a_1_0_header_or_an_unknown_panic_strategy_is_refused() {
+    for name in ["no_unwind_v1_0", "panic7"] {
+        let e = refused(name, fixture_so(name));
+        assert!(matches!(e.kind, LoadErrorKind::PanicStrategy { .. }), "{e}");
+        assert!(e.to_string().contains("unknown panic strategy"), "{e}");
+    }
+}
+
+#[test]
+fn a_plugin_file_others_may_write_or_that_another_user_owns_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let so = dir.path().join("libshared.so");
+    std::fs::copy(fixture_so("ok"), &so).unwrap();
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = refused("shared", so.clone());
+    assert!(matches!(e.kind, LoadErrorKind::Untrusted(_)), "{e}");
+    let line = e.to_string();
+    assert!(
+        line.contains("mode 0666") && line.contains("owner uid "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("fix: chmod go-w {}", so.display())),
+        "{line}"
+    );
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o755)).unwrap();
+    plugins::load(&spec("shared", so.clone()), &staging()).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&so, Some(65534), None).unwrap();
+        let e = refused("shared", so.clone());
+        let line = e.to_string();
+        assert!(line.contains("owned by uid 65534"), "{line}");
+        assert!(line.contains("mode 0755"), "{line}");
+    } else {
+        println!("SKIPPED (partly): not root, cannot give the file to another user");
+    }
+}
+
+#[test]
+fn a_host_handle_kept_after_its_instance_was_replaced_is_safe_and_answers_gone() {
+    let buf = tracing_capture();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Arc::new(Registry::new());
+    let mut watcher = follower(&reg, "watcher", 1);
+    let mut alice = follower(&reg, "alice", 2);
+    let report = |n: &str| dir.path().join(format!("report-{n}"));
+    let spec_for = |n: &str| {
+        let mut s = spec("late", fixture_so("late"));
+        s.config = serde_json::json!({ "report": report(n) });
+        s
+    };
+    let lib = plugins::load(&spec_for("first"), &staging()).unwrap_or_else(|e| panic!("{e}"));
+    let first = lib
+        .instantiate(&spec_for("first"), Arc::clone(&reg), clock())
+        .unwrap();
+    // While the instance lives, the handle its thread kept works.
+    assert_eq!(recv(&mut watcher, T).as_deref(), Some("late::tick"));
+
+    // A reload: a new instance takes over, the old one is destroyed. Its thread keeps calling.
+    let second = lib
+        .instantiate(&spec_for("second"), Arc::clone(&reg), clock())
+        .unwrap();
+    let finished = first.finished();
+    drop(first);
+    assert!(finished.wait(T), "the first instance was not destroyed");
+    let read = |n: &str| {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(report(n)) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no report from instance {n}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    const GONE: &str =
+        "send=Err(Gone) error=Err(Gone) broadcast=0 now=0 connected=[] log_enabled=false";
+    assert_eq!(read("first"), GONE);
+
+    // The replacement and the host are unaffected.
+    assert_eq!(recv(&mut watcher, T).as_deref(), Some("late::tick"));
+    second.dispatch(msg(&alice, "hi")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::alive"));
+    assert!(!report("second").exists());
+
+    let logs = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    assert!(
+        !logs.contains("this line must never reach the host log"),
+        "{logs}"
+    );
+    let warned = logs
+        .lines()
+        .filter(|l| l.contains("after its instance was destroyed") && l.contains("plugin=late"))
+        .count();
+    assert_eq!(warned, 1, "one warning per dead instance:\n{logs}");
+
+    // The same for the second once it is destroyed too.
+    let finished = second.finished();
+    drop(second);
+    assert!(finished.wait(T));
+    assert_eq!(read("second"), GONE);
 }
 
 #[test]

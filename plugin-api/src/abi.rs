@@ -10,8 +10,10 @@ use core::ffi::c_void;
 pub const MAGIC: [u8; 8] = *b"YNXPLUG\0";
 /// Incompatible changes bump the major; host and plugin majors must be equal.
 pub const ABI_MAJOR: u16 = 1;
-/// Appended fields/functions bump the minor; older minors keep loading.
-pub const ABI_MINOR: u16 = 0;
+/// Appended fields/functions, or new meanings for reserved fields and values, bump the minor;
+/// older minors keep loading. 1.1 added [`PluginHeader::flags`], [`PANIC_NONE`] and
+/// [`STATUS_GONE`] (see [`crate::docs`], "Versioning").
+pub const ABI_MINOR: u16 = 1;
 /// Name of the exported [`ExportedHeader`] static (NUL-terminated for `dlsym`).
 pub const HEADER_SYMBOL: &[u8] = b"yonexus_plugin_header_v1\0";
 /// The same name without the NUL, for messages.
@@ -32,6 +34,44 @@ pub const STATUS_OFFLINE: Status = 3;
 pub const STATUS_BUSY: Status = 4;
 /// An argument was rejected (bad UTF-8, empty or reserved rule id, …).
 pub const STATUS_INVALID: Status = 5;
+/// (ABI 1.1) Any host callback: the plugin instance this [`HostApi`] was given to has been
+/// destroyed (or replaced by a reload). Nothing was done. The handle stays safe to call — every
+/// later call returns this status (or the callback's "nothing" value: `broadcast` 0, `now` 0,
+/// `log_enabled` 0, `log` does nothing) — but it will never work again: stop the thread that
+/// holds it. A 1.0 host never returns it.
+pub const STATUS_GONE: Status = 6;
+
+/// [`PluginHeader::panic_unwind`] of a Rust plugin built with `panic = "abort"`: one of its
+/// panics would abort the host. Refused.
+pub const PANIC_ABORT: u16 = 0;
+/// [`PluginHeader::panic_unwind`] of a Rust plugin built with `panic = "unwind"`, whose shims
+/// catch every panic ([`crate::export_plugin!`] does). Accepted.
+pub const PANIC_UNWIND: u16 = 1;
+/// (ABI 1.1) [`PluginHeader::panic_unwind`] of code that never unwinds across the boundary
+/// (C; C++ that catches every exception inside its `extern "C"` functions; Zig; Go): failures
+/// are returned as statuses. Accepted from plugins that declare ABI minor ≥ 1.
+pub const PANIC_NONE: u16 = 2;
+
+/// (ABI 1.1) Bit of [`PluginHeader::flags`] (promises a plugin makes so the host may run it
+/// faster; each is optional, a host ignores bits it does not know, and reads `flags` only from
+/// plugins that declare ABI minor ≥ 1 — in 1.0 the field was reserved).
+///
+/// Non-blocking: every call (`on_message`, `on_event`) returns within a few
+/// microseconds to a millisecond and never blocks — no sleeping, no blocking I/O, no waiting on a
+/// lock another thread holds for long, no waiting for another follower. The host may then call
+/// the plugin directly on its async I/O threads instead of handing each message to the plugin's
+/// worker thread. The host times such calls; one that overruns the host's budget makes the host
+/// stop calling the instance directly (it is "demoted" to its worker thread, with a warning in
+/// the log) until it is reloaded. `create` and `destroy` always run on a worker thread.
+pub const FLAG_NON_BLOCKING: u32 = 1 << 0;
+/// (ABI 1.1) Bit of [`PluginHeader::flags`]. Thread-safe: the instance may be called
+/// concurrently from several threads (`on_message` and `on_event`, each with itself and with the
+/// other). The host may then shard it over several worker threads by sender: one sender's
+/// messages stay in order on one thread, different senders run in parallel. `create` and `destroy` are never concurrent with anything.
+/// The Rust SDK sets it for [`crate::SharedPlugin`]s (`export_plugin!(shared T)`).
+pub const FLAG_THREAD_SAFE: u32 = 1 << 1;
+/// Every flag this ABI version defines.
+pub const KNOWN_FLAGS: u32 = FLAG_NON_BLOCKING | FLAG_THREAD_SAFE;
 
 /// Log levels for [`HostApi::log`].
 pub const LOG_ERROR: u32 = 1;
@@ -171,16 +211,21 @@ pub struct PluginHeader {
     pub abi_minor: u16,
     /// `size_of::<usize>()` in bytes.
     pub ptr_width: u16,
-    /// 1 when built with `panic = "unwind"`, 0 for `panic = "abort"` (refused by the host).
+    /// [`PANIC_UNWIND`] (1) for Rust built with `panic = "unwind"`, [`PANIC_ABORT`] (0) for
+    /// `panic = "abort"` (refused by the host), [`PANIC_NONE`] (2, ABI 1.1) for code that never
+    /// unwinds (C and friends). The name predates the third value.
     pub panic_unwind: u16,
-    pub _reserved: u32,
+    /// (ABI 1.1; reserved and 0 in 1.0) `FLAG_*` bits: [`FLAG_NON_BLOCKING`],
+    /// [`FLAG_THREAD_SAFE`]. Read only when `abi_minor` ≥ 1.
+    pub flags: u32,
     /// Target triple the plugin was compiled for, e.g. `x86_64-unknown-linux-gnu`.
     pub target_triple: FfiStr,
     pub plugin_name: FfiStr,
     pub plugin_version: FfiStr,
     /// Version of the `yonexus-plugin-api` crate the plugin was built with (informational).
     pub plugin_api_version: FfiStr,
-    /// `rustc -V` of the compiler that built the plugin (informational, never used to refuse).
+    /// `rustc -V` of the compiler that built the plugin, or any description of a C compiler
+    /// (informational, never used to refuse).
     pub rustc_version: FfiStr,
     /// The plugin's function table (a static in the plugin).
     pub vtable: *const PluginVTable,
@@ -241,7 +286,9 @@ pub struct PluginVTable {
 }
 
 /// Host callbacks. Append-only; `struct_size` first. All are synchronous, thread-safe, never
-/// block on network I/O (the host only queues), and valid from `create` until `destroy` returns.
+/// block on network I/O (the host only queues), and work from `create` until `destroy` returns.
+/// (ABI 1.1 hosts) The table and `ctx` are never freed: a call after the instance was destroyed
+/// is memory-safe and returns [`STATUS_GONE`] (see that constant for the other callbacks).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct HostApi {
@@ -287,7 +334,8 @@ pub struct HostApi {
     pub free_buf: FreeBufFn,
 }
 
-/// Bytes of the v1.0 header: every field up to and including `vtable`.
+/// Bytes of the v1.0 header: every field up to and including `vtable` (1.1 only gave the
+/// reserved `flags` word a meaning, so the size is unchanged).
 pub const HEADER_V1_0_SIZE: usize = core::mem::size_of::<PluginHeader>();
 /// Bytes of the v1.0 vtable up to and including `free_buf` (everything after is optional).
 pub const VTABLE_V1_0_MIN_SIZE: usize =
@@ -314,6 +362,8 @@ mod tests {
         assert_eq!(size_of::<FfiBuf>(), 24);
         assert_eq!(offset_of!(PluginHeader, header_size), 8);
         assert_eq!(offset_of!(PluginHeader, abi_major), 12);
+        assert_eq!(offset_of!(PluginHeader, panic_unwind), 18);
+        assert_eq!(offset_of!(PluginHeader, flags), 20);
         assert_eq!(offset_of!(PluginHeader, target_triple), 24);
         assert_eq!(offset_of!(PluginHeader, vtable), 104);
         assert_eq!(size_of::<PluginHeader>(), 112);

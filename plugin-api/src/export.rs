@@ -1,40 +1,133 @@
 //! [`export_plugin!`](crate::export_plugin) and the generic `extern "C"` shims it instantiates.
 //! Every shim runs the author's code inside `catch_unwind`: a panic becomes [`STATUS_PANIC`]
 //! with the panic message, never an unwind across the C boundary (which would abort the host).
+//!
+//! The shims are generic over an [`Adapter`]: [`Exclusive<T>`] for a [`Plugin`] (called through
+//! `&mut`, so the host must serialize calls — the header does not set [`FLAG_THREAD_SAFE`]) and
+//! [`Shared<T>`] for a [`SharedPlugin`] (called through `&`, `T: Sync`, and the header sets
+//! [`FLAG_THREAD_SAFE`]). The flag and the reference kind come from the same impl, so they
+//! cannot disagree.
 
 use crate::abi::*;
-use crate::sdk::{Config, Event, Host, Liveness, Message, Plugin};
+use crate::sdk::{Config, Event, Host, Liveness, Message, Plugin, SharedPlugin};
 use core::ffi::c_void;
+use core::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Generate the exported header and every C shim for a [`Plugin`] type. Use once per library:
+/// Generate the exported header and every C shim for a plugin type. Use once per library:
 ///
 /// ```ignore
-/// yonexus_plugin_api::export_plugin!(MyPlugin);
+/// yonexus_plugin_api::export_plugin!(MyPlugin);          // a `Plugin`: calls serialized
+/// yonexus_plugin_api::export_plugin!(shared MyShared);   // a `SharedPlugin`: thread-safe
 /// ```
 ///
 /// The header records `cfg!(panic = "unwind")` *as compiled in the plugin crate*, so a
-/// `panic = "abort"` build is refused by the host before any plugin code runs.
+/// `panic = "abort"` build is refused by the host before any plugin code runs, and the flags
+/// declared by the type ([`Plugin::NON_BLOCKING`], thread safety for `shared`).
 #[macro_export]
 macro_rules! export_plugin {
-    ($plugin:ty) => {
+    (@adapter $adapter:ty) => {
         static __YONEXUS_PLUGIN_VTABLE: $crate::abi::PluginVTable =
-            $crate::__private::vtable::<$plugin>();
+            $crate::__private::vtable::<$adapter>();
 
         /// Read by the Yonexus host before any plugin code runs.
         #[unsafe(no_mangle)]
         #[allow(non_upper_case_globals)]
         pub static yonexus_plugin_header_v1: $crate::abi::ExportedHeader =
-            $crate::__private::header(
-                <$plugin as $crate::Plugin>::NAME,
+            $crate::__private::header::<$adapter>(
                 ::core::env!("CARGO_PKG_VERSION"),
                 &__YONEXUS_PLUGIN_VTABLE,
                 ::core::cfg!(panic = "unwind"),
             );
     };
+    (shared $plugin:ty) => {
+        $crate::export_plugin!(@adapter $crate::__private::Shared<$plugin>);
+    };
+    ($plugin:ty) => {
+        $crate::export_plugin!(@adapter $crate::__private::Exclusive<$plugin>);
+    };
 }
 
-/// The per-instance state behind the opaque instance pointer.
+/// How the shims reach a plugin type. Not a stable API.
+///
+/// # Safety
+/// `FLAGS` must contain [`FLAG_THREAD_SAFE`] only when `on_message` / `on_event` are sound to
+/// call concurrently on one instance (they must then only ever take `&Inner`, with `Inner: Sync`).
+pub unsafe trait Adapter: 'static {
+    /// The instance's type.
+    type Inner: Send + 'static;
+    const NAME: &'static str;
+    const HANDLES_EVENTS: bool;
+    /// `FLAG_*` bits for the header.
+    const FLAGS: u32;
+    fn create(config: &Config, host: &Host) -> Result<Self::Inner, String>;
+    /// # Safety
+    /// `p` points to a live instance made by `create`; unless `FLAGS` has
+    /// [`FLAG_THREAD_SAFE`], no other call on it runs concurrently.
+    unsafe fn on_message(p: *mut Self::Inner, host: &Host, msg: &Message<'_>)
+        -> Result<(), String>;
+    /// # Safety
+    /// As for [`Adapter::on_message`].
+    unsafe fn on_event(p: *mut Self::Inner, host: &Host, event: &Event<'_>) -> Result<(), String>;
+}
+
+/// A [`Plugin`] behind the ABI: calls serialized by the host.
+pub struct Exclusive<T>(PhantomData<fn() -> T>);
+
+// SAFETY: never sets FLAG_THREAD_SAFE; the host serializes calls, so `&mut` is exclusive.
+unsafe impl<T: Plugin> Adapter for Exclusive<T> {
+    type Inner = T;
+    const NAME: &'static str = T::NAME;
+    const HANDLES_EVENTS: bool = T::HANDLES_EVENTS;
+    const FLAGS: u32 = if T::NON_BLOCKING {
+        FLAG_NON_BLOCKING
+    } else {
+        0
+    };
+    fn create(config: &Config, host: &Host) -> Result<T, String> {
+        T::create(config, host)
+    }
+    unsafe fn on_message(p: *mut T, host: &Host, msg: &Message<'_>) -> Result<(), String> {
+        // SAFETY: live instance, and no concurrent call (the header does not claim thread
+        // safety, so the host serializes calls).
+        unsafe { &mut *p }.on_message(host, msg)
+    }
+    unsafe fn on_event(p: *mut T, host: &Host, event: &Event<'_>) -> Result<(), String> {
+        // SAFETY: as in `on_message`.
+        unsafe { &mut *p }.on_event(host, event)
+    }
+}
+
+/// A [`SharedPlugin`] behind the ABI: may be called concurrently.
+pub struct Shared<T>(PhantomData<fn() -> T>);
+
+// SAFETY: sets FLAG_THREAD_SAFE and only ever creates `&T`, with `T: Sync`.
+unsafe impl<T: SharedPlugin> Adapter for Shared<T> {
+    type Inner = T;
+    const NAME: &'static str = T::NAME;
+    const HANDLES_EVENTS: bool = T::HANDLES_EVENTS;
+    const FLAGS: u32 = FLAG_THREAD_SAFE
+        | if T::NON_BLOCKING {
+            FLAG_NON_BLOCKING
+        } else {
+            0
+        };
+    fn create(config: &Config, host: &Host) -> Result<T, String> {
+        T::create(config, host)
+    }
+    unsafe fn on_message(p: *mut T, host: &Host, msg: &Message<'_>) -> Result<(), String> {
+        // SAFETY: live instance; shared references may coexist and T is Sync.
+        unsafe { &*p }.on_message(host, msg)
+    }
+    unsafe fn on_event(p: *mut T, host: &Host, event: &Event<'_>) -> Result<(), String> {
+        // SAFETY: as in `on_message`.
+        unsafe { &*p }.on_event(host, event)
+    }
+}
+
+/// The per-instance state behind the opaque instance pointer. Only ever accessed through raw
+/// pointers to its fields (never a `&mut Instance`), so concurrent calls on a shared plugin
+/// never create overlapping unique references.
 struct Instance<T> {
     plugin: T,
     host: Host,
@@ -70,9 +163,20 @@ fn text<'a>(s: FfiStr, what: &str) -> Result<&'a str, (Status, String)> {
     unsafe { s.as_str() }.ok_or_else(|| (STATUS_INVALID, format!("{what} is not UTF-8")))
 }
 
+/// The instance's plugin and a copy of its host handle.
+///
+/// # Safety
+/// `instance` must be non-null and come from `create::<A>`, not yet destroyed.
+unsafe fn parts<A: Adapter>(instance: *mut c_void) -> (*mut A::Inner, Host) {
+    let inst = instance.cast::<Instance<A::Inner>>();
+    // SAFETY: live instance per the caller; field projections through the raw pointer create
+    // no reference to the whole struct; `host` is Copy and never written after create.
+    unsafe { (&raw mut (*inst).plugin, (*inst).host) }
+}
+
 /// # Safety
 /// Called by the host per the ABI contract (`crate::docs`).
-pub unsafe extern "C" fn create<T: Plugin>(
+pub unsafe extern "C" fn create<A: Adapter>(
     host: *const HostApi,
     config_json: FfiStr,
     out_instance: *mut *mut c_void,
@@ -94,11 +198,11 @@ pub unsafe extern "C" fn create<T: Plugin>(
             ));
         }
         // SAFETY: checked above that every v1.0 field exists; the host keeps it alive until
-        // destroy returns.
+        // destroy returns (1.1 hosts: forever).
         let host = unsafe { Host::from_raw(host) };
         let config = Config::from_json(text(config_json, "config")?)
             .map_err(|e| (STATUS_ERROR, format!("config: {e}")))?;
-        let plugin = T::create(&config, &host).map_err(|e| (STATUS_ERROR, e))?;
+        let plugin = A::create(&config, &host).map_err(|e| (STATUS_ERROR, e))?;
         let boxed = Box::into_raw(Box::new(Instance { plugin, host }));
         // SAFETY: out_instance is non-null and writable (host contract).
         unsafe { out_instance.write(boxed.cast()) };
@@ -107,8 +211,9 @@ pub unsafe extern "C" fn create<T: Plugin>(
 }
 
 /// # Safety
-/// `instance` must come from `create::<T>` and not be destroyed; calls are serialized.
-pub unsafe extern "C" fn on_message<T: Plugin>(
+/// `instance` must come from `create::<A>` and not be destroyed; calls are serialized unless
+/// `A::FLAGS` has [`FLAG_THREAD_SAFE`].
+pub unsafe extern "C" fn on_message<A: Adapter>(
     instance: *mut c_void,
     rule: FfiStr,
     sender: FfiStr,
@@ -119,23 +224,21 @@ pub unsafe extern "C" fn on_message<T: Plugin>(
         if instance.is_null() {
             return Err((STATUS_INVALID, "null instance".into()));
         }
-        // SAFETY: made by `create::<T>`; the host never calls one instance concurrently.
-        let inst = unsafe { &mut *instance.cast::<Instance<T>>() };
         let msg = Message {
             rule: text(rule, "rule")?,
             sender: text(sender, "sender")?,
             content: text(content, "content")?,
         };
-        let host = inst.host;
-        inst.plugin
-            .on_message(&host, &msg)
-            .map_err(|e| (STATUS_ERROR, e))
+        // SAFETY: made by `create::<A>`, live (host contract).
+        let (plugin, host) = unsafe { parts::<A>(instance) };
+        // SAFETY: the host honours the header's flags (serialized unless thread-safe).
+        unsafe { A::on_message(plugin, &host, &msg) }.map_err(|e| (STATUS_ERROR, e))
     })
 }
 
 /// # Safety
 /// As for [`on_message`].
-pub unsafe extern "C" fn on_event<T: Plugin>(
+pub unsafe extern "C" fn on_event<A: Adapter>(
     instance: *mut c_void,
     kind: u32,
     identifier: FfiStr,
@@ -146,8 +249,6 @@ pub unsafe extern "C" fn on_event<T: Plugin>(
         if instance.is_null() {
             return Err((STATUS_INVALID, "null instance".into()));
         }
-        // SAFETY: as in `on_message`.
-        let inst = unsafe { &mut *instance.cast::<Instance<T>>() };
         let identifier = text(identifier, "identifier")?;
         let event = match kind {
             EVENT_AUTHENTICATED => Event::Authenticated { identifier },
@@ -161,24 +262,24 @@ pub unsafe extern "C" fn on_event<T: Plugin>(
             // A newer host may send kinds this plugin does not know: ignore them.
             _ => return Ok(()),
         };
-        let host = inst.host;
-        inst.plugin
-            .on_event(&host, &event)
-            .map_err(|e| (STATUS_ERROR, e))
+        // SAFETY: as in `on_message`.
+        let (plugin, host) = unsafe { parts::<A>(instance) };
+        // SAFETY: as in `on_message`.
+        unsafe { A::on_event(plugin, &host, &event) }.map_err(|e| (STATUS_ERROR, e))
     })
 }
 
 /// # Safety
-/// `instance` must come from `create::<T>`; no call may be running or follow.
-pub unsafe extern "C" fn destroy<T: Plugin>(instance: *mut c_void) {
+/// `instance` must come from `create::<A>`; no call may be running or follow.
+pub unsafe extern "C" fn destroy<A: Adapter>(instance: *mut c_void) {
     if instance.is_null() {
         return;
     }
     // A panic in Drop is swallowed: there is nobody to report it to, and it must not unwind
     // into the host.
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: made by Box::into_raw in `create::<T>`, destroyed once.
-        drop(unsafe { Box::from_raw(instance.cast::<Instance<T>>()) });
+        // SAFETY: made by Box::into_raw in `create::<A>`, destroyed once.
+        drop(unsafe { Box::from_raw(instance.cast::<Instance<A::Inner>>()) });
     }));
 }
 
@@ -191,27 +292,26 @@ pub unsafe extern "C" fn free_buf(buf: FfiBuf) {
     unsafe { buf.free() }
 }
 
-/// The function table for `T`.
-pub const fn vtable<T: Plugin>() -> PluginVTable {
+/// The function table for the adapter `A` (`Exclusive<MyPlugin>` or `Shared<MyPlugin>`).
+pub const fn vtable<A: Adapter>() -> PluginVTable {
     PluginVTable {
         struct_size: core::mem::size_of::<PluginVTable>() as u32,
         abi_minor: ABI_MINOR,
         _reserved: 0,
-        create: create::<T>,
-        on_message: on_message::<T>,
-        destroy: destroy::<T>,
+        create: create::<A>,
+        on_message: on_message::<A>,
+        destroy: destroy::<A>,
         free_buf,
-        on_event: if T::HANDLES_EVENTS {
-            Some(on_event::<T>)
+        on_event: if A::HANDLES_EVENTS {
+            Some(on_event::<A>)
         } else {
             None
         },
     }
 }
 
-/// The exported header.
-pub const fn header(
-    name: &'static str,
+/// The exported header for the adapter `A`: its name and flags, this crate's ABI version.
+pub const fn header<A: Adapter>(
     version: &'static str,
     vtable: &'static PluginVTable,
     panic_unwind: bool,
@@ -222,10 +322,14 @@ pub const fn header(
         abi_major: ABI_MAJOR,
         abi_minor: ABI_MINOR,
         ptr_width: core::mem::size_of::<usize>() as u16,
-        panic_unwind: panic_unwind as u16,
-        _reserved: 0,
+        panic_unwind: if panic_unwind {
+            PANIC_UNWIND
+        } else {
+            PANIC_ABORT
+        },
+        flags: A::FLAGS,
         target_triple: FfiStr::new(crate::TARGET),
-        plugin_name: FfiStr::new(name),
+        plugin_name: FfiStr::new(A::NAME),
         plugin_version: FfiStr::new(version),
         plugin_api_version: FfiStr::new(crate::VERSION),
         rustc_version: FfiStr::new(crate::RUSTC_VERSION),
@@ -268,7 +372,7 @@ mod tests {
     fn shims_map_results_and_panics_to_statuses() {
         let th = TestHost::new();
         th.connect("alice");
-        let vt = vtable::<P>();
+        let vt = vtable::<Exclusive<P>>();
         let mut inst = core::ptr::null_mut();
         let mut err = FfiBuf::empty();
         // SAFETY: valid host API, out pointers and strings.
@@ -320,12 +424,188 @@ mod tests {
         let h = &yonexus_plugin_header_v1.0;
         assert_eq!(h.magic, MAGIC);
         assert_eq!(h.abi_major, ABI_MAJOR);
-        assert_eq!(h.panic_unwind, 1);
+        assert_eq!(h.abi_minor, 1);
+        assert_eq!(h.panic_unwind, PANIC_UNWIND);
+        assert_eq!(h.flags, 0, "a plain Plugin promises nothing");
         // SAFETY: static strings.
         unsafe {
             assert_eq!(h.plugin_name.as_str(), Some("p"));
             assert_eq!(h.target_triple.as_str(), Some(crate::TARGET));
         }
         assert!(!h.vtable.is_null());
+    }
+
+    struct Quick;
+    impl Plugin for Quick {
+        const NAME: &'static str = "quick";
+        const NON_BLOCKING: bool = true;
+        const HANDLES_EVENTS: bool = false;
+        fn create(_: &Config, _: &Host) -> Result<Self, String> {
+            Ok(Quick)
+        }
+        fn on_message(&mut self, _: &Host, _: &Message<'_>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Counts messages per sender from many threads at once; records whether two calls ever
+    /// overlapped (they must be allowed to).
+    #[derive(Default)]
+    struct Counter {
+        per_sender: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+        inside: std::sync::atomic::AtomicUsize,
+        max_inside: std::sync::atomic::AtomicUsize,
+    }
+    impl SharedPlugin for Counter {
+        const NAME: &'static str = "counter";
+        const NON_BLOCKING: bool = true;
+        fn create(_: &Config, _: &Host) -> Result<Self, String> {
+            Ok(Counter::default())
+        }
+        fn on_message(&self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.inside.fetch_add(1, SeqCst) + 1;
+            self.max_inside.fetch_max(now, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if msg.content == "panic" {
+                self.inside.fetch_sub(1, SeqCst);
+                panic!("shared boom");
+            }
+            let n = {
+                let mut m = self.per_sender.lock().unwrap();
+                let n = m.entry(msg.sender.to_owned()).or_default();
+                *n += 1;
+                *n
+            };
+            self.inside.fetch_sub(1, SeqCst);
+            host.reply(msg, &n.to_string()).map_err(|e| e.to_string())
+        }
+    }
+
+    #[test]
+    fn flags_follow_the_trait_and_its_constants() {
+        assert_eq!(<Exclusive<P> as Adapter>::FLAGS, 0);
+        assert_eq!(<Exclusive<Quick> as Adapter>::FLAGS, FLAG_NON_BLOCKING);
+        assert_eq!(
+            <Shared<Counter> as Adapter>::FLAGS,
+            FLAG_THREAD_SAFE | FLAG_NON_BLOCKING
+        );
+        let h = header::<Shared<Counter>>("9.9.9", &SHARED_VT, true).0;
+        assert_eq!(h.flags, FLAG_THREAD_SAFE | FLAG_NON_BLOCKING);
+        // SAFETY: static strings.
+        unsafe {
+            assert_eq!(h.plugin_name.as_str(), Some("counter"));
+            assert_eq!(h.plugin_version.as_str(), Some("9.9.9"));
+        }
+        assert_eq!(
+            header::<Exclusive<P>>("1", &SHARED_VT, false)
+                .0
+                .panic_unwind,
+            PANIC_ABORT
+        );
+        assert!(vtable::<Exclusive<Quick>>().on_event.is_none());
+    }
+
+    static SHARED_VT: PluginVTable = vtable::<Shared<Counter>>();
+
+    fn inst_plugin_max_inside(inst: &*mut c_void) -> usize {
+        // SAFETY: a live Shared<Counter> instance; only a shared reference is made.
+        let (plugin, _) = unsafe { parts::<Shared<Counter>>(*inst) };
+        // SAFETY: as above.
+        unsafe { &*plugin }
+            .max_inside
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_shared_plugin_is_called_concurrently_through_the_shims() {
+        let th = TestHost::new();
+        let senders: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
+        for s in &senders {
+            th.connect(s);
+        }
+        let mut inst = core::ptr::null_mut();
+        let mut err = FfiBuf::empty();
+        // SAFETY: valid host API and out pointers.
+        let st = unsafe { (SHARED_VT.create)(th.api(), FfiStr::new("{}"), &mut inst, &mut err) };
+        assert_eq!(st, STATUS_OK);
+        struct SendPtr(*mut c_void);
+        // SAFETY: the instance is a Shared<Counter> (Sync); the threads end before destroy.
+        unsafe impl Sync for SendPtr {}
+        let inst = SendPtr(inst);
+        std::thread::scope(|scope| {
+            for s in &senders {
+                let inst = &inst;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        let mut err = FfiBuf::empty();
+                        // SAFETY: live instance; concurrent calls allowed (thread-safe flag).
+                        let st = unsafe {
+                            (SHARED_VT.on_message)(
+                                inst.0,
+                                FfiStr::new("r"),
+                                FfiStr::new(s),
+                                FfiStr::new("x"),
+                                &mut err,
+                            )
+                        };
+                        assert_eq!(st, STATUS_OK);
+                    }
+                });
+            }
+        });
+        let mut err = FfiBuf::empty();
+        // SAFETY: as above; a panic is caught and reported.
+        let st = unsafe {
+            (SHARED_VT.on_message)(
+                inst.0,
+                FfiStr::new("r"),
+                FfiStr::new("s0"),
+                FfiStr::new("panic"),
+                &mut err,
+            )
+        };
+        assert_eq!(st, STATUS_PANIC);
+        assert_eq!(take(err), "panicked: shared boom");
+        let overlap = inst_plugin_max_inside(&inst.0);
+        assert!(
+            overlap >= 2,
+            "calls never overlapped (max {overlap} at once)"
+        );
+        let sent = th.take_sent();
+        assert_eq!(sent.len(), 80);
+        for s in &senders {
+            // Each sender's own counter saw 1..=20, in its order.
+            let mine: Vec<String> = sent
+                .iter()
+                .filter_map(|x| match x {
+                    Sent::Message {
+                        target, content, ..
+                    } if target == s => Some(content.clone()),
+                    _ => None,
+                })
+                .collect();
+            let want: Vec<String> = (1..=20).map(|n: u32| n.to_string()).collect();
+            assert_eq!(mine, want, "{s}");
+        }
+        // SAFETY: no call running; destroyed once.
+        unsafe { (SHARED_VT.destroy)(inst.0) };
+    }
+
+    #[test]
+    fn send_after_retire_is_gone() {
+        let th = TestHost::new();
+        th.connect("alice");
+        let host = th.host();
+        assert_eq!(host.send("alice", "r", "x"), Ok(()));
+        th.retire();
+        assert_eq!(host.send("alice", "r", "x"), Err(crate::SendError::Gone));
+        assert_eq!(host.broadcast("r", "x", None), 0);
+        assert!(host.connected().is_empty());
+        assert_eq!(host.now(), 0);
+        assert!(!host.log_enabled(crate::Level::Error));
+        host.info("dropped");
+        assert!(th.logs().is_empty());
+        assert_eq!(th.take_sent(), vec![Sent::message("alice", "r", "x")]);
     }
 }

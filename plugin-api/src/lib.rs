@@ -7,10 +7,14 @@
 //! Layout:
 //! - [`abi`]: the `#[repr(C)]` structs, `extern "C"` function types and constants that cross
 //!   the boundary (header, plugin vtable, host API, byte buffers, status codes).
-//! - [`sdk`]: the safe side — the [`Plugin`] trait, the [`Host`] handle, [`Message`], [`Event`],
-//!   [`Config`]. Re-exported at the crate root.
+//! - [`sdk`]: the safe side — the [`Plugin`] trait (calls serialized) and the [`SharedPlugin`]
+//!   trait (thread-safe, `&self`), the [`Host`] handle, [`Message`], [`Event`], [`Config`].
+//!   Re-exported at the crate root.
 //! - [`export_plugin!`]: the one macro that generates the exported header and every shim
-//!   (implemented in `export`, each shim wrapped in `catch_unwind`).
+//!   (implemented in `export`, each shim wrapped in `catch_unwind`); `export_plugin!(T)` for a
+//!   `Plugin`, `export_plugin!(shared T)` for a `SharedPlugin`.
+//! - `include/yonexus_plugin.h` (beside `src/`): the same ABI for C, C++, Zig or Go authors;
+//!   `tests/c_header.rs` compiles it and checks every size, offset and constant against [`abi`].
 //! - [`json`]: a small JSON reader for config tables.
 //! - [`testing`]: an in-memory host for unit-testing plugin logic.
 //! - [`docs`]: the ABI contract — layout, ownership, threading, versioning, what not to do.
@@ -38,7 +42,9 @@ pub mod json;
 pub mod sdk;
 pub mod testing;
 
-pub use sdk::{Config, ErrorCode, Event, Host, Level, Liveness, Message, Plugin, SendError};
+pub use sdk::{
+    Config, ErrorCode, Event, Host, Level, Liveness, Message, Plugin, SendError, SharedPlugin,
+};
 
 /// Version of this crate, recorded in every plugin header.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -51,6 +57,7 @@ pub const RUSTC_VERSION: &str = env!("YONEXUS_PLUGIN_API_RUSTC");
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        create, destroy, free_buf, header, on_event, on_message, panic_message, vtable,
+        create, destroy, free_buf, header, on_event, on_message, panic_message, vtable, Adapter,
+        Exclusive, Shared,
     };
 }

@@ -5,12 +5,13 @@ use crate::abi::{self, FfiBuf, FfiStr, HostApi};
 use crate::json;
 use std::fmt;
 
-/// A rule-handler plugin.
+/// A rule-handler plugin, exported with `export_plugin!(Type)`.
 ///
 /// Calls to one instance are serialized by the host (never concurrent), but may come from
 /// different threads over its life, hence `Send`. Every call must return promptly: the host runs
 /// each plugin on its own worker thread with a bounded queue, and a slow call delays that
-/// plugin's next messages.
+/// plugin's next messages. For an instance that may be called from several threads at once, see
+/// [`SharedPlugin`].
 pub trait Plugin: Send + Sized + 'static {
     /// Short plugin name, shown in host logs and `yonexus check`.
     const NAME: &'static str;
@@ -27,8 +28,51 @@ pub trait Plugin: Send + Sized + 'static {
     /// not used: the host then never queues events for the plugin (no wake-ups per connect).
     const HANDLES_EVENTS: bool = true;
 
+    /// Promise that `on_message` and `on_event` are short and never block (no sleeping, no
+    /// blocking I/O, no waiting on a lock held for long): the host may then call them directly
+    /// on its async I/O threads instead of hopping to this plugin's worker thread. A call that
+    /// overruns the host's budget demotes the instance to its worker thread until it is
+    /// reloaded. Calling [`Host`] methods is fine (they only queue). See
+    /// [`abi::FLAG_NON_BLOCKING`].
+    const NON_BLOCKING: bool = false;
+
     /// A follower lifecycle event. The default ignores it.
     fn on_event(&mut self, host: &Host, event: &Event<'_>) -> Result<(), String> {
+        let _ = (host, event);
+        Ok(())
+    }
+}
+
+/// A rule-handler plugin whose instance may be called from several threads at once, exported
+/// with `export_plugin!(shared Type)` (which sets [`abi::FLAG_THREAD_SAFE`]).
+///
+/// The methods take `&self` and the type must be `Sync`: keep mutable state behind your own
+/// `Mutex`, atomics or sharded maps. The host may then run the instance on several worker threads,
+/// sharded by sender: one sender's messages still arrive in order (on one thread at a time),
+/// while different senders are handled in parallel, and events may run concurrently with
+/// messages. Use it when a busy rule should use more than one core; a [`Plugin`] is simpler
+/// and always serialized.
+///
+/// (There is no `THREAD_SAFE` switch on [`Plugin`]: its `&mut self` methods cannot soundly be
+/// called concurrently, so thread safety is a different trait, checked by the compiler.)
+pub trait SharedPlugin: Send + Sync + Sized + 'static {
+    /// Short plugin name, shown in host logs and `yonexus check`.
+    const NAME: &'static str;
+
+    /// As [`Plugin::HANDLES_EVENTS`].
+    const HANDLES_EVENTS: bool = true;
+
+    /// As [`Plugin::NON_BLOCKING`].
+    const NON_BLOCKING: bool = false;
+
+    /// As [`Plugin::create`] (never concurrent with anything).
+    fn create(config: &Config, host: &Host) -> Result<Self, String>;
+
+    /// As [`Plugin::on_message`], possibly concurrently with other calls.
+    fn on_message(&self, host: &Host, msg: &Message<'_>) -> Result<(), String>;
+
+    /// As [`Plugin::on_event`], possibly concurrently with other calls.
+    fn on_event(&self, host: &Host, event: &Event<'_>) -> Result<(), String> {
         let _ = (host, event);
         Ok(())
     }
@@ -126,6 +170,10 @@ pub enum SendError {
     Busy,
     /// The host rejected the arguments (empty or reserved rule id, …).
     Invalid,
+    /// This plugin instance has been destroyed or replaced (e.g. by a hot reload) and the
+    /// handle was used afterwards, typically from a thread the plugin spawned. Nothing was sent,
+    /// and nothing ever will be through this handle: stop the thread.
+    Gone,
     /// A status this SDK does not know (a newer host).
     Other(u32),
 }
@@ -136,6 +184,9 @@ impl fmt::Display for SendError {
             SendError::Offline => f.write_str("follower is not connected"),
             SendError::Busy => f.write_str("follower's outbound queue is full"),
             SendError::Invalid => f.write_str("rejected by the host (invalid rule or text)"),
+            SendError::Gone => {
+                f.write_str("this plugin instance was destroyed or replaced; the handle is dead")
+            }
             SendError::Other(s) => write!(f, "host returned status {s}"),
         }
     }
@@ -149,6 +200,7 @@ fn status_to_result(status: abi::Status) -> Result<(), SendError> {
         abi::STATUS_OFFLINE => Err(SendError::Offline),
         abi::STATUS_BUSY => Err(SendError::Busy),
         abi::STATUS_INVALID => Err(SendError::Invalid),
+        abi::STATUS_GONE => Err(SendError::Gone),
         other => Err(SendError::Other(other)),
     }
 }
@@ -219,15 +271,22 @@ impl Config {
     }
 }
 
-/// Handle to the hub's services. Valid from `create` until the instance is destroyed; cheap to
-/// copy; may be used from any thread during that time. All calls are synchronous and only queue
-/// work: the host does every I/O.
+/// Handle to the hub's services. Works from `create` until the instance is destroyed; cheap to
+/// copy; may be used from any thread. All calls are synchronous and only queue work: the host
+/// does every I/O.
+///
+/// After the instance is destroyed or replaced (a hot reload), a handle kept elsewhere (in a
+/// thread the plugin spawned) stays memory-safe with an ABI ≥ 1.1 host: every call does nothing
+/// and reports it — [`SendError::Gone`], `broadcast` 0, `connected` empty, `now` 0, logging
+/// disabled. A 1.0 host freed the table, so there the rule is: never use a handle after
+/// `destroy`. Either way, stop your threads in your type's `Drop`.
 #[derive(Clone, Copy)]
 pub struct Host {
     api: *const HostApi,
 }
 
-// SAFETY: the host guarantees its callbacks are thread-safe and the HostApi outlives the instance.
+// SAFETY: the host guarantees its callbacks are thread-safe and the HostApi outlives the instance
+// (from ABI 1.1 hosts: the table and its ctx are never freed at all).
 unsafe impl Send for Host {}
 // SAFETY: as above; Host has no interior state.
 unsafe impl Sync for Host {}
@@ -353,7 +412,8 @@ impl Host {
         unsafe { (api.now)(api.ctx) }
     }
 
-    /// Identifiers of the authenticated followers (sorted by the host).
+    /// Identifiers of the authenticated followers (sorted by the host); empty when the instance
+    /// is gone.
     pub fn connected(&self) -> Vec<String> {
         let api = self.api();
         let mut buf = FfiBuf::empty();

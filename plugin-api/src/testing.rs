@@ -2,12 +2,14 @@
 //! logic without a hub: create a [`TestHost`], mark some followers connected, call your
 //! plugin's `create` / `on_message` / `on_event` with [`TestHost::host`], then inspect
 //! [`TestHost::take_sent`] and [`TestHost::logs`]. Calls go through the same `extern "C"`
-//! callbacks a real host provides.
+//! callbacks a real host provides. [`TestHost::retire`] makes every callback answer as a real
+//! host does after the instance was destroyed ([`abi::STATUS_GONE`]), to test that a thread your
+//! plugin keeps notices and stops.
 
 use crate::abi::{self, FfiBuf, FfiStr, HostApi, Status};
 use crate::sdk::Host;
 use core::ffi::c_void;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
 /// Something the plugin asked the host to deliver.
@@ -50,6 +52,13 @@ struct State {
     connected: Mutex<Vec<String>>,
     logs: Mutex<Vec<(u32, String)>>,
     now: AtomicI64,
+    gone: AtomicBool,
+}
+
+impl State {
+    fn gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
 }
 
 /// An in-memory host. Keep it alive while the plugin instance uses its [`Host`].
@@ -80,6 +89,9 @@ fn s(v: FfiStr) -> Option<String> {
 
 unsafe extern "C" fn send_to(ctx: *const c_void, t: FfiStr, r: FfiStr, c: FfiStr) -> Status {
     let st = state(ctx);
+    if st.gone() {
+        return abi::STATUS_GONE;
+    }
     let (Some(target), Some(rule), Some(content)) = (s(t), s(r), s(c)) else {
         return abi::STATUS_INVALID;
     };
@@ -99,6 +111,9 @@ unsafe extern "C" fn send_to(ctx: *const c_void, t: FfiStr, r: FfiStr, c: FfiStr
 
 unsafe extern "C" fn send_error(ctx: *const c_void, t: FfiStr, code: u32, m: FfiStr) -> Status {
     let st = state(ctx);
+    if st.gone() {
+        return abi::STATUS_GONE;
+    }
     let (Some(target), Some(message)) = (s(t), s(m)) else {
         return abi::STATUS_INVALID;
     };
@@ -115,6 +130,9 @@ unsafe extern "C" fn send_error(ctx: *const c_void, t: FfiStr, code: u32, m: Ffi
 
 unsafe extern "C" fn broadcast(ctx: *const c_void, r: FfiStr, c: FfiStr, e: FfiStr) -> u64 {
     let st = state(ctx);
+    if st.gone() {
+        return 0;
+    }
     let (Some(rule), Some(content), Some(except)) = (s(r), s(c), s(e)) else {
         return 0;
     };
@@ -131,19 +149,34 @@ unsafe extern "C" fn broadcast(ctx: *const c_void, r: FfiStr, c: FfiStr, e: FfiS
 }
 
 unsafe extern "C" fn log(ctx: *const c_void, level: u32, m: FfiStr) {
-    lock(&state(ctx).logs).push((level, s(m).unwrap_or_default()));
+    let st = state(ctx);
+    if !st.gone() {
+        lock(&st.logs).push((level, s(m).unwrap_or_default()));
+    }
 }
 
-unsafe extern "C" fn log_enabled(_ctx: *const c_void, _level: u32) -> u32 {
-    1
+unsafe extern "C" fn log_enabled(ctx: *const c_void, _level: u32) -> u32 {
+    u32::from(!state(ctx).gone())
 }
 
 unsafe extern "C" fn now(ctx: *const c_void) -> i64 {
-    state(ctx).now.load(Ordering::SeqCst)
+    let st = state(ctx);
+    if st.gone() {
+        return 0;
+    }
+    st.now.load(Ordering::SeqCst)
 }
 
 unsafe extern "C" fn connected_followers(ctx: *const c_void, out: *mut FfiBuf) -> Status {
-    let text = lock(&state(ctx).connected).join("\n");
+    let st = state(ctx);
+    if st.gone() {
+        if !out.is_null() {
+            // SAFETY: the plugin passes a writable slot.
+            unsafe { out.write(FfiBuf::empty()) };
+        }
+        return abi::STATUS_GONE;
+    }
+    let text = lock(&st.connected).join("\n");
     if !out.is_null() {
         // SAFETY: the plugin passes a writable slot.
         unsafe { out.write(FfiBuf::from_vec(text.into_bytes())) };
@@ -199,6 +232,13 @@ impl TestHost {
     /// Mark a follower disconnected.
     pub fn disconnect(&self, identifier: &str) {
         lock(&self.state.connected).retain(|x| x != identifier);
+    }
+
+    /// Act as a real host does once the plugin instance was destroyed or replaced: from now on
+    /// every callback does nothing and reports it ([`abi::STATUS_GONE`], `broadcast` 0, `now` 0,
+    /// logging disabled).
+    pub fn retire(&self) {
+        self.state.gone.store(true, Ordering::SeqCst);
     }
 
     pub fn set_now(&self, unix_secs: i64) {

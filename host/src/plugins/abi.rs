@@ -16,13 +16,23 @@ pub struct HeaderInfo {
     pub abi_major: u16,
     pub abi_minor: u16,
     pub plugin_api_version: String,
+    /// `rustc -V`, or a C compiler's description (informational).
     pub rustc_version: String,
     pub target: String,
-    /// The plugin promises short calls that never block: the host may call it on its async
-    /// threads (under a watchdog) instead of hopping to the plugin's thread.
+    /// (ABI ≥ 1.1, `FLAG_NON_BLOCKING`) The plugin promises its calls are short and never
+    /// block: the host may call it directly on its async threads (with a watchdog that demotes
+    /// it to its worker thread when a call overruns). Always false for 1.0 plugins.
     pub non_blocking: bool,
-    /// The instance may be called from several threads at once (for different senders).
+    /// (ABI ≥ 1.1, `FLAG_THREAD_SAFE`) The instance may be called concurrently (`on_message`
+    /// and `on_event`): the host may shard it over several workers by sender, keeping each
+    /// sender's messages in order on one thread. Always false for 1.0 plugins.
     pub thread_safe: bool,
+    /// True for Rust `panic = "unwind"` plugins (panics are caught by the SDK's shims and come
+    /// back as `STATUS_PANIC`); false for code that never unwinds (C, Zig, …; `PANIC_NONE`).
+    pub unwinds: bool,
+    /// The raw `flags` word as read (0 for 1.0 plugins); bits this host does not know are
+    /// ignored.
+    pub flags: u32,
 }
 
 /// The plugin's functions, copied out of its vtable. Function pointers into a library that is
@@ -86,6 +96,8 @@ pub(crate) unsafe fn read_header(ptr: *const u8) -> Result<(HeaderInfo, Function
     }
     // SAFETY: the plugin declares at least the v1.0 header size, and magic matched.
     let h: PluginHeader = unsafe { ptr.cast::<PluginHeader>().read_unaligned() };
+    // In 1.0 the flags word was reserved: never trust it from a 1.0 plugin.
+    let flags = if h.abi_minor >= 1 { h.flags } else { 0 };
     // SAFETY: size checked above; strings are static data in the plugin.
     let info = unsafe {
         HeaderInfo {
@@ -96,8 +108,10 @@ pub(crate) unsafe fn read_header(ptr: *const u8) -> Result<(HeaderInfo, Function
             plugin_api_version: header_str(h.plugin_api_version),
             rustc_version: header_str(h.rustc_version),
             target: header_str(h.target_triple),
-            non_blocking: false,
-            thread_safe: false,
+            non_blocking: flags & abi::FLAG_NON_BLOCKING != 0,
+            thread_safe: flags & abi::FLAG_THREAD_SAFE != 0,
+            unwinds: h.panic_unwind == abi::PANIC_UNWIND,
+            flags,
         }
     };
     if h.abi_major != abi::ABI_MAJOR {
@@ -123,11 +137,21 @@ pub(crate) unsafe fn read_header(ptr: *const u8) -> Result<(HeaderInfo, Function
             host: host_target().to_owned(),
         });
     }
-    if h.panic_unwind != 1 {
-        return Err(LoadErrorKind::PanicAbort {
-            abi: format!("{}.{}", h.abi_major, h.abi_minor),
-            plugin_api: info.plugin_api_version,
-        });
+    match h.panic_unwind {
+        abi::PANIC_UNWIND => {}
+        abi::PANIC_NONE if h.abi_minor >= 1 => {}
+        abi::PANIC_ABORT => {
+            return Err(LoadErrorKind::PanicAbort {
+                abi: format!("{}.{}", h.abi_major, h.abi_minor),
+                plugin_api: info.plugin_api_version,
+            })
+        }
+        other => {
+            return Err(LoadErrorKind::PanicStrategy {
+                value: other,
+                abi: format!("{}.{}", h.abi_major, h.abi_minor),
+            })
+        }
     }
     // SAFETY: the vtable pointer comes from a header that passed every check above.
     let functions = unsafe { read_vtable(h.vtable) }?;

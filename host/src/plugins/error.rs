@@ -45,6 +45,8 @@ pub enum LoadErrorKind {
     NotRegularFile,
     #[error("the file is empty (0 bytes)")]
     Empty,
+    #[error("{}", .0.reason())]
+    Untrusted(Box<super::file_trust::UntrustedFile>),
     #[error("not a shared library: no ELF magic at the start of the file (first bytes {0})")]
     NotElf(String),
     #[error(
@@ -91,6 +93,10 @@ pub enum LoadErrorKind {
         "built with panic = \"abort\" (plugin ABI {abi}, plugin-api {plugin_api}); rebuild with panic = \"unwind\" so the host can contain plugin panics"
     )]
     PanicAbort { abi: String, plugin_api: String },
+    #[error(
+        "unknown panic strategy {value} in the plugin header (plugin ABI {abi}): expected 1 (Rust, panic = \"unwind\") or, from ABI 1.1, 2 (code that never unwinds, e.g. C)"
+    )]
+    PanicStrategy { value: u16, abi: String },
     #[error("plugin function table is invalid: {0}")]
     BadVTable(String),
     #[error("create failed: {0}")]

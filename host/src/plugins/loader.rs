@@ -1,11 +1,11 @@
-//! From a path to a mapped library: file sanity checks, a private copy under a never-reused
+//! From a path to a mapped library: file sanity and permission checks, a private copy under a never-reused
 //! name, `dlopen(RTLD_NOW | RTLD_LOCAL)`, and the process-wide list of libraries that are never
 //! unloaded.
 
 use super::error::LoadErrorKind;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -26,9 +26,12 @@ pub fn mapped_libraries() -> usize {
     mapped().lock().unwrap_or_else(|p| p.into_inner()).len()
 }
 
-/// Regular file, non-empty, then the whole content (checked with [`check_elf`] and staged
-/// from memory, so what is checked is exactly what gets mapped).
+/// Regular file, non-empty, trusted (see [`file_trust`](super::file_trust): not writable by
+/// group or others, owned by root or the host's user — checked on the open descriptor), then the
+/// whole content read from that same descriptor (checked with [`check_elf`] and staged from
+/// memory, so what is checked is exactly what gets mapped).
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadErrorKind> {
+    // Checked before opening, so a FIFO or device cannot block or surprise the open.
     let meta = fs::metadata(path).map_err(LoadErrorKind::Unreadable)?;
     if !meta.is_file() {
         return Err(LoadErrorKind::NotRegularFile);
@@ -36,7 +39,16 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadErrorKind> {
     if meta.len() == 0 {
         return Err(LoadErrorKind::Empty);
     }
-    let bytes = fs::read(path).map_err(LoadErrorKind::Unreadable)?;
+    let mut file = fs::File::open(path).map_err(LoadErrorKind::Unreadable)?;
+    let meta = file.metadata().map_err(LoadErrorKind::Unreadable)?;
+    if !meta.is_file() {
+        return Err(LoadErrorKind::NotRegularFile);
+    }
+    super::file_trust::check_metadata(path, &meta)
+        .map_err(|e| LoadErrorKind::Untrusted(Box::new(e)))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(LoadErrorKind::Unreadable)?;
     if bytes.is_empty() {
         return Err(LoadErrorKind::Empty);
     }
@@ -249,6 +261,20 @@ mod tests {
             read_file(&dir.path().join("missing.so")),
             Err(LoadErrorKind::Unreadable(_))
         ));
+    }
+
+    #[test]
+    fn a_group_writable_plugin_file_is_refused_before_it_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lib.so");
+        fs::write(&p, b"\x7fELF whatever").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o664)).unwrap();
+        let e = read_file(&p).expect_err("refused");
+        assert!(matches!(e, LoadErrorKind::Untrusted(_)), "{e}");
+        assert!(e.to_string().contains("mode 0664"), "{e}");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_file(&p).unwrap(), b"\x7fELF whatever");
     }
 
     #[test]

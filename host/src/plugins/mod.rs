@@ -6,12 +6,16 @@
 //! - [`load`] (here): file → checked [`LoadedLibrary`]; [`LoadedLibrary::instantiate`] →
 //!   running [`PluginHandler`]; [`LoadedLibrary::describe`] for `yonexus check`.
 //! - `error`: [`PluginLoadError`] — one line naming the plugin, the file and the exact reason.
-//! - `loader`: file sanity (regular, non-empty, ELF header/segments inside the file), private staged copy under a never-reused
+//! - `file_trust`: [`check_trusted_file`] / [`read_trusted`] — refuse files writable by group or
+//!   others or owned by another non-root user (plugin libraries here; the config file too).
+//! - `loader`: file sanity (regular, non-empty, trusted, ELF header/segments inside the file), private staged copy under a never-reused
 //!   name, `dlopen(RTLD_NOW | RTLD_LOCAL)`, the never-unloaded library list.
 //! - `abi`: header and vtable checks (magic, size, ABI major, pointer width, target,
-//!   panic=unwind), reading newer optional fields only when the plugin's struct has them.
+//!   panic strategy), the 1.1 flags ([`HeaderInfo::non_blocking`], [`HeaderInfo::thread_safe`]),
+//!   reading newer optional fields only when the plugin's struct has them.
 //! - `host_api`: the callbacks a plugin calls (send, error, broadcast, log, now, connected),
-//!   backed by the real [`Registry`](crate::registry::Registry).
+//!   backed by the real [`Registry`](crate::registry::Registry); the table lives in a
+//!   never-freed slot so late calls from a destroyed instance return `STATUS_GONE`.
 //! - `worker`: the instance's worker thread(s), each with a mailbox drained a batch per
 //!   wake-up; deadlines, failure replies, panic breaker.
 //! - `handler`: [`PluginHandler`], the [`RuleHandler`](crate::router::RuleHandler) the router
@@ -23,6 +27,7 @@
 
 mod abi;
 mod error;
+mod file_trust;
 mod handler;
 mod host_api;
 mod loader;
@@ -30,6 +35,7 @@ mod worker;
 
 pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
+pub use file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
 pub use handler::{set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
@@ -126,13 +132,25 @@ pub struct PluginDescription {
     pub rustc_version: String,
     pub rules: Vec<String>,
     pub path: PathBuf,
+    /// ABI 1.1 declarations (see [`HeaderInfo`]).
+    pub non_blocking: bool,
+    pub thread_safe: bool,
+    pub unwinds: bool,
 }
 
 impl fmt::Display for PluginDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let declared: Vec<&str> = [
+            (self.non_blocking, "non-blocking"),
+            (self.thread_safe, "thread-safe"),
+            (!self.unwinds, "never unwinds"),
+        ]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect();
         write!(
             f,
-            "plugin '{}': {} {} (ABI {}.{}, plugin-api {}, {}) from {}; rules: {}",
+            "plugin '{}': {} {} (ABI {}.{}, plugin-api {}, {}){} from {}; rules: {}",
             self.name,
             self.plugin_name,
             self.version,
@@ -140,6 +158,11 @@ impl fmt::Display for PluginDescription {
             self.abi_minor,
             self.plugin_api_version,
             self.rustc_version,
+            if declared.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", declared.join(", "))
+            },
             self.path.display(),
             if self.rules.is_empty() {
                 "(none)".to_owned()
@@ -214,6 +237,9 @@ impl LoadedLibrary {
             rustc_version: self.info.rustc_version.clone(),
             rules: spec.rules.clone(),
             path: self.source.clone(),
+            non_blocking: self.info.non_blocking,
+            thread_safe: self.info.thread_safe,
+            unwinds: self.info.unwinds,
         }
     }
 
@@ -243,11 +269,11 @@ impl LoadedLibrary {
         gate: Arc<Latch>,
     ) -> Result<Arc<PluginHandler>, PluginLoadError> {
         let shared = Arc::new(worker::Shared::new(&spec.name));
-        let ctx = Box::new(host_api::HostCtx {
-            name: spec.name.clone(),
-            registry: Arc::clone(&registry),
+        let ctx = Box::new(host_api::HostCtx::new(
+            &spec.name,
+            Arc::clone(&registry),
             clock,
-        });
+        ));
         let cfg = worker::WorkerConfig {
             name: spec.name.clone(),
             config_json: spec.config.to_string(),

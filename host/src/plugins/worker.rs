@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use yonexus_plugin_api::abi::{self, FfiBuf, FfiStr, FreeBufFn, HostApi};
+use yonexus_plugin_api::abi::{self, FfiBuf, FfiStr, FreeBufFn};
 use yonexus_protocol::envelope::ErrorCode;
 
 /// A one-way flag threads can wait on: set once, then every wait returns at once.
@@ -230,13 +230,13 @@ pub(crate) fn with_current_sender<R>(f: impl FnOnce(Option<&Sender>) -> R) -> R 
     CURRENT_SENDER.with(|c| f(c.borrow().as_ref()))
 }
 
-/// A created plugin instance and the host API it was given. Freed after `destroy`.
+/// A created plugin instance and the context of the host API it was given. Dropped after
+/// `destroy`: from then on, calls through a kept `Host` handle return `STATUS_GONE`.
 pub(crate) struct Instance {
     f: Functions,
     ptr: *mut c_void,
     cfg: WorkerConfig,
     shared: Arc<Shared>,
-    _api: Box<HostApi>,
     ctx: Box<HostCtx>,
 }
 
@@ -416,19 +416,14 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(format!("plugin-{name}"))
         .spawn(move || {
-            let api: Box<HostApi> = Box::new(ctx.api());
+            // Valid forever; dropping `ctx` (after destroy) makes late calls return STATUS_GONE.
+            let api = ctx.api();
             let mut ptr = std::ptr::null_mut();
             let mut err = FfiBuf::empty();
-            // SAFETY: `api` and `ctx` outlive the instance (dropped after destroy); the config
-            // string lives across the call; out pointers are valid.
-            let status = unsafe {
-                (f.create)(
-                    &*api,
-                    FfiStr::new(&cfg.config_json),
-                    &mut ptr,
-                    &mut err,
-                )
-            };
+            // SAFETY: `api` is valid forever and `ctx` outlives the instance (dropped after
+            // destroy); the config string lives across the call; out pointers are valid.
+            let status =
+                unsafe { (f.create)(api, FfiStr::new(&cfg.config_json), &mut ptr, &mut err) };
             let message = take_err(f.free_buf, err);
             let created = match status {
                 abi::STATUS_OK if !ptr.is_null() => Ok(()),
@@ -443,7 +438,6 @@ pub(crate) fn spawn(
             if let Err(e) = created {
                 // The receiver may have timed out and gone.
                 let _ = init_tx.send(Err(e));
-                drop(api);
                 drop(ctx);
                 shared.finished.set();
                 return;
@@ -453,7 +447,6 @@ pub(crate) fn spawn(
                 ptr,
                 cfg,
                 shared: Arc::clone(&shared),
-                _api: api,
                 ctx,
             });
             let mut helpers = Vec::new();

@@ -13,6 +13,9 @@ pub fn outgoing(sender: &str, content: &str) -> String {
 
 impl Plugin for Broadcast {
     const NAME: &'static str = "broadcast";
+    /// Only formats text and queues it through the host (never blocks): the host may call it
+    /// directly on its I/O threads.
+    const NON_BLOCKING: bool = true;
     const HANDLES_EVENTS: bool = false;
 
     fn create(_config: &Config, _host: &Host) -> Result<Self, String> {

@@ -10,6 +10,9 @@ pub struct Echo {
 
 impl Plugin for Echo {
     const NAME: &'static str = "echo";
+    /// Only formats text and queues it through the host (never blocks): the host may call it
+    /// directly on its I/O threads.
+    const NON_BLOCKING: bool = true;
     const HANDLES_EVENTS: bool = false;
 
     fn create(config: &Config, _host: &Host) -> Result<Self, String> {

@@ -36,6 +36,9 @@ impl Presence {
 
 impl Plugin for Presence {
     const NAME: &'static str = "presence";
+    /// Only formats text and queues it through the host (never blocks): the host may call it
+    /// directly on its I/O threads.
+    const NON_BLOCKING: bool = true;
 
     fn create(_config: &Config, _host: &Host) -> Result<Self, String> {
         Ok(Presence::default())

@@ -16,6 +16,9 @@ pub fn parse(content: &str) -> Option<(&str, &str)> {
 
 impl Plugin for Relay {
     const NAME: &'static str = "relay";
+    /// Only formats text and queues it through the host (never blocks): the host may call it
+    /// directly on its I/O threads.
+    const NON_BLOCKING: bool = true;
     const HANDLES_EVENTS: bool = false;
 
     fn create(_config: &Config, _host: &Host) -> Result<Self, String> {
