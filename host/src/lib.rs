@@ -15,6 +15,7 @@
 //! - [`trust`]: trust records and their enums. [`liveness`]: the pure liveness rule.
 //! - [`events`]: lifecycle events and their bus. [`outbound`]: a connection's outbound queue.
 //! - [`ws`]: WebSocket upgrade and frame codec (server side).
+//! - [`file_trust`]: refuse config and plugin files others could have written.
 //! - [`config`]: the operator's TOML file, validated, errors naming file and key.
 //! - [`store`]: the trust store (the embedded `trust.json` file), durable changes and lazy liveness.
 //! - [`registry`]: who is connected (identifier → outbound side).
@@ -46,6 +47,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod events;
+pub mod file_trust;
 pub mod guard;
 pub mod http;
 pub mod hub;

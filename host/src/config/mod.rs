@@ -102,9 +102,17 @@ impl RawConfig {
 
 impl Config {
     /// Read and validate a config file.
+    /// The file must be trusted: not writable by group or others, owned by root or by the
+    /// user the host runs as (see [`crate::file_trust`]).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Invalid::new("", format!("cannot read config file: {e}")).in_file(file))?;
+        let bytes = crate::file_trust::read_trusted(file).map_err(|e| match e {
+            crate::file_trust::UntrustedFile::Unreadable { source, .. } => {
+                Invalid::new("", format!("cannot read config file: {source}")).in_file(file)
+            }
+            other => Invalid::new("", other.to_string()).in_file(file),
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Invalid::new("", "the config file is not UTF-8 text").in_file(file))?;
         Config::parse(file, &text)
     }
 
@@ -121,6 +129,19 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_config_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("yonexus.toml");
+        std::fs::write(&file, "[followers]\nallow = [\"alpha\"]\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&file).is_ok());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Config::load(&file).unwrap_err().to_string();
+        assert!(e.contains("0666") && e.contains("yonexus.toml"), "{e}");
+    }
     use super::*;
     use crate::notify::NotifierConfig;
 

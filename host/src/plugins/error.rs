@@ -46,7 +46,7 @@ pub enum LoadErrorKind {
     #[error("the file is empty (0 bytes)")]
     Empty,
     #[error("{}", .0.reason())]
-    Untrusted(Box<super::file_trust::UntrustedFile>),
+    Untrusted(Box<crate::file_trust::UntrustedFile>),
     #[error("not a shared library: no ELF magic at the start of the file (first bytes {0})")]
     NotElf(String),
     #[error(

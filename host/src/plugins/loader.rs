@@ -26,7 +26,7 @@ pub fn mapped_libraries() -> usize {
     mapped().lock().unwrap_or_else(|p| p.into_inner()).len()
 }
 
-/// Regular file, non-empty, trusted (see [`file_trust`](super::file_trust): not writable by
+/// Regular file, non-empty, trusted (see [`file_trust`](crate::file_trust): not writable by
 /// group or others, owned by root or the host's user — checked on the open descriptor), then the
 /// whole content read from that same descriptor (checked with [`check_elf`] and staged from
 /// memory, so what is checked is exactly what gets mapped).
@@ -44,7 +44,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadErrorKind> {
     if !meta.is_file() {
         return Err(LoadErrorKind::NotRegularFile);
     }
-    super::file_trust::check_metadata(path, &meta)
+    crate::file_trust::check_metadata(path, &meta)
         .map_err(|e| LoadErrorKind::Untrusted(Box::new(e)))?;
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.read_to_end(&mut bytes)

@@ -6,8 +6,6 @@
 //! - [`load`] (here): file → checked [`LoadedLibrary`]; [`LoadedLibrary::instantiate`] →
 //!   running [`PluginHandler`]; [`LoadedLibrary::describe`] for `yonexus check`.
 //! - `error`: [`PluginLoadError`] — one line naming the plugin, the file and the exact reason.
-//! - `file_trust`: [`check_trusted_file`] / [`read_trusted`] — refuse files writable by group or
-//!   others or owned by another non-root user (plugin libraries here; the config file too).
 //! - `loader`: file sanity (regular, non-empty, trusted, ELF header/segments inside the file), private staged copy under a never-reused
 //!   name, `dlopen(RTLD_NOW | RTLD_LOCAL)`, the never-unloaded library list.
 //! - `abi`: header and vtable checks (magic, size, ABI major, pointer width, target,
@@ -27,15 +25,14 @@
 
 mod abi;
 mod error;
-mod file_trust;
 mod handler;
 mod host_api;
 mod loader;
 mod worker;
 
+pub use crate::file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
 pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
-pub use file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
 pub use handler::{set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
