@@ -21,6 +21,10 @@ const FIXTURES: &[(&str, &str)] = &[
     ("ok", include_str!("fixtures/plugins/ok.rs")),
     ("noheader", include_str!("fixtures/plugins/noheader.rs")),
     ("late", include_str!("fixtures/plugins/late.rs")),
+    (
+        "nonblocking",
+        include_str!("fixtures/plugins/nonblocking.rs"),
+    ),
 ];
 const HACKED: &str = include_str!("fixtures/plugins/hacked_header.rs");
 /// (crate name, header hack, vtable hack)
@@ -402,8 +406,8 @@ fn bundled_echo_plugin_loads_with_prefix() {
     let mut s = PluginSpec::new("echo", bundled("echo"), vec!["echo".into()]);
     s.config = serde_json::json!({"prefix": "E:"});
     let lib = plugins::load(&s, &staging()).unwrap_or_else(|e| panic!("{e}"));
-    // echo only queues replies: it declares itself non-blocking (but not thread-safe).
-    assert!(lib.info().non_blocking && !lib.info().thread_safe && lib.info().unwinds);
+    // echo only queues replies and keeps no state: non-blocking and thread-safe.
+    assert!(lib.info().non_blocking && lib.info().thread_safe && lib.info().unwinds);
     let h = lib.instantiate(&s, Arc::clone(&reg), clock()).unwrap();
     h.dispatch(rule("echo", &alice, "hi::x")).unwrap();
     assert_eq!(recv(&mut alice, T).as_deref(), Some("echo::E:hi::x"));
@@ -899,4 +903,45 @@ fn plugin_call_cost() {
         "plugin call round trip (dispatch → worker → plugin → send_to → follower queue): {} ns/call over {n} calls",
         took.as_nanos() / n as u128
     );
+}
+
+/// The non-blocking contract: a plugin that promised non-blocking calls runs inline on the
+/// dispatching thread; when one call overruns the budget, the watchdog demotes it to its own
+/// threads, so a sender on another thread is served while the slow call still runs.
+#[test]
+fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
+    plugins::set_inline_limit(1);
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut bob = follower(&reg, "bob", 2);
+    let h = start(&spec("liar", fixture_so("nonblocking")), &reg);
+    assert!(h.runs_inline());
+    // Inline: answered before dispatch returns.
+    h.dispatch(msg(&alice, "quick")).unwrap();
+    assert_eq!(alice.peer.drain_texts(), vec!["fx::quick".to_owned()]);
+    // alice's call blocks its thread for a second...
+    let slow = {
+        let h = Arc::clone(&h);
+        let m = msg(&alice, "sleep:1000");
+        std::thread::spawn(move || h.dispatch(m))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    // ...meanwhile bob is served (through the plugin's own threads) within a fraction of it.
+    let t0 = Instant::now();
+    h.dispatch(msg(&bob, "meanwhile")).unwrap();
+    assert_eq!(recv(&mut bob, T).as_deref(), Some("fx::meanwhile"));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(500), "bob waited {took:?}");
+    assert!(h.stats().demoted, "the watchdog demoted the plugin");
+    assert!(!h.runs_inline());
+    slow.join().unwrap().unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::sleep:1000"));
+    // Demoted: still serving, now on its own threads, in order per sender.
+    for i in 0..20 {
+        h.dispatch(msg(&alice, &format!("m{i}"))).unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(recv(&mut alice, T), Some(format!("fx::m{i}")));
+    }
+    plugins::set_inline_limit(0);
 }

@@ -1,7 +1,7 @@
 //! Bundled plugin `broadcast`: `broadcast::<content>` from `<sender>` delivers
 //! `broadcast::<sender>::<content>` to every other authenticated follower.
 
-use yonexus_plugin_api::{export_plugin, plugin_log, Config, Host, Message, Plugin};
+use yonexus_plugin_api::{export_plugin, plugin_log, Config, Host, Message, SharedPlugin};
 
 /// The broadcast plugin.
 pub struct Broadcast;
@@ -11,10 +11,11 @@ pub fn outgoing(sender: &str, content: &str) -> String {
     format!("{sender}::{content}")
 }
 
-impl Plugin for Broadcast {
+impl SharedPlugin for Broadcast {
     const NAME: &'static str = "broadcast";
-    /// Only formats text and queues it through the host (never blocks): the host may call it
-    /// directly on its I/O threads.
+    /// Only formats text and queues it through the host (never blocks) and keeps no mutable
+    /// state (thread-safe): the host may call it directly on its I/O threads, from several at
+    /// once.
     const NON_BLOCKING: bool = true;
     const HANDLES_EVENTS: bool = false;
 
@@ -22,7 +23,7 @@ impl Plugin for Broadcast {
         Ok(Broadcast)
     }
 
-    fn on_message(&mut self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
+    fn on_message(&self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
         let n = host.broadcast(
             msg.rule,
             &outgoing(msg.sender, msg.content),
@@ -38,7 +39,7 @@ impl Plugin for Broadcast {
     }
 }
 
-export_plugin!(Broadcast);
+export_plugin!(shared Broadcast);
 
 #[cfg(test)]
 mod tests {
@@ -51,7 +52,7 @@ mod tests {
         for id in ["alice", "bob", "carol"] {
             th.connect(id);
         }
-        let mut p = Broadcast::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
+        let p = Broadcast::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
         let msg = Message {
             rule: "broadcast",
             sender: "alice",
@@ -72,7 +73,7 @@ mod tests {
     fn alone_is_fine() {
         let th = TestHost::new();
         th.connect("alice");
-        let mut p = Broadcast::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
+        let p = Broadcast::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
         let msg = Message {
             rule: "broadcast",
             sender: "alice",

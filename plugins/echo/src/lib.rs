@@ -1,17 +1,18 @@
 //! Bundled plugin `echo`: replies to the sender with the content, prefixed by the config key
 //! `prefix` (default `""`).
 
-use yonexus_plugin_api::{export_plugin, Config, Host, Message, Plugin};
+use yonexus_plugin_api::{export_plugin, Config, Host, Message, SharedPlugin};
 
 /// The echo plugin.
 pub struct Echo {
     prefix: String,
 }
 
-impl Plugin for Echo {
+impl SharedPlugin for Echo {
     const NAME: &'static str = "echo";
-    /// Only formats text and queues it through the host (never blocks): the host may call it
-    /// directly on its I/O threads.
+    /// Only formats text and queues it through the host (never blocks) and keeps no mutable
+    /// state (thread-safe): the host may call it directly on its I/O threads, from several at
+    /// once.
     const NON_BLOCKING: bool = true;
     const HANDLES_EVENTS: bool = false;
 
@@ -21,7 +22,7 @@ impl Plugin for Echo {
         })
     }
 
-    fn on_message(&mut self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
+    fn on_message(&self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
         let reply = format!("{}{}", self.prefix, msg.content);
         // The sender may have disconnected meanwhile; an echo to nobody is not an error.
         let _ = host.reply(msg, &reply);
@@ -29,7 +30,7 @@ impl Plugin for Echo {
     }
 }
 
-export_plugin!(Echo);
+export_plugin!(shared Echo);
 
 #[cfg(test)]
 mod tests {
@@ -49,7 +50,7 @@ mod tests {
         let th = TestHost::new();
         th.connect("alice");
         let cfg = Config::from_json(r#"{"prefix":"> "}"#).unwrap();
-        let mut p = Echo::create(&cfg, &th.host()).unwrap();
+        let p = Echo::create(&cfg, &th.host()).unwrap();
         p.on_message(&th.host(), &msg("hi::there")).unwrap();
         assert_eq!(
             th.take_sent(),
@@ -61,7 +62,7 @@ mod tests {
     fn default_prefix_is_empty_and_bad_type_is_refused() {
         let th = TestHost::new();
         th.connect("alice");
-        let mut p = Echo::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
+        let p = Echo::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
         p.on_message(&th.host(), &msg("x")).unwrap();
         assert_eq!(th.take_sent(), vec![Sent::message("alice", "echo", "x")]);
         let bad = Config::from_json(r#"{"prefix":3}"#).unwrap();
@@ -71,7 +72,7 @@ mod tests {
     #[test]
     fn sender_gone_is_not_an_error() {
         let th = TestHost::new();
-        let mut p = Echo::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
+        let p = Echo::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
         assert!(p.on_message(&th.host(), &msg("x")).is_ok());
         assert!(th.take_sent().is_empty());
     }

@@ -2,7 +2,9 @@
 //! `relay::<sender>::<content>` to follower `<target>`. When the target is not connected the
 //! sender gets `error TARGET_OFFLINE`; nothing is queued for later.
 
-use yonexus_plugin_api::{export_plugin, Config, ErrorCode, Host, Message, Plugin, SendError};
+use yonexus_plugin_api::{
+    export_plugin, Config, ErrorCode, Host, Message, SendError, SharedPlugin,
+};
 
 /// The relay plugin.
 pub struct Relay;
@@ -14,10 +16,11 @@ pub fn parse(content: &str) -> Option<(&str, &str)> {
         .filter(|(target, _)| !target.is_empty())
 }
 
-impl Plugin for Relay {
+impl SharedPlugin for Relay {
     const NAME: &'static str = "relay";
-    /// Only formats text and queues it through the host (never blocks): the host may call it
-    /// directly on its I/O threads.
+    /// Only formats text and queues it through the host (never blocks) and keeps no mutable
+    /// state (thread-safe): the host may call it directly on its I/O threads, from several at
+    /// once.
     const NON_BLOCKING: bool = true;
     const HANDLES_EVENTS: bool = false;
 
@@ -25,7 +28,7 @@ impl Plugin for Relay {
         Ok(Relay)
     }
 
-    fn on_message(&mut self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
+    fn on_message(&self, host: &Host, msg: &Message<'_>) -> Result<(), String> {
         let Some((target, content)) = parse(msg.content) else {
             let _ = host.reply_error(
                 msg,
@@ -57,7 +60,7 @@ impl Plugin for Relay {
     }
 }
 
-export_plugin!(Relay);
+export_plugin!(shared Relay);
 
 #[cfg(test)]
 mod tests {
@@ -65,7 +68,7 @@ mod tests {
     use yonexus_plugin_api::testing::{Sent, TestHost};
 
     fn run(th: &TestHost, content: &str) {
-        let mut p = Relay::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
+        let p = Relay::create(&Config::from_json("{}").unwrap(), &th.host()).unwrap();
         let msg = Message {
             rule: "relay",
             sender: "alice",
