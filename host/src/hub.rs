@@ -75,6 +75,8 @@ pub struct Hub {
     /// Lines about refused peers.
     pub log_limit: LogLimiter,
     next_conn_id: AtomicU64,
+    /// Deliberate answer delays are real (false only in the fuzzer, which runs many in a row).
+    delays: bool,
 }
 
 impl Hub {
@@ -99,6 +101,21 @@ impl Hub {
             notifications: Semaphore::new(NOTIFICATIONS_IN_FLIGHT),
             log_limit: LogLimiter::new(20),
             next_conn_id: AtomicU64::new(1),
+            delays: true,
+        }
+    }
+
+    /// The same hub without deliberate delays (the fuzzer).
+    #[doc(hidden)]
+    pub fn without_delays(mut self) -> Self {
+        self.delays = false;
+        self
+    }
+
+    /// Wait `d` before answering (a throttled peer): the connection keeps serving meanwhile.
+    pub async fn delay(&self, d: std::time::Duration) {
+        if self.delays && !d.is_zero() {
+            tokio::time::sleep(d).await;
         }
     }
 

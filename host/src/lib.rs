@@ -39,6 +39,7 @@
 //! - [`metrics`]: every metric's name and labels, cached handles, the recorder.
 //! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`).
 //! - [`tls`]: the rustls acceptor for `wss://`.
+//! - `fuzzing` (hidden): the session fuzzer's driver, also replayed by the test suite.
 
 pub mod admin;
 pub mod admission;
@@ -48,6 +49,8 @@ pub mod config;
 pub mod connection;
 pub mod events;
 pub mod file_trust;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod http;
 pub mod hub;

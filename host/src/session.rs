@@ -396,7 +396,7 @@ impl Session {
         let delay = delay.max(hub.guard.failure(self.address, hub.now()));
         if !delay.is_zero() {
             metrics::throttled("pairing");
-            tokio::time::sleep(delay).await;
+            hub.delay(delay).await;
         }
         let left = max.saturating_sub(self.wrong_codes);
         self.send(reply::pair_failed(
@@ -532,7 +532,7 @@ impl Session {
         let delay = hub.guard.failure(self.address, hub.now());
         if !delay.is_zero() {
             metrics::throttled("pairing");
-            tokio::time::sleep(delay).await;
+            hub.delay(delay).await;
         }
         if self.wrong_codes >= hub.settings().pairing.max_attempts {
             metrics::abuser_closed("pairing");
@@ -569,7 +569,7 @@ impl Session {
                 let delay = hub.guard.failure(self.address, now);
                 if !delay.is_zero() {
                     metrics::throttled("address");
-                    tokio::time::sleep(delay).await;
+                    hub.delay(delay).await;
                 }
                 self.send(reply::auth_failed(
                     identifier,
@@ -591,7 +591,7 @@ impl Session {
         let delay = hub.guard.accepted(&greeted, &req.nonce, now);
         if !delay.is_zero() {
             metrics::throttled("identifier");
-            tokio::time::sleep(delay).await;
+            hub.delay(delay).await;
         }
         if let Err(e) = lifecycle::authenticated(hub, &greeted, &self.peer, bind_key).await {
             tracing::error!(error = %e, identifier = %greeted, "cannot persist the bound public key");

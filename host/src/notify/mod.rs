@@ -116,6 +116,8 @@ enum Kind {
     Log,
     Command(command::CommandNotifier),
     Discord(discord::DiscordNotifier),
+    /// Keeps the notices in memory (tests and the fuzzer).
+    Memory(std::sync::Arc<std::sync::Mutex<Vec<PairingNotice>>>),
 }
 
 /// A configured notifier. Cheap to clone; `Send + Sync`.
@@ -128,6 +130,7 @@ impl fmt::Debug for Notifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Log => f.write_str("Notifier::Log"),
+            Kind::Memory(_) => f.write_str("Notifier::Memory"),
             Kind::Command(c) => f.debug_tuple("Notifier::Command").field(c).finish(),
             Kind::Discord(d) => f.debug_tuple("Notifier::Discord").field(d).finish(),
         }
@@ -172,17 +175,26 @@ impl Notifier {
     #[cfg(test)]
     pub(crate) fn with_timeout(mut self, timeout: Duration) -> Notifier {
         match &mut self.kind {
-            Kind::Log => {}
+            Kind::Log | Kind::Memory(_) => {}
             Kind::Command(c) => c.timeout = timeout,
             Kind::Discord(d) => d.set_timeout(timeout),
         }
         self
     }
 
+    /// A notifier that keeps every notice in `sink` (tests and the fuzzer; not configurable).
+    #[doc(hidden)]
+    pub fn memory(sink: std::sync::Arc<std::sync::Mutex<Vec<PairingNotice>>>) -> Notifier {
+        Notifier {
+            kind: Kind::Memory(sink),
+        }
+    }
+
     /// `"log"`, `"command"` or `"discord"`.
     pub fn kind(&self) -> &'static str {
         match self.kind {
             Kind::Log => "log",
+            Kind::Memory(_) => "memory",
             Kind::Command(_) => "command",
             Kind::Discord(_) => "discord",
         }
@@ -192,10 +204,14 @@ impl Notifier {
     pub async fn notify(&self, notice: &PairingNotice) -> Result<(), NotifyError> {
         match &self.kind {
             Kind::Log => log::notify(notice),
+            Kind::Memory(m) => m
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(notice.clone()),
             Kind::Command(c) => c.notify(notice).await?,
             Kind::Discord(d) => d.notify(notice).await?,
         }
-        tracing::info!(
+        tracing::debug!(
             identifier = %notice.identifier,
             notifier = self.kind(),
             expires_at = notice.expires_at,
