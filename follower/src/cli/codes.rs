@@ -115,6 +115,10 @@ impl Codes {
     }
 
     /// A code for `prompt`, or `None` when no source can supply one.
+    ///
+    /// The lines printed here are the only report of "pairing required" and of a refused code
+    /// that is asked again (the event printer stays quiet about those), so they come out in
+    /// order with the prompt.
     pub async fn code(&self, prompt: PairingPrompt) -> Option<String> {
         if prompt.retry {
             // The library asks again because the last code was refused.
@@ -123,7 +127,11 @@ impl Codes {
         let preset = lock(&self.preset).clone();
         if let Some(code) = preset {
             if !self.is_refused(&code) {
-                say("using the pairing code given with --pairing-code or YONEXUS_PAIRING_CODE");
+                say(&format!(
+                    "{}; using the pairing code given with --pairing-code or \
+                     YONEXUS_PAIRING_CODE",
+                    situation(&prompt)
+                ));
                 return self.give(code);
             }
             *lock(&self.preset) = None;
@@ -132,20 +140,16 @@ impl Codes {
             return self.wait_for_file(path, &prompt).await;
         }
         if !self.stdin_open.load(Ordering::SeqCst) {
-            say(
-                "pairing code needed but stdin is closed (give one with --pairing-code-file, \
-                 --pairing-code or YONEXUS_PAIRING_CODE)",
-            );
+            say(&format!(
+                "{}, but stdin is closed: give the code with --pairing-code-file, \
+                 --pairing-code or YONEXUS_PAIRING_CODE",
+                situation(&prompt)
+            ));
             return None;
         }
         let (tx, rx) = oneshot::channel();
         *lock(&self.pending) = Some(tx);
-        if let Some(left) = prompt.expires_in {
-            say(&format!(
-                "the pairing code expires in {}",
-                human_duration(left)
-            ));
-        }
+        say(&situation(&prompt));
         say(&format!(
             "Enter the pairing code the admin received for '{}':",
             prompt.identifier
@@ -172,27 +176,56 @@ impl Codes {
         loop {
             match read_code_file(path) {
                 Ok(FileCode::Code(code)) if !self.is_refused(&code) => {
-                    say(&format!("using the pairing code in {shown}"));
+                    say(&format!(
+                        "{}; using the pairing code in {shown}",
+                        situation(prompt)
+                    ));
                     return self.give(code);
                 }
                 Ok(FileCode::Code(_)) => say_once(format!(
-                    "the pairing code in {shown} was refused by the host; waiting for the admin \
-                     to write the new code there"
+                    "{}; the code in {shown} was refused: waiting for the admin to write the \
+                     new code there",
+                    situation(prompt)
                 )),
-                Ok(FileCode::Missing | FileCode::Empty) => {
-                    let expiry = prompt
-                        .expires_in
-                        .map(|d| format!(" (the code expires in {})", human_duration(d)))
-                        .unwrap_or_default();
-                    say_once(format!(
-                        "waiting for the pairing code for '{}' in {shown}{expiry}",
-                        prompt.identifier
-                    ));
-                }
-                Err(e) => say_once(format!("cannot read {shown}: {e}; still waiting for it")),
+                Ok(FileCode::Missing | FileCode::Empty) => say_once(format!(
+                    "{}; waiting for the pairing code for '{}' in {shown}",
+                    situation(prompt),
+                    prompt.identifier
+                )),
+                Err(e) => say_once(format!(
+                    "{}; cannot read {shown} ({e}), still waiting for it",
+                    situation(prompt)
+                )),
             }
             tokio::time::sleep(FILE_POLL).await;
         }
+    }
+}
+
+/// "pairing required (the code expires in 4 min 58 s)", or for a retry "that pairing code was
+/// not accepted (2 attempts left on this connection; the code expires in 4 min 12 s)". The
+/// time left is counted down from the host's `ttlSeconds`, never the stale ttl itself.
+fn situation(prompt: &PairingPrompt) -> String {
+    let mut notes = Vec::new();
+    if prompt.retry {
+        match prompt.attempts_left {
+            Some(1) => notes.push("1 attempt left on this connection".to_string()),
+            Some(n) => notes.push(format!("{n} attempts left on this connection")),
+            None => {}
+        }
+    }
+    if let Some(left) = prompt.expires_in {
+        notes.push(format!("the code expires in {}", human_duration(left)));
+    }
+    let head = if prompt.retry {
+        "that pairing code was not accepted"
+    } else {
+        "pairing required"
+    };
+    if notes.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head} ({})", notes.join("; "))
     }
 }
 
@@ -251,6 +284,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got.as_deref(), Some("NEWC2345"));
+    }
+
+    #[test]
+    fn the_situation_line_counts_down_and_says_what_is_left() {
+        let mut p = prompt(false);
+        assert_eq!(
+            situation(&p),
+            "pairing required (the code expires in 1 min 40 s)"
+        );
+        p.retry = true;
+        p.attempts_left = Some(2);
+        p.expires_in = Some(Duration::from_secs(61));
+        assert_eq!(
+            situation(&p),
+            "that pairing code was not accepted (2 attempts left on this connection; the code \
+             expires in 1 min 1 s)"
+        );
+        p.attempts_left = Some(1);
+        p.expires_in = None;
+        assert_eq!(
+            situation(&p),
+            "that pairing code was not accepted (1 attempt left on this connection)"
+        );
+        p.retry = false;
+        assert_eq!(situation(&p), "pairing required");
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Printer {
                     let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
                     self.code_deadline = Some(Instant::now() + ttl);
                 }
-                say("pairing required");
+                // "pairing required" itself is said with the code prompt (cli::codes), in order.
                 if admin_notification == Some(AdminNotification::Failed) {
                     say("warning: the host could not notify the admin of the pairing code");
                 }
@@ -140,21 +140,19 @@ impl Printer {
             .map(|d| format!(" (in {})", human_duration(d)))
             .unwrap_or_default();
         match reason {
-            PairFailReason::InvalidCode => {
+            // No new prompt on this connection: say what happens next. (Otherwise the library
+            // asks again at once and the new prompt says the code was refused, in order with
+            // it, and marks it refused: see cli::codes.)
+            PairFailReason::InvalidCode if attempts_left == Some(0) => {
+                // The next prompt comes after a reconnect (not a retry): never resend this code.
                 self.codes.mark_refused();
-                match attempts_left {
-                    Some(0) => say(&format!(
-                        "pairing code not accepted, and no attempts are left on this \
-                         connection: the host closes it. The pending code stays valid until it \
-                         expires{until}; the follower reconnects and asks for it again"
-                    )),
-                    Some(1) => say("pairing code not accepted (1 attempt left on this connection)"),
-                    Some(n) => say(&format!(
-                        "pairing code not accepted ({n} attempts left on this connection)"
-                    )),
-                    None => say("pairing code not accepted"),
-                }
+                say(&format!(
+                    "pairing code not accepted, and no attempts are left on this connection: the \
+                     host closes it. The pending code stays valid until it expires{until}; the \
+                     follower reconnects and asks for it again"
+                ));
             }
+            PairFailReason::InvalidCode => {}
             PairFailReason::Expired => {
                 self.codes.mark_refused();
                 self.code_deadline = None;
