@@ -174,7 +174,12 @@ impl Codes {
             }
         };
         loop {
-            match read_code_file(path) {
+            // Off the async threads: the path could be anything (a FIFO blocks on open).
+            let owned = path.to_path_buf();
+            let read = tokio::task::spawn_blocking(move || read_code_file(&owned))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            match read {
                 Ok(FileCode::Code(code)) if !self.is_refused(&code) => {
                     say(&format!(
                         "{}; using the pairing code in {shown}",

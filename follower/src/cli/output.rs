@@ -30,6 +30,24 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// Text from the host made safe for a terminal: control characters (an escape sequence could
+/// rewrite the screen) are shown escaped, and it is cut at 500 characters.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(500));
+    for (i, c) in text.chars().enumerate() {
+        if i == 500 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `3.2 s`, for reconnect delays.
 pub fn seconds(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
@@ -104,9 +122,14 @@ impl Printer {
                 say("paired");
             }
             Event::Authenticated => say("authenticated"),
-            Event::HostError { code, message } => say(&format!("host error {code}: {message}")),
+            Event::HostError { code, message } => say(&format!(
+                "host error {}: {}",
+                printable(code.as_str()),
+                printable(&message)
+            )),
             Event::HelloRejected { next_action } => say(&format!(
-                "the host rejected this follower (nextAction {next_action}); retrying later"
+                "the host rejected this follower (nextAction {}); retrying later",
+                printable(next_action.as_str())
             )),
             Event::PairFailed {
                 reason,
@@ -116,7 +139,10 @@ impl Printer {
             Event::SecretNotSaved { error } => say(&format!(
                 "error: could not save the pairing secret ({error}); retrying later"
             )),
-            Event::AuthFailed { reason } => say(&format!("authentication failed: {reason}")),
+            Event::AuthFailed { reason } => say(&format!(
+                "authentication failed: {}",
+                printable(reason.as_str())
+            )),
             Event::NoLocalSecret => say(&format!(
                 "error: the host expects '{id}' to authenticate, but no secret is stored in {file}; \
                  the host's admin must revoke it (yonexus revoke {id}) so that it can pair again",
@@ -124,10 +150,19 @@ impl Printer {
                 file = self.state_file
             )),
             Event::RePairRequired { reason } => {
-                say(&format!("re-pairing required: {reason}"));
+                say(&format!(
+                    "re-pairing required: {}",
+                    printable(reason.as_str())
+                ));
             }
-            Event::StatusUpdate { status, reason } => say(&format!("status: {status} ({reason})")),
-            Event::Disconnected { reason } => say(&format!("disconnected: {reason}")),
+            Event::StatusUpdate { status, reason } => say(&format!(
+                "status: {} ({})",
+                printable(&status),
+                printable(&reason)
+            )),
+            Event::Disconnected { reason } => {
+                say(&format!("disconnected: {}", printable(&reason)));
+            }
             Event::Reconnecting { url, delay } => {
                 say(&format!("reconnecting to {url} in {}", seconds(delay)));
             }
@@ -173,7 +208,10 @@ impl Printer {
                 say("pairing failed: internal error on the host; retrying later");
             }
             PairFailReason::Unknown(other) => {
-                say(&format!("pairing failed: {other}; retrying later"));
+                say(&format!(
+                    "pairing failed: {}; retrying later",
+                    printable(&other)
+                ));
             }
         }
     }
@@ -210,5 +248,13 @@ mod tests {
         let m = not_allowed_message("alpha", 1);
         assert!(m.contains("'alpha'") && m.contains("allow") && m.contains("the host"));
         assert!(not_allowed_message("alpha", 2).contains("every host"));
+    }
+
+    #[test]
+    fn host_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("plain: ok"), "plain: ok");
+        assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        let long = printable(&"x".repeat(2000));
+        assert_eq!(long.chars().count(), 501);
     }
 }
