@@ -1,10 +1,10 @@
 //! [`spawn`] and the connection task: connect (failing over between the configured URLs),
-//! run one connection ([`crate::session`]) to its end, wait a backoff delay, and again — until
+//! run one connection (`session.rs`) to its end, wait a backoff delay, and again — until
 //! shutdown, until a connection ends with reconnection off, or until every host refused the
 //! identifier.
 //!
 //! Between rounds of connection attempts the task waits an exponential, jittered backoff (reset
-//! after each successful authentication); see [`crate::failover`] for the order of the URLs.
+//! after each successful authentication); see `failover.rs` for the order of the URLs.
 
 use crate::backoff::Backoff;
 use crate::config::Config;

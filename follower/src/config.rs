@@ -16,7 +16,7 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct Config {
     /// The host(s): `ws://host:port/path` or `wss://…`. With several (hosts of one cluster,
     /// sharing their trust store), the follower fails over between them: see
-    /// [`crate::failover`] for the order.
+    /// the crate README ("Several hosts") for the order.
     pub urls: Vec<String>,
     /// This follower's identifier (must be on the host's allowlist).
     pub identifier: String,

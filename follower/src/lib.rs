@@ -7,9 +7,9 @@
 //! - [`state`]: the persisted identity `<state_dir>/<identifier>.json` (Ed25519 keypair, secret),
 //!   written atomically with mode 0600.
 //! - [`client`]: [`spawn`] and the connection task: connect, fail over, back off, stop.
-//! - [`failover`] (private): the order in which several host URLs are tried.
-//! - [`session`] (private): one connection from `hello` to its end, driven by its phase.
-//! - [`phase`] (private): the explicit phase of a connection (greeting, pairing, authenticating,
+//! - `failover` (private): the order in which several host URLs are tried.
+//! - `session` (private): one connection from `hello` to its end, driven by its phase.
+//! - `phase` (private): the explicit phase of a connection (greeting, pairing, authenticating,
 //!   authenticated), each holding only its own data.
 //! - [`handle`]: [`FollowerHandle`], how the application talks to the connection task.
 //! - [`event`]: [`Event`] (what the task reports, with the protocol's enums), [`StopReason`],
