@@ -221,9 +221,9 @@ impl Printer {
 pub fn not_allowed_message(identifier: &str, hosts: usize) -> String {
     let who = if hosts > 1 { "every host" } else { "the host" };
     format!(
-        "error: {who} refused identifier '{identifier}' (IDENTIFIER_NOT_ALLOWED: it is not on \
-         the allowlist). This does not fix itself, so the follower stops: ask the host's admin \
-         to add '{identifier}' to [followers] allow, then start the follower again"
+        "error: {who} refused identifier '{identifier}': it is not on the allowlist. This does \
+         not fix itself, so the follower stops: ask the host's admin to add '{identifier}' to \
+         [followers] allow, then start the follower again"
     )
 }
 
