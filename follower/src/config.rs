@@ -14,8 +14,10 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How to reach the host and where to keep this follower's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `ws://host:port/path` or `wss://…`.
-    pub url: String,
+    /// The host(s): `ws://host:port/path` or `wss://…`. With several (hosts of one cluster,
+    /// sharing their trust store), the follower fails over between them: see
+    /// the crate README ("Several hosts") for the order.
+    pub urls: Vec<String>,
     /// This follower's identifier (must be on the host's allowlist).
     pub identifier: String,
     /// Directory holding `<identifier>.json` (created with mode 0700 if missing).
@@ -33,14 +35,24 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with the default intervals and reconnection on.
+    /// A configuration for one host URL, with the default intervals and reconnection on.
     pub fn new(
         url: impl Into<String>,
         identifier: impl Into<String>,
         state_dir: impl Into<PathBuf>,
     ) -> Self {
+        Config::with_urls([url], identifier, state_dir)
+    }
+
+    /// A configuration for several host URLs (tried in this order first), with the default
+    /// intervals and reconnection on.
+    pub fn with_urls<U: Into<String>>(
+        urls: impl IntoIterator<Item = U>,
+        identifier: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
         Config {
-            url: url.into(),
+            urls: urls.into_iter().map(Into::into).collect(),
             identifier: identifier.into(),
             state_dir: state_dir.into(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -62,11 +74,17 @@ impl Config {
                 self.identifier
             )));
         }
-        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
-            return Err(FollowerError::InvalidConfig(format!(
-                "url {:?} must start with ws:// or wss://",
-                self.url
-            )));
+        if self.urls.is_empty() {
+            return Err(FollowerError::InvalidConfig(
+                "no host URL given (at least one ws:// or wss:// URL)".into(),
+            ));
+        }
+        for url in &self.urls {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(FollowerError::InvalidConfig(format!(
+                    "url {url:?} must start with ws:// or wss://"
+                )));
+            }
         }
         if self.heartbeat_interval.is_zero() {
             return Err(FollowerError::InvalidConfig(
@@ -104,5 +122,17 @@ mod tests {
         let mut c = Config::new("ws://x/", "alpha", "/tmp");
         c.heartbeat_interval = Duration::ZERO;
         assert!(c.validate().is_err());
+
+        let c = Config::with_urls(["ws://a/", "wss://b/"], "alpha", "/tmp");
+        assert_eq!(c.urls, vec!["ws://a/".to_string(), "wss://b/".to_string()]);
+        assert!(c.validate().is_ok());
+        assert!(Config::with_urls(["ws://a/", "http://b/"], "alpha", "/tmp")
+            .validate()
+            .is_err());
+        let none: [&str; 0] = [];
+        let err = Config::with_urls(none, "alpha", "/tmp")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("no host URL"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The follower's error type.
 
 use std::path::PathBuf;
+use yonexus_protocol::validate::RuleIdError;
 
 /// Everything the follower library can fail with.
 ///
@@ -20,9 +21,9 @@ pub enum FollowerError {
         #[source]
         source: std::io::Error,
     },
-    /// A rule id that cannot be sent (empty, `builtin`, or containing `::`).
+    /// A rule id that cannot be sent (see `yonexus_protocol::validate::rule_id`).
     #[error("invalid rule id {0:?}: {1}")]
-    InvalidRuleId(String, &'static str),
+    InvalidRuleId(String, RuleIdError),
     /// The outbound buffer (messages waiting for authentication) is full.
     #[error("outbound buffer is full ({0} messages waiting); message not queued")]
     QueueFull(usize),

@@ -1,29 +1,35 @@
-//! Rule ids a follower may send, and the CLI's `rule::content` input lines.
+//! The CLI's `rule::content` input lines.
 
-use yonexus_protocol::{BUILTIN_RULE, SEPARATOR};
+use std::fmt;
+use yonexus_protocol::validate::{self, RuleIdError};
+use yonexus_protocol::SEPARATOR;
 
-/// Check a rule id for sending: non-empty, not `builtin`, no `::`.
-pub fn validate_rule_id(rule_id: &str) -> Result<(), &'static str> {
-    if rule_id.is_empty() {
-        return Err("rule id is empty");
-    }
-    if rule_id == BUILTIN_RULE {
-        return Err("rule id 'builtin' is reserved for control messages");
-    }
-    if rule_id.contains(SEPARATOR) {
-        return Err("rule id must not contain '::'");
-    }
-    Ok(())
+/// Why an input line cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    /// The line has no `::`.
+    NoSeparator,
+    /// The part before the first `::` is not a valid rule id.
+    RuleId(RuleIdError),
 }
 
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineError::NoSeparator => f.write_str("expected 'rule::content' (no '::' in the line)"),
+            LineError::RuleId(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LineError {}
+
 /// Split an input line `rule::content` at its first `::` (a trailing `\r`/`\n` is dropped; the
-/// content may contain further `::`).
-pub fn parse_line(line: &str) -> Result<(&str, &str), &'static str> {
+/// content may contain further `::`). The rule id must pass [`validate::rule_id`].
+pub fn parse_line(line: &str) -> Result<(&str, &str), LineError> {
     let line = line.trim_end_matches(['\n', '\r']);
-    let (rule_id, content) = line
-        .split_once(SEPARATOR)
-        .ok_or("expected 'rule::content' (no '::' in the line)")?;
-    validate_rule_id(rule_id)?;
+    let (rule_id, content) = line.split_once(SEPARATOR).ok_or(LineError::NoSeparator)?;
+    validate::rule_id(rule_id).map_err(LineError::RuleId)?;
     Ok((rule_id, content))
 }
 
@@ -36,18 +42,21 @@ mod tests {
         assert_eq!(parse_line("echo::hi"), Ok(("echo", "hi")));
         assert_eq!(parse_line("echo::a::b\r\n"), Ok(("echo", "a::b")));
         assert_eq!(parse_line("echo::"), Ok(("echo", "")));
-        assert!(parse_line("no separator").is_err());
-        assert!(parse_line("::content").is_err());
-        assert!(parse_line("builtin::{}").is_err());
+        assert_eq!(parse_line("no separator"), Err(LineError::NoSeparator));
+        assert_eq!(
+            parse_line("::content"),
+            Err(LineError::RuleId(RuleIdError::Empty))
+        );
+        assert_eq!(
+            parse_line("builtin::{}"),
+            Err(LineError::RuleId(RuleIdError::Reserved))
+        );
         assert!(parse_line("").is_err());
         assert!(parse_line("a:b").is_err());
-    }
-
-    #[test]
-    fn validates_rule_ids() {
-        assert!(validate_rule_id("echo").is_ok());
-        assert!(validate_rule_id("").is_err());
-        assert!(validate_rule_id("builtin").is_err());
-        assert!(validate_rule_id("a::b").is_err());
+        assert_eq!(
+            parse_line("two words::x"),
+            Err(LineError::RuleId(RuleIdError::ContainsWhitespace))
+        );
+        assert!(parse_line(&format!("{}::x", "r".repeat(129))).is_err());
     }
 }

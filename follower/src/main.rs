@@ -1,226 +1,23 @@
 //! `yonexus-follower`: connect to a Yonexus host, send stdin lines as rule messages, print the
-//! rule messages received on stdout.
+//! rule messages received on stdout (or hand them to `--exec`). Run unattended (stdin
+//! `/dev/null`, e.g. under systemd) it stays connected until SIGTERM. See `cli/` for the pieces.
 
-use clap::{Parser, ValueEnum};
-use std::io::Write;
-use std::path::PathBuf;
+mod cli;
+
+use cli::args::{self, Args, EXIT_NOT_ALLOWED};
+use cli::codes::Codes;
+use cli::exec::Exec;
+use cli::output::{not_allowed_message, say, Printer};
+use cli::stdin::{self as stdin_lines, Mode};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
-use yonexus_follower::line::parse_line;
-use yonexus_follower::{
-    spawn, CodeProvider, Config, Event, FollowerError, FollowerHandle, PairingPrompt,
-};
-use yonexus_protocol::validate::normalize_pairing_code;
+use yonexus_follower::{spawn, CodeProvider, Config, FollowerError, PairingPrompt, StopReason};
 
 /// How long to wait, after stdin ends, for queued messages to reach the host.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// A Yonexus follower.
-///
-/// Connects to a Yonexus host, pairs (once) and authenticates, then:
-/// every line typed on stdin as `rule::content` is sent to the host as a rule message, and every
-/// rule message the host sends is printed on stdout as `rule_id::content`, one per line.
-/// Status, events and errors go to stderr. End of stdin sends what is still queued and exits.
-///
-/// On first start a keypair is generated and stored in the state directory; the secret obtained
-/// by pairing is stored there too (file mode 0600). When pairing is needed and no --pairing-code
-/// is given (or it was refused), the next line on stdin is taken as the code.
-#[derive(Debug, Parser)]
-#[command(name = "yonexus-follower", version, verbatim_doc_comment)]
-struct Args {
-    /// WebSocket URL of the host, e.g. ws://127.0.0.1:8787/
-    #[arg(long, value_name = "URL")]
-    url: String,
-
-    /// This follower's identifier (must be on the host's allowlist)
-    #[arg(long = "id", value_name = "IDENTIFIER")]
-    id: String,
-
-    /// Directory holding the follower's identity (<IDENTIFIER>.json)
-    #[arg(
-        long = "state",
-        value_name = "DIR",
-        default_value = "./yonexus-follower-state"
-    )]
-    state: PathBuf,
-
-    /// Pairing code the admin received; used for the first pairing attempt (stdin is asked
-    /// if it is refused)
-    #[arg(long, value_name = "CODE")]
-    pairing_code: Option<String>,
-
-    /// Seconds between heartbeats once authenticated
-    #[arg(long, value_name = "N", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    heartbeat_secs: u64,
-
-    /// Extra CA certificate(s) (PEM) to trust for a wss:// host with a private or self-signed
-    /// certificate (the public web roots are always trusted)
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-
-    /// Format of the log lines written to stderr (filter with RUST_LOG, default "warn")
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-/// Pairing codes for the library: the --pairing-code once, then the next stdin line.
-struct Prompter {
-    preset: Mutex<Option<String>>,
-    pending: Mutex<Option<oneshot::Sender<String>>>,
-    stdin_closed: AtomicBool,
-}
-
-impl Prompter {
-    /// The prompt still waiting for a code, if any (one the library stopped waiting for, e.g.
-    /// because the connection dropped, does not swallow a line).
-    fn take_pending(&self) -> Option<oneshot::Sender<String>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .filter(|tx| !tx.is_closed())
-    }
-
-    async fn code(&self, prompt: PairingPrompt) -> Option<String> {
-        if !prompt.retry {
-            let preset = self
-                .preset
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(code) = preset {
-                eprintln!("using the pairing code given with --pairing-code");
-                return Some(normalize_pairing_code(&code));
-            }
-        }
-        if self.stdin_closed.load(Ordering::SeqCst) {
-            eprintln!("pairing code needed but stdin is closed");
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
-        if prompt.retry {
-            eprintln!("that pairing code was not accepted");
-        }
-        if let Some(ttl) = prompt.ttl_seconds {
-            eprintln!("the pairing code expires in {ttl} s");
-        }
-        eprintln!(
-            "Enter the pairing code the admin received for '{}':",
-            prompt.identifier
-        );
-        match rx.await {
-            Ok(code) => Some(normalize_pairing_code(&code)),
-            Err(_) => None,
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn print_event(event: Event, url: &str) {
-    match event {
-        Event::Rule { rule_id, content } => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{rule_id}::{content}");
-            let _ = out.flush();
-        }
-        Event::Connected => eprintln!("connected to {url}"),
-        Event::PairingRequired {
-            admin_notification, ..
-        } => {
-            eprintln!("pairing required");
-            if admin_notification.as_deref() == Some("failed") {
-                eprintln!("warning: the host could not notify the admin of the pairing code");
-            }
-        }
-        Event::Paired => eprintln!("paired"),
-        Event::Authenticated => eprintln!("authenticated"),
-        Event::HostError { code, message } => eprintln!("host error {code}: {message}"),
-        Event::PairFailed { reason } => eprintln!("pairing failed: {reason}"),
-        Event::AuthFailed { reason } => eprintln!("authentication failed: {reason}"),
-        Event::RePairRequired { reason } => eprintln!("re-pairing required: {reason}"),
-        Event::StatusUpdate { status, reason } => eprintln!("status: {status} ({reason})"),
-        Event::Disconnected { reason } => eprintln!("disconnected: {reason}"),
-    }
-}
-
-/// Read stdin on a plain thread (blocking reads), handing raw lines to the async side. The
-/// channel closes at end of input.
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let spawned = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                let mut buf = Vec::new();
-                match std::io::BufRead::read_until(&mut stdin, b'\n', &mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        if tx.blocking_send(buf).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("error reading stdin: {e}");
-                        break;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("error: cannot start the stdin reader: {e}");
-    }
-    rx
-}
-
-/// Handle stdin lines: answer a pending pairing prompt, or send `rule::content`.
-async fn read_stdin(handle: FollowerHandle, prompter: Arc<Prompter>) {
-    let mut lines = stdin_lines();
-    while let Some(buf) = lines.recv().await {
-        let text = String::from_utf8_lossy(&buf);
-        let line = text.trim_end_matches(['\n', '\r']);
-        if let Some(tx) = prompter.take_pending() {
-            let _ = tx.send(line.to_string());
-            continue;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_line(line) {
-            Ok((rule_id, content)) => {
-                if let Err(e) = handle.send(rule_id, content) {
-                    eprintln!("not sent: {e}");
-                }
-            }
-            Err(why) => eprintln!("skipped line: {why}"),
-        }
-    }
-    prompter.stdin_closed.store(true, Ordering::SeqCst);
-    // Dropping a pending prompt's sender tells the library no code is coming.
-    drop(prompter.take_pending());
-}
+/// Longest wait for running `--exec` processes at exit.
+const EXEC_GRACE: Duration = Duration::from_secs(10);
 
 async fn terminate_signal() {
     #[cfg(unix)]
@@ -244,57 +41,62 @@ async fn terminate_signal() {
     }
 }
 
-fn parse_args() -> Result<Args, ExitCode> {
-    match Args::try_parse() {
-        Ok(args) => Ok(args),
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return Err(ExitCode::SUCCESS);
-            }
-            let rendered = e.to_string();
-            // clap's message is several lines (the error, the usage, a hint): keep it to one.
-            let first: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .collect();
-            let first = if first.is_empty() {
-                "error: invalid arguments".to_string()
-            } else {
-                first.join(" ")
-            };
-            eprintln!("{first} (see --help)");
-            Err(ExitCode::from(2))
-        }
+/// `--completions` and `--man`: print and exit.
+fn generated_output(args: &Args) -> Option<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    if let Some(shell) = args.completions {
+        args::completions(shell, &mut out);
+        return Some(ExitCode::SUCCESS);
     }
+    if args.man {
+        return Some(match args::man(&mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the man page: {e}");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    None
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match args::parse() {
         Ok(a) => a,
         Err(code) => return code,
     };
-    init_logging(args.log_format);
+    if let Some(code) = generated_output(&args) {
+        return code;
+    }
+    cli::logging::init(args.log_format);
+    let Some(id) = args.id.clone() else {
+        // clap requires --id unless --completions or --man is given.
+        eprintln!("error: --id is required (see --help)");
+        return ExitCode::from(2);
+    };
 
-    let mut config = Config::new(args.url.clone(), args.id.clone(), args.state.clone());
+    let mut config = Config::with_urls(args.url.clone(), id.clone(), args.state.clone());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_secs);
     config.ca_file = args.ca_file.clone();
+    let hosts = config.urls.len();
+    let state_file = yonexus_follower::state::state_path(&args.state, &id)
+        .display()
+        .to_string();
 
-    let prompter = Arc::new(Prompter {
-        preset: Mutex::new(args.pairing_code.clone()),
-        pending: Mutex::new(None),
-        stdin_closed: AtomicBool::new(false),
-    });
-    let provider_prompter = prompter.clone();
-    let codes: CodeProvider = Arc::new(move |prompt: PairingPrompt| {
-        let p = provider_prompter.clone();
-        Box::pin(async move { p.code(prompt).await })
+    let mode = stdin_lines::mode(args.no_stdin);
+    let codes = Arc::new(Codes::new(
+        args.pairing_code.clone(),
+        args.pairing_code_file.clone(),
+        mode == Mode::Lines && args.pairing_code_file.is_none(),
+    ));
+    let provider_codes = codes.clone();
+    let provider: CodeProvider = Arc::new(move |prompt: PairingPrompt| {
+        let codes = provider_codes.clone();
+        Box::pin(async move { codes.code(prompt).await })
     });
 
-    let (handle, mut events) = match spawn(config, codes) {
+    let (handle, events) = match spawn(config, provider) {
         Ok(x) => x,
         Err(e @ FollowerError::InvalidConfig(_)) => {
             eprintln!("error: {e}");
@@ -306,60 +108,58 @@ async fn main() -> ExitCode {
         }
     };
 
-    let url = args.url.clone();
-    let mut printer = tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            print_event(event, &url);
+    let exec = Exec::new(
+        &args.exec,
+        &id,
+        args.exec_concurrency,
+        Duration::from_secs(args.exec_timeout_secs),
+    );
+    let printer = Printer::new(id.clone(), state_file, codes.clone(), exec.clone());
+    let mut printer = tokio::spawn(printer.run(events));
+    let mut stdin_task = match mode {
+        Mode::Lines => Some(tokio::spawn(stdin_lines::read(handle.clone(), codes))),
+        Mode::Ignore => None,
+    };
+    let stdin_done = async {
+        match stdin_task.as_mut() {
+            Some(task) => {
+                let _ = task.await;
+            }
+            None => std::future::pending().await,
         }
-    });
-    let mut stdin_task = tokio::spawn(read_stdin(handle.clone(), prompter));
+    };
 
+    let mut printer_done = false;
     let code = tokio::select! {
-        _ = &mut stdin_task => {
+        _ = stdin_done => {
             if !handle.wait_flushed(FLUSH_WAIT).await {
-                eprintln!("warning: {} queued message(s) not delivered", handle.queued());
+                say(&format!("warning: {} queued message(s) not delivered", handle.queued()));
             }
             ExitCode::SUCCESS
         }
         _ = terminate_signal() => ExitCode::SUCCESS,
         _ = &mut printer => {
-            eprintln!("error: the connection task ended unexpectedly");
-            ExitCode::FAILURE
+            printer_done = true;
+            match handle.stop_reason() {
+                Some(StopReason::IdentifierNotAllowed) => {
+                    say(&not_allowed_message(&id, hosts));
+                    ExitCode::from(EXIT_NOT_ALLOWED)
+                }
+                _ => {
+                    say("error: the connection task ended unexpectedly");
+                    ExitCode::FAILURE
+                }
+            }
         }
     };
     handle.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    if !printer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    }
+    if let Some(exec) = exec {
+        if !exec.wait_idle(EXEC_GRACE).await {
+            say("warning: --exec processes still running at exit were killed");
+        }
+    }
     code
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Args::command().debug_assert();
-    }
-
-    #[test]
-    fn parses_arguments_with_defaults() {
-        let a = Args::try_parse_from(["yonexus-follower", "--url", "ws://h:1/", "--id", "alpha"])
-            .unwrap();
-        assert_eq!(a.state, PathBuf::from("./yonexus-follower-state"));
-        assert_eq!(a.heartbeat_secs, 60);
-        assert_eq!(a.log_format, LogFormat::Text);
-        assert!(a.pairing_code.is_none());
-        assert!(Args::try_parse_from(["yonexus-follower", "--url", "ws://h:1/"]).is_err());
-        assert!(Args::try_parse_from([
-            "yonexus-follower",
-            "--url",
-            "ws://h:1/",
-            "--id",
-            "a",
-            "--heartbeat-secs",
-            "0"
-        ])
-        .is_err());
-    }
 }

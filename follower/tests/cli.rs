@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use yonexus_protocol::envelope::{
-    AdminNotification, AuthSuccess, HelloAck, Message, NextAction, PairRequest, PairSuccess,
+    AdminNotification, AuthSuccess, ErrorCode, ErrorPayload, HelloAck, Message, NextAction,
+    PairFailReason, PairFailed, PairRequest, PairSuccess,
 };
 use yonexus_protocol::{frame, signing, Envelope, Frame};
 
@@ -247,4 +248,210 @@ async fn cli_fails_with_one_line_on_a_corrupt_state_file_or_bad_arguments() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--id"), "{err}");
+}
+
+fn follower(url: &str, dir: &std::path::Path) -> tokio::process::Child {
+    Command::new(BIN)
+        .args(["--url", url, "--id", "alpha", "--heartbeat-secs", "1"])
+        .arg("--state")
+        .arg(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("YONEXUS_PAIRING_CODE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn greet(ws: &mut Ws, next_action: NextAction) {
+    let Message::Hello(_) = recv_control(ws).await else {
+        panic!("expected hello")
+    };
+    send_control(
+        ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action,
+        }),
+    )
+    .await;
+}
+
+async fn pair_failed(ws: &mut Ws, reason: PairFailReason, attempts_left: Option<u32>) {
+    send_control(
+        ws,
+        Message::PairFailed(PairFailed {
+            identifier: "alpha".into(),
+            reason,
+            attempts_left,
+        }),
+    )
+    .await;
+}
+
+/// Every stderr line that arrives within `window`.
+async fn lines_for(rx: &mut mpsc::Receiver<String>, window: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(l)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        out.push(l);
+    }
+    out
+}
+
+#[tokio::test]
+async fn cli_says_what_is_left_of_pairing_and_what_happens_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let mut child = follower(&url, dir.path());
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stderr = lines(child.stderr.take().unwrap());
+
+    let (tcp, _) = l.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    greet(&mut ws, NextAction::PairRequired).await;
+    send_control(
+        &mut ws,
+        Message::PairRequest(PairRequest {
+            identifier: "alpha".into(),
+            expires_at: 1_700_000_300,
+            ttl_seconds: 300,
+            admin_notification: AdminNotification::Sent,
+            code_delivery: "out_of_band".into(),
+        }),
+    )
+    .await;
+    let expiry = wait_line(&mut stderr, "pairing required").await;
+    assert!(
+        expiry.contains("expires in 4 min 59 s") || expiry.contains("expires in 5 min"),
+        "{expiry}"
+    );
+    wait_line(&mut stderr, "Enter the pairing code").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    stdin.write_all(b"WRONG234\n").await.unwrap();
+    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    pair_failed(&mut ws, PairFailReason::InvalidCode, Some(2)).await;
+    let refused = wait_line(&mut stderr, "not accepted").await;
+    assert!(refused.contains("2 attempts left"), "{refused}");
+    // The second prompt counts down instead of repeating the ttl.
+    assert!(refused.contains("expires in 4 min 5"), "{refused}");
+    assert!(!refused.contains("300"), "{refused}");
+    wait_line(&mut stderr, "Enter the pairing code").await;
+    stdin.write_all(b"WRONG345\n").await.unwrap();
+    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    pair_failed(&mut ws, PairFailReason::InvalidCode, Some(0)).await;
+    let last = wait_line(&mut stderr, "no attempts are left").await;
+    assert!(
+        last.contains("stays valid until it expires (in 4 min"),
+        "{last}"
+    );
+    assert!(last.contains("reconnects"), "{last}");
+    let again = wait_line(&mut stderr, "reconnecting to").await;
+    assert!(again.contains(&url) && again.ends_with(" s"), "{again}");
+
+    // Reconnected; this time the pending pairing is gone.
+    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    greet(&mut ws, NextAction::WaitingPairConfirm).await;
+    wait_line(&mut stderr, "Enter the pairing code").await;
+    stdin.write_all(b"RIGHT234\n").await.unwrap();
+    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    pair_failed(&mut ws, PairFailReason::Expired, None).await;
+    let expired = wait_line(&mut stderr, "pairing failed").await;
+    assert!(
+        expired.contains("Ask the admin for a new code"),
+        "{expired}"
+    );
+    drop(stdin);
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn cli_prints_each_host_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = yonexus_follower::State::load_or_create(dir.path(), "alpha").unwrap();
+        s.set_secret(Some("sek".into())).unwrap();
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let mut child = follower(&url, dir.path());
+    let mut stderr = lines(child.stderr.take().unwrap());
+    let (tcp, _) = l.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    greet(&mut ws, NextAction::AuthRequired).await;
+    let Message::AuthRequest(_) = recv_control(&mut ws).await else {
+        panic!("expected auth_request")
+    };
+    send_control(
+        &mut ws,
+        Message::AuthSuccess(AuthSuccess {
+            identifier: "alpha".into(),
+            authenticated_at: 1_700_000_000,
+            status: "online".into(),
+        }),
+    )
+    .await;
+    wait_line(&mut stderr, "authenticated").await;
+    send_control(
+        &mut ws,
+        Message::Error(ErrorPayload {
+            code: ErrorCode::RuleNotFound,
+            message: "no handler for 'nope'".into(),
+        }),
+    )
+    .await;
+    let seen = lines_for(&mut stderr, Duration::from_secs(1)).await;
+    let mentions: Vec<_> = seen
+        .iter()
+        .filter(|l| l.contains("RULE_NOT_FOUND"))
+        .collect();
+    assert_eq!(mentions.len(), 1, "{seen:?}");
+    assert_eq!(
+        mentions[0],
+        "host error RULE_NOT_FOUND: no handler for 'nope'"
+    );
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn cli_generates_completions_and_a_man_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["--completions", shell])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("yonexus-follower"), "{shell}: {text}");
+        assert!(text.contains("pairing-code-file"), "{shell}: {text}");
+    }
+    let out = Command::new(BIN).arg("--man").output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(man.contains(".TH yonexus-follower 1"), "{man}");
+    assert!(man.contains("\\-\\-exec"), "{man}");
+    assert!(man.contains("YONEXUS_PAIRING_CODE"), "{man}");
+    // An unknown shell is one clear line and exit 2.
+    let out = Command::new(BIN)
+        .args(["--completions", "cmd"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -11,7 +11,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
-use yonexus_follower::{spawn, CodeProvider, Config, Event, FollowerError, PairingPrompt};
+use yonexus_follower::{
+    spawn, CodeProvider, Config, Event, FollowerError, PairingPrompt, StopReason,
+};
 use yonexus_protocol::envelope::{
     AdminNotification, AuthSuccess, ErrorCode, ErrorPayload, HelloAck, Message, NextAction,
     PairFailReason, PairFailed, PairRequest, PairSuccess, RePairReason, RePairRequired,
@@ -173,6 +175,16 @@ async fn pairs_authenticates_heartbeats_and_exchanges_rules() {
         .await
         .unwrap();
     ws.send(WsMessage::binary(vec![1u8, 2, 3])).await.unwrap();
+    // A control message that does not fit the phase (nobody asked to authenticate) is ignored.
+    send_control(
+        &mut ws,
+        Message::AuthSuccess(AuthSuccess {
+            identifier: "alpha".into(),
+            authenticated_at: 1_700_000_000,
+            status: "online".into(),
+        }),
+    )
+    .await;
 
     send_control(
         &mut ws,
@@ -194,12 +206,16 @@ async fn pairs_authenticates_heartbeats_and_exchanges_rules() {
     )
     .await;
     let ev = next_matching(&mut events, |e| matches!(e, Event::PairingRequired { .. })).await;
+    assert!(
+        !handle.is_authenticated(),
+        "an unasked auth_success is ignored"
+    );
     assert_eq!(
         ev,
         Event::PairingRequired {
             expires_at: Some(1_700_000_300),
             ttl_seconds: Some(300),
-            admin_notification: Some("sent".into())
+            admin_notification: Some(AdminNotification::Sent)
         }
     );
 
@@ -283,7 +299,7 @@ async fn pairs_authenticates_heartbeats_and_exchanges_rules() {
     assert_eq!(
         ev,
         Event::HostError {
-            code: "RULE_NOT_FOUND".into(),
+            code: ErrorCode::RuleNotFound,
             message: "no handler for 'nope'".into()
         }
     );
@@ -366,7 +382,7 @@ async fn re_pairs_reconnects_and_gives_up_without_a_code() {
     assert_eq!(
         ev,
         Event::RePairRequired {
-            reason: "nonce_collision".into()
+            reason: RePairReason::NonceCollision
         }
     );
     assert!(!handle.is_authenticated());
@@ -403,13 +419,7 @@ async fn re_pairs_reconnects_and_gives_up_without_a_code() {
         }),
     )
     .await;
-    let ev = next_matching(&mut events, |e| matches!(e, Event::PairFailed { .. })).await;
-    assert_eq!(
-        ev,
-        Event::PairFailed {
-            reason: "no_pairing_code".into()
-        }
-    );
+    next_matching(&mut events, |e| *e == Event::NoPairingCode).await;
     next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
     assert_eq!(prompts.lock().unwrap()[0].expires_at, None);
 
@@ -471,7 +481,13 @@ async fn no_reconnect_ends_the_task() {
         }),
     )
     .await;
-    next_matching(&mut events, |e| matches!(e, Event::HostError { .. })).await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::HelloRejected { .. })).await;
+    assert_eq!(
+        ev,
+        Event::HelloRejected {
+            next_action: NextAction::Rejected
+        }
+    );
     next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
     // The channel closes when the task ends.
     assert!(tokio::time::timeout(WAIT, events.recv())
@@ -479,4 +495,315 @@ async fn no_reconnect_ends_the_task() {
         .unwrap()
         .is_none());
     assert!(handle.is_stopped());
+    assert_eq!(handle.stop_reason(), Some(StopReason::ReconnectDisabled));
+}
+
+async fn pair_failed(ws: &mut Ws, reason: PairFailReason, attempts_left: Option<u32>) {
+    send_control(
+        ws,
+        Message::PairFailed(PairFailed {
+            identifier: "alpha".into(),
+            reason,
+            attempts_left,
+        }),
+    )
+    .await;
+}
+
+/// Read frames until the follower's close frame, then drop the socket; returns the close code.
+async fn follower_closes(mut ws: Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(WsMessage::Close(f))) => {
+                // Reading on lets tungstenite answer the close, so the follower need not wait.
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+                return f.map(|f| f.code);
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn attempts_left_expiry_countdown_and_expired_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let (codes, prompts) = scripted_codes(vec![
+        Some("WRONG111"),
+        Some("WRONG222"),
+        Some("WRONG333"),
+        Some("RIGHT444"),
+    ]);
+    let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
+    let mut ws = accept(&l).await;
+    let _ = recv_control(&mut ws).await;
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::PairRequired,
+        }),
+    )
+    .await;
+    send_control(
+        &mut ws,
+        Message::PairRequest(PairRequest {
+            identifier: "alpha".into(),
+            expires_at: 1_700_000_300,
+            ttl_seconds: 300,
+            admin_notification: AdminNotification::Failed,
+            code_delivery: "out_of_band".into(),
+        }),
+    )
+    .await;
+    let Message::PairConfirm(c) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    assert_eq!(c.pairing_code, "WRONG111");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pair_failed(&mut ws, PairFailReason::InvalidCode, Some(2)).await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::PairFailed { .. })).await;
+    assert_eq!(
+        ev,
+        Event::PairFailed {
+            reason: PairFailReason::InvalidCode,
+            attempts_left: Some(2)
+        }
+    );
+    let Message::PairConfirm(c) = recv_control(&mut ws).await else {
+        panic!("expected a second pair_confirm")
+    };
+    assert_eq!(c.pairing_code, "WRONG222");
+    {
+        let prompts = prompts.lock().unwrap();
+        let first = prompts[0].expires_in.unwrap();
+        assert!(first <= Duration::from_secs(300) && first > Duration::from_secs(298));
+        assert!(prompts[1].retry);
+        assert_eq!(prompts[1].attempts_left, Some(2));
+        // Counted down, not the stale ttl.
+        let left = prompts[1].expires_in.unwrap();
+        assert!(left < Duration::from_secs(299), "{left:?}");
+        assert!(left > Duration::from_secs(280), "{left:?}");
+        assert_eq!(prompts[1].ttl_seconds, Some(300));
+        assert_eq!(
+            prompts[1].admin_notification,
+            Some(AdminNotification::Failed)
+        );
+    }
+
+    // No attempts left on this connection: no new prompt; the follower closes and comes back.
+    pair_failed(&mut ws, PairFailReason::InvalidCode, Some(0)).await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::PairFailed { .. })).await;
+    assert_eq!(
+        ev,
+        Event::PairFailed {
+            reason: PairFailReason::InvalidCode,
+            attempts_left: Some(0)
+        }
+    );
+    assert_eq!(follower_closes(ws).await, Some(CloseCode::Normal));
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
+    let Event::Reconnecting { url: next, delay } = ev else {
+        unreachable!()
+    };
+    assert_eq!(next, url);
+    assert!(delay <= Duration::from_millis(100), "{delay:?}");
+    assert_eq!(prompts.lock().unwrap().len(), 2);
+
+    // Same host, same pending pairing: the prompt still knows the expiry.
+    let mut ws = accept(&l).await;
+    let _ = recv_control(&mut ws).await;
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::WaitingPairConfirm,
+        }),
+    )
+    .await;
+    let Message::PairConfirm(c) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    assert_eq!(c.pairing_code, "WRONG333");
+    {
+        let prompts = prompts.lock().unwrap();
+        assert!(!prompts[2].retry);
+        assert_eq!(prompts[2].expires_at, Some(1_700_000_300));
+        assert!(prompts[2].expires_in.unwrap() < Duration::from_secs(299));
+    }
+    // Expired (or cancelled): the pairing is gone; disconnect and start over.
+    pair_failed(&mut ws, PairFailReason::Expired, None).await;
+    next_matching(&mut events, |e| {
+        *e == Event::PairFailed {
+            reason: PairFailReason::Expired,
+            attempts_left: None,
+        }
+    })
+    .await;
+    assert_eq!(follower_closes(ws).await, Some(CloseCode::Normal));
+    let mut ws = accept(&l).await;
+    let _ = recv_control(&mut ws).await;
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::WaitingPairConfirm,
+        }),
+    )
+    .await;
+    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+        panic!("expected pair_confirm")
+    };
+    {
+        let prompts = prompts.lock().unwrap();
+        assert_eq!(prompts[3].expires_at, None, "forgotten after expired");
+        assert_eq!(prompts[3].expires_in, None);
+    }
+    tokio::spawn(follower_closes(ws));
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn identifier_not_allowed_stops_when_every_host_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
+    let mut ws = accept(&l).await;
+    let _ = recv_control(&mut ws).await;
+    send_control(
+        &mut ws,
+        Message::Error(ErrorPayload {
+            code: ErrorCode::IdentifierNotAllowed,
+            message: "identifier is not on this host's allowlist".into(),
+        }),
+    )
+    .await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Policy,
+        reason: "Identifier not allowed".into(),
+    }))
+    .await
+    .unwrap();
+    let ev = next_matching(&mut events, |e| matches!(e, Event::HostError { .. })).await;
+    assert!(matches!(
+        ev,
+        Event::HostError {
+            code: ErrorCode::IdentifierNotAllowed,
+            ..
+        }
+    ));
+    next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    // Permanent: no Reconnecting, the task ends.
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        while let Some(ev) = events.recv().await {
+            rest.push(ev);
+        }
+        rest
+    })
+    .await
+    .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(handle.is_stopped());
+    assert_eq!(handle.stop_reason(), Some(StopReason::IdentifierNotAllowed));
+    // Nobody connects again.
+    assert!(tokio::time::timeout(Duration::from_millis(500), l.accept())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn fails_over_to_the_next_url_and_round_robin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    // A port nobody listens on (bound after the live one, so it cannot be the same port).
+    let (dead, dead_url) = listener().await;
+    drop(dead);
+    let mut c = Config::with_urls([dead_url.clone(), url.clone()], "alpha", dir.path());
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    {
+        let mut s = yonexus_follower::State::load_or_create(dir.path(), "alpha").unwrap();
+        s.set_secret(Some("sek".into())).unwrap();
+    }
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    let Event::Disconnected { reason } = ev else {
+        unreachable!()
+    };
+    assert!(reason.contains(&dead_url), "{reason}");
+    // Moved on at once, in the same round.
+    let mut ws = accept(&l).await;
+    let ev = next_matching(&mut events, |e| {
+        matches!(e, Event::Connected { .. } | Event::Reconnecting { .. })
+    })
+    .await;
+    assert_eq!(ev, Event::Connected { url: url.clone() });
+    let Message::Hello(h) = recv_control(&mut ws).await else {
+        panic!("expected hello")
+    };
+    send_control(
+        &mut ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::AuthRequired,
+        }),
+    )
+    .await;
+    expect_valid_auth(&mut ws, &h.public_key.unwrap(), "sek").await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+
+    // The host drops the connection: the next round starts at the URL after it (the dead one),
+    // then comes back here.
+    drop(ws);
+    next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
+    assert!(
+        matches!(ev, Event::Reconnecting { url: ref u, .. } if *u == dead_url),
+        "{ev:?}"
+    );
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    assert!(matches!(ev, Event::Disconnected { ref reason } if reason.contains(&dead_url)));
+    let mut ws = accept(&l).await;
+    next_matching(&mut events, |e| *e == Event::Connected { url: url.clone() }).await;
+    let Message::Hello(_) = recv_control(&mut ws).await else {
+        panic!("expected hello")
+    };
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusing_host_is_passed_over_for_one_that_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (refusing, refusing_url) = listener().await;
+    let (l, url) = listener().await;
+    let mut c = Config::with_urls([refusing_url, url.clone()], "alpha", dir.path());
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&refusing).await;
+    let _ = recv_control(&mut ws).await;
+    send_control(
+        &mut ws,
+        Message::Error(ErrorPayload {
+            code: ErrorCode::IdentifierNotAllowed,
+            message: "no".into(),
+        }),
+    )
+    .await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // Not every host refused: go on to the other one.
+    let mut ws = accept(&l).await;
+    next_matching(&mut events, |e| *e == Event::Connected { url: url.clone() }).await;
+    let Message::Hello(_) = recv_control(&mut ws).await else {
+        panic!("expected hello")
+    };
+    assert!(!handle.is_stopped());
+    handle.shutdown().await;
 }
