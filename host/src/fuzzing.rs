@@ -109,18 +109,26 @@ fn trust_of(r: Option<&TrustRecord>) -> (Option<String>, Option<String>, bool) {
     }
 }
 
+/// What a case reached (so tests can check that seeds get somewhere).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    pub pairings: usize,
+    pub authentications: usize,
+}
+
 /// Run one fuzz case. Panics when an invariant breaks.
-pub fn session_sequence(data: &[u8]) {
+pub fn session_sequence(data: &[u8]) -> Reached {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
     else {
-        return;
+        return Reached::default();
     };
-    runtime.block_on(run(data));
+    runtime.block_on(run(data))
 }
 
-async fn run(data: &[u8]) {
+async fn run(data: &[u8]) -> Reached {
+    let mut reached = Reached::default();
     let mut input = Input { data };
     let config = match Config::parse(
         Path::new("/fuzz/yonexus.toml"),
@@ -144,7 +152,9 @@ async fn run(data: &[u8]) {
         .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
         .collect();
     let mut conns: Vec<Conn> = (0..CONNECTIONS as u8).map(|n| new_conn(&hub, n)).collect();
-    let mut last_proof: Option<(usize, serde_json::Value)> = None;
+    // The last proof built: (identifier index, payload, signed correctly, nonce).
+    let mut last_proof: Option<(usize, serde_json::Value, bool, String)> = None;
+    let mut accepted_nonces: Vec<String> = Vec::new();
     let mut steps = 0;
     while let Some(op) = input.byte() {
         steps += 1;
@@ -198,14 +208,12 @@ async fn run(data: &[u8]) {
                 )
             }
             2 => {
-                let secret = hub
-                    .store
-                    .get(ident)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|r| r.secret)
+                let record = hub.store.get(ident).await.ok().flatten();
+                let secret = record
+                    .as_ref()
+                    .and_then(|r| r.secret.clone())
                     .unwrap_or_default();
+                let bound = record.and_then(|r| r.public_key);
                 let nonce = yonexus_protocol::validate::generate_nonce();
                 let ts = hub.now() + i64::from(input.pick(3) as u8) - 1;
                 let signer = if input.pick(4) == 0 {
@@ -216,15 +224,24 @@ async fn run(data: &[u8]) {
                 let payload = json!({"identifier": ident, "nonce": nonce, "proofTimestamp": ts,
                     "signature": signing::sign(&keys[signer], &secret, &nonce, ts),
                     "publicKey": signing::encode_base64(&keys[signer].verifying_key().to_bytes())});
-                if signer == id && !secret.is_empty() {
+                let signer_key = signing::encode_base64(&keys[signer].verifying_key().to_bytes());
+                // Valid evidence: signed over the secret with the key bound at pairing (or any
+                // key, which is then bound, when it paired without one).
+                let valid = !secret.is_empty() && bound.as_ref().is_none_or(|b| *b == signer_key);
+                if valid {
                     allowed.auth = Some((c, id));
                 }
-                last_proof = Some((id, payload.clone()));
+                last_proof = Some((id, payload.clone(), valid, nonce));
                 frame("auth_request", payload)
             }
             3 => match &last_proof {
-                // A captured proof, replayed.
-                Some((_, p)) => frame("auth_request", p.clone()),
+                // A captured proof, replayed: valid evidence only if it was never accepted.
+                Some((pid, p, valid, nonce)) => {
+                    if *valid && !accepted_nonces.contains(nonce) {
+                        allowed.auth = Some((c, *pid));
+                    }
+                    frame("auth_request", p.clone())
+                }
                 None => String::new(),
             },
             4 => frame("heartbeat", json!({"identifier": ident})),
@@ -254,6 +271,9 @@ async fn run(data: &[u8]) {
             conns[c].closed = true;
         }
         let replies = conns[c].peer.drain_texts();
+        if replies.iter().any(|r| r.contains("\"pair_success\"")) {
+            reached.pairings += 1;
+        }
         if op % 10 == 0 && replies.iter().any(|r| r.contains("\"hello_ack\"")) {
             conns[c].greeted.push(id);
         }
@@ -293,9 +313,17 @@ async fn run(data: &[u8]) {
                 );
             }
         }
-        // Authenticated only by a valid proof.
+        // Authenticated only by a valid proof (and each proof is accepted once).
         if !was_authenticated {
             if let Some(who) = conns[c].session.authenticated_as() {
+                if let (Some((_, _, _, nonce)), 2 | 3) = (&last_proof, op % 10) {
+                    assert!(
+                        !accepted_nonces.contains(nonce),
+                        "a proof was accepted twice"
+                    );
+                    accepted_nonces.push(nonce.clone());
+                }
+                reached.authentications += 1;
                 let (conn, id) = allowed.auth.unwrap_or((usize::MAX, usize::MAX));
                 assert!(
                     conn == c && IDS[id] == &**who,
@@ -318,14 +346,17 @@ async fn run(data: &[u8]) {
     for conn in &mut conns {
         conn.session.on_close(&hub);
     }
+    reached
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn a_few_sequences_run_clean() {
-        // hello, confirm right, auth valid, heartbeat, echo; then junk.
-        super::session_sequence(&[0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 1, 1, 4, 0, 0, 5, 0, 0, 3]);
+        // hello, confirm right, auth valid, heartbeat, echo: gets all the way.
+        let r =
+            super::session_sequence(&[0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 1, 1, 4, 0, 0, 5, 0, 0, 3]);
+        assert_eq!((r.pairings, r.authentications), (1, 1));
         super::session_sequence(
             b"\x00\x01\x00\x00\x01\x02\x00\x00\x03\x03\x00\x02\x07\x01\x00\xff\x08\x00\x00",
         );

@@ -90,3 +90,10 @@ fn state_file_corpus() {
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 }
+
+#[test]
+fn session_corpus() {
+    for data in corpus("session") {
+        yonexus_host::fuzzing::session_sequence(&data);
+    }
+}
