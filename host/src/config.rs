@@ -216,10 +216,23 @@ pub struct Config {
     pub liveness: LivenessConfig,
     pub reload: ReloadConfig,
     pub limits: LimitsConfig,
-    /// `[admin] listen`: the HTTP address of `/metrics`, `/healthz`, `/readyz` (None = off).
-    pub admin_listen: Option<SocketAddr>,
+    /// `[admin]`: the admin HTTP port (metrics, health, dashboard).
+    pub admin: AdminConfig,
     pub plugins: Vec<PluginConfig>,
 }
+
+/// `[admin]`: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`, the dashboard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `[admin] listen`: its address (None = off).
+    pub listen: Option<SocketAddr>,
+    /// `[admin] token_env`: the environment variable holding the admin token the dashboard's
+    /// actions require (read once at start).
+    pub token_env: String,
+}
+
+/// The default of `[admin] token_env`.
+pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "YONEXUS_ADMIN_TOKEN";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -246,12 +259,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
+    token_env: String,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             listen: "127.0.0.1:9787".into(),
+            token_env: DEFAULT_ADMIN_TOKEN_ENV.into(),
         }
     }
 }
@@ -555,6 +570,17 @@ impl Config {
                 )
             })?),
         };
+        let token_env = raw.admin.token_env.trim().to_owned();
+        if token_env.is_empty()
+            || !token_env
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(err(
+                "admin.token_env",
+                format!("'{token_env}' is not an environment variable name (letters, digits, _), e.g. \"{DEFAULT_ADMIN_TOKEN_ENV}\""),
+            ));
+        }
         let tls = match &raw.server.tls {
             None => None,
             Some(t) => {
@@ -666,7 +692,10 @@ impl Config {
                 tls,
             },
             limits: raw.limits,
-            admin_listen,
+            admin: AdminConfig {
+                listen: admin_listen,
+                token_env,
+            },
             allow,
             pairing: PairingConfig {
                 ttl_secs: p.ttl_secs,

@@ -26,7 +26,8 @@
 //! - [`admin`]: the admin socket and the CLI's client side.
 //! - [`reply`]: every frame the host sends, one builder per message kind.
 //! - [`metrics`]: every metric's name and labels, the small recording functions, the recorder.
-//! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`), a minimal HTTP/1.1 server.
+//! - [`dashboard`]: the admin HTTP port (axum): the operator dashboard, its JSON API,
+//!   `/metrics`, `/healthz`, `/readyz`.
 //! - [`clock`]: the injectable wall clock.
 
 pub mod admin;
@@ -35,7 +36,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod connection;
-pub mod http;
+pub mod dashboard;
 pub mod hub;
 pub mod liveness;
 pub mod metrics;

@@ -40,6 +40,9 @@ pub enum StartError {
     Tls(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The admin HTTP port (dashboard) could not start.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::Error),
 }
 
 /// A running host.
@@ -116,24 +119,25 @@ impl Host {
 
         let shutdown = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
-        let admin_addr = match config.admin_listen {
+        let admin_addr = match config.admin.listen {
             None => None,
             Some(addr) => {
                 let metrics = crate::metrics::install().map_err(StartError::Metrics)?;
-                let http = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                let bound = http
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                tracing::info!(address = %bound, "admin HTTP listening (/metrics, /healthz, /readyz)");
-                tokio::spawn(crate::http::serve(
-                    http,
+                let view = crate::dashboard::HostView::new(
+                    Arc::clone(&hub),
+                    Arc::clone(&reloader),
                     metrics,
                     Arc::clone(&ready),
-                    shutdown.clone(),
-                ));
-                Some(bound)
+                );
+                Some(
+                    crate::dashboard::serve(
+                        addr,
+                        &config.admin.token_env,
+                        Arc::new(view),
+                        shutdown.clone(),
+                    )
+                    .await?,
+                )
             }
         };
         let admin = crate::admin::bind(state_dir).map_err(StartError::Admin)?;
