@@ -109,3 +109,6 @@ pub fn spawn(
         limits,
     ))
 }
+
+#[cfg(test)]
+mod tests;
