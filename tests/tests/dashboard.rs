@@ -208,6 +208,33 @@ async fn the_page_follows_followers_live_and_acts_with_the_token() {
         .await
         .unwrap();
 
+    let screenshot = std::env::var_os("YONEXUS_DASHBOARD_SCREENSHOT");
+    if screenshot.is_some() {
+        // For the README: half a minute of traffic that rises and falls, then heartbeats.
+        for sec in 0..30u32 {
+            let started = Instant::now();
+            let per_sec = 20 + (15.0 * (f64::from(sec) / 4.0).sin()) as i32;
+            for i in 0..per_sec {
+                let raw = if i % 3 == 0 { &mut alpha } else { &mut beta };
+                echo_ok(raw, &format!("s{sec}-{i}")).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
+        }
+        for (raw, id) in [(&mut alpha, "alpha"), (&mut beta, "beta")] {
+            raw.send("heartbeat", serde_json::json!({ "identifier": id }))
+                .await
+                .unwrap();
+            assert!(matches!(raw.control().await.unwrap(), Msg::HeartbeatAck(_)));
+        }
+        browser
+            .wait_until(
+                &format!("/^[0-2] s ago$/.test({})", row("beta", "heartbeat")),
+                WAIT,
+            )
+            .await
+            .unwrap();
+    }
+
     // Unlock the actions with the token typed into the page.
     browser.type_text("#token", TOKEN).await.unwrap();
     browser.click("#unlock").await.unwrap();
@@ -221,8 +248,12 @@ async fn the_page_follows_followers_live_and_acts_with_the_token() {
     assert_eq!(browser.eval(&is_visible("#reload")).await.unwrap(), true);
     let png = browser.screenshot_png().await.unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
-    if let Some(path) = std::env::var_os("YONEXUS_DASHBOARD_SCREENSHOT") {
-        std::fs::write(path, &png).unwrap();
+    if let Some(path) = screenshot {
+        browser
+            .eval("document.getElementById('notice').hidden = true")
+            .await
+            .unwrap();
+        std::fs::write(path, browser.screenshot_png().await.unwrap()).unwrap();
     }
 
     // Reveal the pending code: the page shows exactly the delivered one.

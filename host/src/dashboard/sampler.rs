@@ -1,14 +1,16 @@
-//! The sampler: once a second (and at once after a lifecycle event) it reads the
-//! [`AdminView`], turns counters into rates (messages/s, plugin calls/s), keeps the recent rate
-//! history for the chart, and publishes one [`Snapshot`] that every open event stream diffs
-//! against what it already sent. Work per second is the same however many pages are open.
+//! The sampler: once a second it reads the [`AdminView`], turns counters into rates
+//! (messages/s, plugin calls/s) and keeps the recent rate history for the chart. While event
+//! streams are open it also reads the followers and pairings (every second, at once after a
+//! lifecycle event, and when a stream opens) and publishes one [`Snapshot`] that every stream
+//! diffs against what it already sent. Work per second is the same however many pages are
+//! open, and the follower list is not built at all while none is.
 
 use super::view::{AdminView, MessageCounters, PluginRow};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio::sync::{broadcast::error::RecvError, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// How often counters are sampled.
@@ -64,6 +66,8 @@ pub struct Sampler {
     history: Mutex<VecDeque<RateSample>>,
     plugins: Mutex<Vec<PluginRow>>,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// A stream opened: publish a complete snapshot now.
+    wake: Notify,
 }
 
 impl Default for Sampler {
@@ -78,6 +82,7 @@ impl Sampler {
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             plugins: Mutex::new(Vec::new()),
             tx: watch::channel(Arc::new(Snapshot::default())).0,
+            wake: Notify::new(),
         }
     }
 
@@ -91,9 +96,12 @@ impl Sampler {
         lock(&self.plugins).clone()
     }
 
-    /// Follow the published snapshots.
+    /// Follow the published snapshots. A fresh, complete one is published right after (the
+    /// receiver sees it as a change).
     pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.tx.subscribe()
+        let rx = self.tx.subscribe();
+        self.wake.notify_one();
+        rx
     }
 
     /// Sample until `shutdown`.
@@ -106,10 +114,13 @@ impl Sampler {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = every.tick() => self.sample(&*view, &mut state, true),
+                _ = every.tick() => self.sample(&*view, &mut state, Sample::Tick),
+                _ = self.wake.notified() => self.sample(&*view, &mut state, Sample::Opened),
                 event = events.recv(), if events_open => {
                     match event {
-                        Ok(_) | Err(RecvError::Lagged(_)) => self.sample(&*view, &mut state, false),
+                        Ok(_) | Err(RecvError::Lagged(_)) => {
+                            self.sample(&*view, &mut state, Sample::Event)
+                        }
                         Err(RecvError::Closed) => events_open = false,
                     }
                 }
@@ -117,13 +128,15 @@ impl Sampler {
         }
     }
 
-    /// Take one sample; `full`: counters and plugins too (else only followers and pairings).
-    fn sample(&self, view: &dyn AdminView, state: &mut State, full: bool) {
+    /// Take one sample.
+    fn sample(&self, view: &dyn AdminView, state: &mut State, why: Sample) {
         let mut snapshot = Snapshot::clone(&self.tx.borrow());
-        let mut changed = false;
-        changed |= snapshot.followers.update(to_json(&view.followers()));
-        changed |= snapshot.pairings.update(to_json(&view.pairings()));
-        if full {
+        let mut changed = why == Sample::Opened;
+        if self.tx.receiver_count() > 0 {
+            changed |= snapshot.followers.update(to_json(&view.followers()));
+            changed |= snapshot.pairings.update(to_json(&view.pairings()));
+        }
+        if why == Sample::Tick {
             let now = Instant::now();
             let counters = view.counters();
             if let Some((then, before)) = state.counters.replace((now, counters)) {
@@ -144,6 +157,17 @@ impl Sampler {
             self.tx.send_replace(Arc::new(snapshot));
         }
     }
+}
+
+/// Why a sample is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sample {
+    /// The once-a-second sample: counters, plugins, lists.
+    Tick,
+    /// A lifecycle event: the lists only.
+    Event,
+    /// A stream opened: the lists, published even if unchanged.
+    Opened,
 }
 
 /// What the sampler remembers between samples.

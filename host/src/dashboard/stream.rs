@@ -2,7 +2,8 @@
 //!
 //! Events (each `data:` is JSON in the shape of the matching `GET /api/…` answer):
 //! - `followers`, `pairings`, `plugins`: the whole list, sent on connect and whenever it
-//!   changes (checked every second and right after each lifecycle event);
+//!   changes (checked every second and right after each lifecycle event; `plugins` every
+//!   second);
 //! - `rate`: one [`RateSample`](super::sampler::RateSample) per second (also a heartbeat);
 //! - `lifecycle`: one [`LifecycleEvent`](super::view::LifecycleEvent) as it happens;
 //! - `resync`: the stream fell behind and skipped events; re-read `/api/events`.
@@ -29,6 +30,8 @@ struct State {
     shutdown: CancellationToken,
     /// Versions of followers, pairings, plugins already sent.
     sent: [u64; 3],
+    /// The last rate sample sent.
+    rate: Option<super::sampler::RateSample>,
     queue: VecDeque<Event>,
 }
 
@@ -48,7 +51,8 @@ impl State {
                     .push_back(Event::default().event(name).data(&*part.json));
             }
         }
-        if let Some(rate) = snapshot.rate {
+        if let Some(rate) = snapshot.rate.filter(|r| Some(*r) != self.rate) {
+            self.rate = Some(rate);
             if let Ok(e) = Event::default().event("rate").json_data(rate) {
                 self.queue.push_back(e);
             }
@@ -64,10 +68,12 @@ pub fn open(dash: &Arc<Dashboard>) -> Sse<impl Stream<Item = Result<Event, Infal
         events_open: true,
         shutdown: dash.shutdown.clone(),
         sent: [0; 3],
+        rate: None,
         queue: VecDeque::new(),
     };
     state.queue.push_back(Event::default().retry(RETRY));
-    state.queue_snapshot();
+    // Nothing from the snapshot yet: the sampler publishes a fresh one for the new stream (see
+    // `Sampler::watch`); the one it holds may be older than what the page just read from `/api`.
     Sse::new(stream::unfold(state, next))
 }
 

@@ -57,8 +57,10 @@ function clockTime(unix) {
   return new Date(unix * 1000).toLocaleTimeString();
 }
 
-function timeCell(unix) {
-  const td = el("td", { class: "time", dataset: unix ? { at: unix } : {} }, ago(unix));
+function timeCell(unix, field) {
+  const data = { field };
+  if (unix) data.at = unix;
+  const td = el("td", { class: "time", dataset: data }, ago(unix));
   if (unix) td.title = localTime(unix);
   return td;
 }
@@ -159,8 +161,8 @@ function renderFollowers() {
         f.allowed ? null : el("span", { class: "tag warn", title: "not on the allowlist" }, "not allowed")),
       el("td", { dataset: { field: "pairing" } }, el("span", { class: `pill ${f.pairingStatus}` }, f.pairingStatus)),
       el("td", { dataset: { field: "liveness" } }, el("span", { class: `live ${live}` }, live)),
-      timeCell(f.lastHeartbeatAt),
-      f.connectedSince ? timeCell(f.connectedSince) : el("td", { class: "muted" }, "—"),
+      timeCell(f.lastHeartbeatAt, "heartbeat"),
+      f.connectedSince ? timeCell(f.connectedSince, "connected") : el("td", { class: "muted", dataset: { field: "connected" } }, "—"),
       el("td", { class: "mono", dataset: { field: "remote" } }, f.remote || "—"),
       withHost ? el("td", { class: "mono" }, f.host || "—") : null,
       unlocked() ? el("td", { class: "col-actions" },
@@ -272,11 +274,12 @@ function svg(tag, attrs, text) {
   return e;
 }
 
+// The top of the y axis: four gridline steps of 1, 2, 2.5 or 5 times a power of ten.
 function niceMax(v) {
-  if (v <= 1) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
+  const raw = Math.max(v, 1) / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw) return 4 * m * p;
+  return 40 * p;
 }
 
 function renderChart() {
@@ -290,7 +293,7 @@ function renderChart() {
   for (let k = 0; k <= 4; k++) {
     const v = (max * k) / 4;
     nodes.push(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
-    nodes.push(svg("text", { x: L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, v % 1 ? v.toFixed(1) : String(v)));
+    nodes.push(svg("text", { x: L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, String(+v.toFixed(2))));
   }
   for (const [label, i] of [["−2 min", 0], ["−1 min", 60], ["now", CHART_POINTS - 1]]) {
     nodes.push(svg("text", { x: L + (W - L - R) * i / (CHART_POINTS - 1), y: H - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === CHART_POINTS - 1 ? "end" : "middle" }, label));
