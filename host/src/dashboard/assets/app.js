@@ -360,11 +360,26 @@ function connect() {
     try { data = JSON.parse(m.data); } catch (_) { return; }
     f(data);
   });
+  let lost = false;
   es.onopen = () => {
     live.textContent = "live";
     live.className = "badge ok";
+    if (lost) {
+      // Back after a break: the lists come with the stream, the history does not.
+      lost = false;
+      Promise.all([getJSON("/api/status"), getJSON("/api/events"), getJSON("/api/rates")])
+        .then(([s, e, r]) => {
+          setStatus(s);
+          state.events = e;
+          renderEvents();
+          state.rates = r.slice(-CHART_POINTS);
+          renderChart();
+        })
+        .catch(() => {});
+    }
   };
   es.onerror = () => {
+    lost = true;
     live.textContent = "reconnecting…";
     live.className = "badge bad";
   };
