@@ -37,7 +37,8 @@
 //! - [`server`]: start (bind, state dir lock, store, plugins), accept loop, shutdown.
 //! - [`admin`]: the admin socket and the CLI's client side.
 //! - [`metrics`]: every metric's name and labels, cached handles, the recorder.
-//! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`).
+//! - [`dashboard`]: the admin HTTP port (axum): the operator dashboard, its JSON API,
+//!   `/metrics`, `/healthz`, `/readyz`.
 //! - [`tls`]: the rustls acceptor for `wss://`.
 //! - `fuzzing` (hidden): the session fuzzer's driver, also replayed by the test suite.
 
@@ -47,12 +48,12 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod dashboard;
 pub mod events;
 pub mod file_trust;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
-pub mod http;
 pub mod hub;
 pub mod lifecycle;
 pub mod liveness;

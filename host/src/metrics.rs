@@ -4,7 +4,7 @@
 //!
 //! Recording goes through the `metrics` facade into a Prometheus recorder
 //! (`metrics-exporter-prometheus`, without its HTTP listener); [`Metrics::render`] gives the
-//! text that [`crate::http`] serves on `/metrics`. Before [`install`] (and in unit tests that
+//! text that [`crate::dashboard`] serves on `/metrics`. Before [`install`] (and in unit tests that
 //! never call it) every recording function is a cheap no-op.
 //!
 //! The recorder is process-global: several hosts started in one process (tests) share one set

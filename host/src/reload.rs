@@ -385,6 +385,42 @@ impl Reloader {
     }
 }
 
+/// A running plugin, as the dashboard shows it ([`Reloader::plugin_status`]).
+#[derive(Clone)]
+pub struct PluginStatus {
+    /// Configured name.
+    pub name: String,
+    /// What the library's header says (its own name, version, ABI).
+    pub info: plugins::HeaderInfo,
+    pub rules: Vec<String>,
+    /// The running instance (hold it only briefly: the last clone keeps a replaced instance).
+    pub handler: Arc<PluginHandler>,
+}
+
+impl Reloader {
+    /// Added for the dashboard (read-only accessor): the running plugins, or `None` while a
+    /// reload (or start) holds the applied configuration — ask again later.
+    pub fn plugin_status(&self) -> Option<Vec<PluginStatus>> {
+        let applied = self.applied.try_lock().ok()?;
+        Some(
+            applied
+                .as_ref()
+                .map(|a| {
+                    a.plugins
+                        .iter()
+                        .map(|(name, p)| PluginStatus {
+                            name: name.clone(),
+                            info: p.lib.info().clone(),
+                            rules: p.config.rules.clone(),
+                            handler: Arc::clone(&p.handler),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+}
+
 /// Whether an instance created with `a` serves `b` unchanged (everything but the rules equal).
 fn same_instance_settings(a: &PluginConfig, b: &PluginConfig) -> bool {
     let mut a = a.clone();

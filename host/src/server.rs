@@ -50,6 +50,9 @@ pub enum StartError {
     Tls(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The admin HTTP port (dashboard) could not start.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::Error),
 }
 
 /// A running host.
@@ -92,7 +95,7 @@ impl Host {
         let (listener, local_addr) = bind(config.server.listen).await?;
         let admin_http = match config.admin.listen {
             None => None,
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(crate::dashboard::bind(addr, &config.admin.token_env).await?),
         };
         let metrics = crate::metrics::install().map_err(StartError::Metrics)?;
         let notifier = Notifier::from_config(&config.pairing.notifier)?;
@@ -125,19 +128,15 @@ impl Host {
 
         let shutdown = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
-        let admin_addr = match admin_http {
-            None => None,
-            Some((http, bound)) => {
-                tracing::info!(address = %bound, "admin HTTP listening (/metrics, /healthz, /readyz)");
-                tokio::spawn(crate::http::serve(
-                    http,
-                    metrics,
-                    Arc::clone(&ready),
-                    shutdown.clone(),
-                ));
-                Some(bound)
-            }
-        };
+        let admin_addr = admin_http.map(|bound| {
+            let view = crate::dashboard::HostView::new(
+                Arc::clone(&hub),
+                Arc::clone(&reloader),
+                metrics,
+                Arc::clone(&ready),
+            );
+            bound.serve(Arc::new(view), shutdown.clone())
+        });
         let admin = crate::admin::bind(state_dir).map_err(StartError::Admin)?;
         let tracker = TaskTracker::new();
         tracker.spawn(crate::admin::serve(

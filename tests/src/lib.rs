@@ -8,6 +8,7 @@
 //! - [`Raw`]: a raw WebSocket follower that speaks frames directly, for protocol tests.
 //! - [`Identity`]: a follower's keypair and secret, with pairing and auth helpers.
 
+pub mod browser;
 use anyhow::{anyhow, bail, Context, Result};
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};

@@ -1,0 +1,318 @@
+//! [`HostView`]: the [`AdminView`] of the running host, over the [`Hub`] (store, registry,
+//! settings, event bus), the [`Reloader`] (plugins, reload) and the metrics recorder. The one
+//! file that knows the host's internals on the dashboard's behalf.
+
+use super::event_log::EventLog;
+use super::view::{
+    ActionError, AdminView, Breaker, EventKind, FollowerRow, LifecycleEvent, MessageCounters,
+    PendingPairing, PluginRow, RevealedCode,
+};
+use crate::events::{FollowerEvent, Recorded};
+use crate::hub::Hub;
+use crate::metrics::{names, Metrics};
+use crate::reload::{ReloadReport, Reloader};
+use futures_util::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// A metrics rendering is reused for this long (the sampler reads it twice per second).
+const RENDER_REUSE: Duration = Duration::from_millis(200);
+
+/// The running host, as the dashboard sees it.
+pub struct HostView {
+    hub: Arc<Hub>,
+    reloader: Arc<Reloader>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    log: Arc<EventLog>,
+    /// Per plugin name: the instance last seen (weak: never keeps a replaced one alive) and its
+    /// generation.
+    generations: Mutex<HashMap<String, (Weak<crate::plugins::PluginHandler>, u64)>>,
+    /// The plugin rows last built, served while a reload holds the plugin table.
+    last_plugins: Mutex<Vec<PluginRow>>,
+    rendered: Mutex<Option<(Instant, Arc<str>)>>,
+}
+
+impl HostView {
+    /// Build the view and start forwarding the registry's follower events into its event log
+    /// (the forwarder ends when the registry or the view is gone). Call inside the runtime.
+    pub fn new(
+        hub: Arc<Hub>,
+        reloader: Arc<Reloader>,
+        metrics: Metrics,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        let log = Arc::new(EventLog::new());
+        tokio::spawn(forward_events(hub.events.subscribe(), Arc::downgrade(&log)));
+        for recorded in hub.events.recent() {
+            log.push(lifecycle_event(recorded));
+        }
+        HostView {
+            hub,
+            reloader,
+            metrics,
+            ready,
+            log,
+            generations: Mutex::new(HashMap::new()),
+            last_plugins: Mutex::new(Vec::new()),
+            rendered: Mutex::new(None),
+        }
+    }
+
+    /// The metrics text, rendered at most every [`RENDER_REUSE`].
+    fn rendered(&self) -> Arc<str> {
+        let mut cached = lock(&self.rendered);
+        if let Some((at, text)) = cached.as_ref() {
+            if at.elapsed() < RENDER_REUSE {
+                return Arc::clone(text);
+            }
+        }
+        let text: Arc<str> = self.metrics.render().into();
+        *cached = Some((Instant::now(), Arc::clone(&text)));
+        text
+    }
+
+    /// The generation of `handler` under `name`: 1 for the first instance seen, +1 per new one.
+    fn generation(&self, name: &str, handler: &Arc<crate::plugins::PluginHandler>) -> u64 {
+        let mut map = lock(&self.generations);
+        let entry = map
+            .entry(name.to_owned())
+            .or_insert_with(|| (Arc::downgrade(handler), 1));
+        if !std::ptr::eq(entry.0.as_ptr(), Arc::as_ptr(handler)) {
+            *entry = (Arc::downgrade(handler), entry.1 + 1);
+        }
+        entry.1
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only means a panic elsewhere; the plain data inside stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lifecycle_event(recorded: Recorded) -> LifecycleEvent {
+    let (kind, identifier, detail) = match recorded.event {
+        FollowerEvent::Authenticated { identifier } => (EventKind::Authenticated, identifier, None),
+        FollowerEvent::Disconnected { identifier } => (EventKind::Disconnected, identifier, None),
+        FollowerEvent::LivenessChanged { identifier, status } => (
+            EventKind::Liveness,
+            identifier,
+            Some(status.as_str().to_owned()),
+        ),
+    };
+    LifecycleEvent {
+        at: recorded.at,
+        kind,
+        identifier: Some(identifier.to_string()),
+        detail,
+    }
+}
+
+async fn forward_events(mut rx: broadcast::Receiver<Recorded>, log: Weak<EventLog>) {
+    loop {
+        let recorded = match rx.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "dashboard: follower event log lagged");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(log) = log.upgrade() else { return };
+        log.push(lifecycle_event(recorded));
+    }
+}
+
+/// Sample lines of `family` in Prometheus text: (the labels inside `{}`, value).
+fn samples<'a>(text: &'a str, family: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let labels = match series.strip_prefix(family)? {
+                "" => "",
+                rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            Some((labels, value.trim().parse().ok()?))
+        })
+}
+
+fn sum(text: &str, family: &str) -> u64 {
+    samples(text, family).map(|(_, v)| v).sum::<f64>().max(0.0) as u64
+}
+
+impl AdminView for HostView {
+    fn now(&self) -> i64 {
+        self.hub.now()
+    }
+
+    fn followers(&self) -> BoxFuture<'static, Vec<FollowerRow>> {
+        let hub = Arc::clone(&self.hub);
+        Box::pin(async move {
+            let records = hub.store.snapshot().await.unwrap_or_default();
+            crate::admin::client_rows(&records, &hub.settings().allow, Some(&hub.registry))
+                .into_iter()
+                .map(|client| FollowerRow { client, host: None })
+                .collect()
+        })
+    }
+
+    fn pairings(&self) -> BoxFuture<'static, Vec<PendingPairing>> {
+        let hub = Arc::clone(&self.hub);
+        Box::pin(async move {
+            let now = hub.now();
+            let records = hub.store.snapshot().await.unwrap_or_default();
+            crate::admin::pairing_rows(&records, now)
+                .into_iter()
+                .map(|r| PendingPairing {
+                    expires_in: (r.expires_at - now).max(0),
+                    identifier: r.identifier,
+                    expires_at: r.expires_at,
+                    notify_status: r.notify_status,
+                    wrong_attempts: r.wrong_attempts,
+                })
+                .collect()
+        })
+    }
+
+    fn reveal_code(&self, identifier: String) -> BoxFuture<'static, Option<RevealedCode>> {
+        let hub = Arc::clone(&self.hub);
+        Box::pin(async move {
+            let now = hub.now();
+            let r = hub.store.get(&identifier).await.ok().flatten()?;
+            if !r.live_pending(now) {
+                return None;
+            }
+            Some(RevealedCode {
+                code: r.pairing_code?,
+                expires_at: r.pairing_expires_at?,
+                identifier: r.identifier,
+            })
+        })
+    }
+
+    fn plugins(&self) -> Vec<PluginRow> {
+        let Some(status) = self.reloader.plugin_status() else {
+            return lock(&self.last_plugins).clone();
+        };
+        let rows: Vec<PluginRow> = status
+            .iter()
+            .map(|p| {
+                let stats = p.handler.stats();
+                let queue_depth = stats.queued as u64;
+                PluginRow {
+                    name: p.name.clone(),
+                    library: p.info.name.clone(),
+                    version: p.info.version.clone(),
+                    abi: format!("{}.{}", p.info.abi_major, p.info.abi_minor),
+                    rules: p.rules.clone(),
+                    generation: self.generation(&p.name, &p.handler),
+                    queue_depth,
+                    calls: stats.calls,
+                    calls_per_sec: 0.0,
+                    panics: stats.panics,
+                    errors: stats.errors,
+                    breaker: if stats.disabled {
+                        Breaker::Open
+                    } else {
+                        Breaker::Closed
+                    },
+                }
+            })
+            .collect();
+        drop(status);
+        *lock(&self.last_plugins) = rows.clone();
+        rows
+    }
+
+    fn recent_events(&self) -> Vec<LifecycleEvent> {
+        self.log.recent()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.log.subscribe()
+    }
+
+    fn counters(&self) -> MessageCounters {
+        let text = self.rendered();
+        MessageCounters {
+            received: sum(&text, names::FRAMES_RECEIVED),
+            sent: sum(&text, names::FRAMES_SENT),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn revoke(&self, identifier: String) -> BoxFuture<'static, Result<bool, ActionError>> {
+        let (hub, log) = (Arc::clone(&self.hub), Arc::clone(&self.log));
+        Box::pin(async move {
+            let existed =
+                crate::lifecycle::revoke(&hub, &identifier, "trust revoked by the operator")
+                    .await
+                    .map_err(|e| ActionError::Failed(e.to_string()))?;
+            if existed {
+                log.push(LifecycleEvent {
+                    at: hub.now(),
+                    kind: EventKind::Revoked,
+                    identifier: Some(identifier),
+                    detail: None,
+                });
+            }
+            Ok(existed)
+        })
+    }
+
+    fn reload(&self) -> BoxFuture<'static, Result<ReloadReport, ActionError>> {
+        let (hub, reloader, log) = (
+            Arc::clone(&self.hub),
+            Arc::clone(&self.reloader),
+            Arc::clone(&self.log),
+        );
+        Box::pin(async move {
+            let result = reloader.reload("dashboard").await;
+            let detail = match &result {
+                Ok(r) if r.changes.is_empty() => "nothing changed".to_owned(),
+                Ok(r) => r.changes.join("; "),
+                Err(e) => format!("refused: {e}"),
+            };
+            log.push(LifecycleEvent {
+                at: hub.now(),
+                kind: EventKind::Reload,
+                identifier: None,
+                detail: Some(detail),
+            });
+            result.map_err(|e| ActionError::Refused(format!("reload refused: {e}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_samples_from_prometheus_text() {
+        let text = "# TYPE yonexus_frames_received_total counter\n\
+            yonexus_frames_received_total{kind=\"rule\",rule=\"echo\"} 3\n\
+            yonexus_frames_received_total{kind=\"builtin\"} 4\n\
+            yonexus_frames_received_totalx 100\n\
+            yonexus_plugin_queue_depth{plugin=\"a\\\"b\"} 7\n\
+            yonexus_connections_opened_total 2\n";
+        assert_eq!(sum(text, names::FRAMES_RECEIVED), 7);
+        assert_eq!(sum(text, names::CONNECTIONS_OPENED), 2);
+        assert_eq!(sum(text, names::FRAMES_SENT), 0);
+        assert_eq!(
+            samples(text, names::PLUGIN_QUEUE_DEPTH).next(),
+            Some(("plugin=\"a\\\"b\"", 7.0))
+        );
+    }
+}
