@@ -7,7 +7,8 @@
 //! outbound queue.
 //!
 //! Layout:
-//! - [`config`]: the operator's TOML file, validated, errors naming file and key.
+//! - [`config`]: the operator's TOML file, one module per section, validated, errors naming file
+//!   and key.
 //! - [`server`]: start (state dir lock, store, notifier, routes, listener), accept loop,
 //!   liveness sweep task, graceful shutdown.
 //! - [`connection`]: one socket: upgrade with limits, reader, batched writer.
@@ -28,6 +29,8 @@
 //! - [`metrics`]: every metric's name and labels, the small recording functions, the recorder.
 //! - [`http`]: the admin HTTP port (`/metrics`, `/healthz`, `/readyz`), a minimal HTTP/1.1 server.
 //! - [`clock`]: the injectable wall clock.
+//! - [`systemd`]: the service manager's notify protocol (ready, reloading, stopping, watchdog).
+//! - [`init`]: `yonexus init`, the starter config; [`timefmt`]: times for people in the CLI.
 
 pub mod admin;
 pub mod admission;
@@ -37,6 +40,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod hub;
+pub mod init;
 pub mod liveness;
 pub mod metrics;
 pub mod notify;
@@ -49,5 +53,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod systemd;
+pub mod timefmt;
 pub mod tls;
 pub mod watch;
