@@ -212,3 +212,68 @@ fn without_notify_socket_nothing_changes() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("host stopped"));
 }
+
+/// `packaging/yonexus.service` is what the notify support expects, and `systemd-analyze verify`
+/// accepts it (with ExecStart pointing at this build; skipped where systemd-analyze is missing).
+#[test]
+fn the_packaged_unit_verifies() {
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/yonexus.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    let directives: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect();
+    for wanted in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "StateDirectory=yonexus",
+        "User=yonexus",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(directives.contains(&wanted), "the unit lacks {wanted}");
+    }
+    assert!(
+        directives.iter().any(|d| d.starts_with("WatchdogSec=")),
+        "the unit sets no WatchdogSec="
+    );
+
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped `systemd-analyze verify`: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_yonexus"))
+        .args(["manpage", "--dir"])
+        .arg(&man)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let local = unit.replace("/usr/local/bin/yonexus", env!("CARGO_BIN_EXE_yonexus"));
+    let copy = dir.path().join("yonexus.service");
+    std::fs::write(&copy, local).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{said}"
+    );
+    assert!(
+        !said.contains("yonexus.service:"),
+        "systemd-analyze verify:\n{said}"
+    );
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
