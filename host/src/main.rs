@@ -173,6 +173,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve { .. }) {
         systemd::init_from_env();
     }
+    if !matches!(cli.command, Command::Serve { .. }) {
+        exit_quietly_on_closed_stdout();
+    }
     // The host's own events at info; one-shot commands print their result and only warnings.
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
@@ -213,6 +216,16 @@ fn main() -> ExitCode {
             eprintln!("yonexus: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One-shot commands write to stdout, often into a pipe (`yonexus manpage | head`): when the
+/// reader goes away, end quietly like other Unix tools instead of panicking in `println!`.
+/// (Rust ignores SIGPIPE by default; the host itself keeps ignoring it.)
+fn exit_quietly_on_closed_stdout() {
+    // SAFETY: restoring the default disposition of one signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
