@@ -169,17 +169,15 @@ fn init_logging(format: LogFormat, default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Before any thread starts: it removes the variables from the environment.
-    if matches!(cli.command, Command::Serve { .. }) {
+    // The host logs its own events at info; one-shot commands print their result and log only
+    // warnings. Both steps below run before any thread starts.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        // Reads and removes NOTIFY_SOCKET & co. from the environment.
         systemd::init_from_env();
-    }
-    if !matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
         exit_quietly_on_closed_stdout();
-    }
-    // The host's own events at info; one-shot commands print their result and only warnings.
-    let default_level = match cli.command {
-        Command::Serve { .. } => "info",
-        _ => "warn",
+        "warn"
     };
     init_logging(cli.log_format, default_level);
     let outcome = match cli.command {
@@ -261,9 +259,11 @@ fn run_init(
             plugin_dir.display()
         );
     }
+    // As the user invoked us (`./target/debug/yonexus` or `yonexus`), so the lines can be pasted.
+    let me = std::env::args().next().unwrap_or_else(|| "yonexus".into());
     println!("next:");
-    println!("  yonexus check --config {}", config.display());
-    println!("  yonexus serve --config {}", config.display());
+    println!("  {me} check --config {}", config.display());
+    println!("  {me} serve --config {}", config.display());
     Ok(())
 }
 
