@@ -40,6 +40,8 @@
 //! - [`dashboard`]: the admin HTTP port (axum): the operator dashboard, its JSON API,
 //!   `/metrics`, `/healthz`, `/readyz`.
 //! - [`tls`]: the rustls acceptor for `wss://`.
+//! - [`systemd`]: the service manager's notify protocol (ready, reloading, stopping, watchdog).
+//! - [`init`]: `yonexus init`, the starter config; [`timefmt`]: times for people in the CLI.
 //! - `fuzzing` (hidden): the session fuzzer's driver, also replayed by the test suite.
 
 pub mod admin;
@@ -55,6 +57,7 @@ pub mod file_trust;
 pub mod fuzzing;
 pub mod guard;
 pub mod hub;
+pub mod init;
 pub mod lifecycle;
 pub mod liveness;
 pub mod loglimit;
@@ -70,7 +73,9 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod systemd;
 pub mod tasks;
+pub mod timefmt;
 pub mod tls;
 pub mod trust;
 pub mod watch;

@@ -1,7 +1,9 @@
-//! `yonexus`: run the host, check a config, and administer a running host.
+//! `yonexus`: run the host, check a config, administer a running host, and set one up (starter
+//! config, shell completions, man pages).
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,12 +13,20 @@ use yonexus_host::config::Config;
 use yonexus_host::plugins::{self, PluginSpec};
 use yonexus_host::server::Host;
 use yonexus_host::store::{self, Store};
+use yonexus_host::timefmt::when;
+use yonexus_host::{init, systemd};
 
 #[derive(Parser)]
 #[command(
     name = "yonexus",
     version,
-    about = "Yonexus host: a plugin-hosting hub for rule messages"
+    about = "Yonexus host: a plugin-hosting hub for rule messages",
+    long_about = "Yonexus host: a plugin-hosting hub for rule messages.\n\n\
+        Followers connect over WebSocket, pair once with a code the admin receives, then \
+        authenticate with Ed25519 on every connect. Their rule messages (rule::content) are \
+        handed to plugins. Start with `yonexus init`, then `yonexus check` and `yonexus serve`.",
+    after_help = "Logs go to stderr; RUST_LOG sets the filter (default: info for serve, warn \
+        otherwise). Colour only on a terminal; NO_COLOR disables it."
 )]
 struct Cli {
     /// Log format on stderr.
@@ -35,53 +45,121 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the host.
+    ///
+    /// Listens for followers, loads the plugins and serves until SIGINT or SIGTERM (a second
+    /// signal exits at once). SIGHUP reloads the config. Under systemd (Type=notify) it reports
+    /// READY once listening, RELOADING/READY around reloads, STOPPING at shutdown, and sends
+    /// watchdog pings when WatchdogSec= is set.
     Serve {
+        /// The config file.
         #[arg(long, default_value = "./yonexus.toml")]
         config: PathBuf,
     },
-    /// Validate a config file without starting the host.
+    /// Validate a config file and load every plugin, without starting the host.
+    ///
+    /// Prints a summary and each plugin's name, version, ABI and rules, or why it was refused;
+    /// exits non-zero on any error.
     Check {
+        /// The config file.
         #[arg(long, default_value = "./yonexus.toml")]
         config: PathBuf,
     },
     /// List followers: pairing status, liveness, last heartbeat, connected since.
+    ///
+    /// Asks the running host over its admin socket; with no host running, reads the state file.
     Clients {
+        /// The config file (for its state_dir).
         #[arg(long, default_value = "./yonexus.toml")]
         config: PathBuf,
-        /// Print JSON instead of a table.
+        /// Print JSON (times as Unix seconds) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// List pending pairings with their codes and expiry.
     Pairing {
+        /// The config file (for its state_dir).
         #[arg(long, default_value = "./yonexus.toml")]
         config: PathBuf,
+        /// Print JSON (times as Unix seconds) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Ask the running host to re-read its config and reload changed plugins (as SIGHUP does).
-    /// Exits non-zero with the reason when the change is refused.
+    ///
+    /// Prints what changed; exits non-zero with the reason when the change is refused.
     Reload {
+        /// The config file (for its state_dir).
         #[arg(long, default_value = "./yonexus.toml")]
         config: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Forget a follower's trust and disconnect it now; it must pair again.
+    ///
+    /// While it stays on the allowlist it can pair again at once (a new code goes to the
+    /// admin); to keep it out, remove it from followers.allow as well.
     Revoke {
+        /// The follower's identifier.
         identifier: String,
+        /// The config file (for its state_dir).
         #[arg(long, default_value = "./yonexus.toml")]
         config: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented starter config (allowlist example, the bundled plugins, log notifier).
+    ///
+    /// Bundled plugins are looked for in --plugin-dir, beside this executable (a cargo build),
+    /// then in ../lib/yonexus/plugins beside its bin/ folder (an installed layout). The file is
+    /// written atomically with mode 0644 and never over an existing file without --force.
+    Init {
+        /// Where to write it.
+        #[arg(long, default_value = "./yonexus.toml")]
+        config: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+        /// The folder holding the bundled plugin libraries.
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// The state directory to write (relative paths are against the config file's folder).
+        #[arg(long, value_name = "DIR", default_value = "./yonexus-state")]
+        state_dir: String,
+    },
+    /// Print a shell completion script to stdout.
+    ///
+    /// e.g. `yonexus completions bash > /etc/bash_completion.d/yonexus`,
+    /// `yonexus completions zsh > ~/.zfunc/_yonexus`,
+    /// `yonexus completions fish > ~/.config/fish/completions/yonexus.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per subcommand with --dir.
+    ///
+    /// e.g. `yonexus manpage | man -l -`, or
+    /// `yonexus manpage --dir /usr/local/share/man/man1`.
+    Manpage {
+        /// Write yonexus.1 and yonexus-<command>.1 into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
-fn init_logging(format: LogFormat) {
+/// Colour only for a person at a terminal, and never when `NO_COLOR` is set (no-color.org).
+fn use_colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `default` applies unless `RUST_LOG` is set.
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -91,23 +169,46 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    // One async worker more than cores: non-blocking plugins may run inline on at most `cores`
-    // of them at once, so one always stays free for every other follower.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    yonexus_host::plugins::set_inline_limit(cores);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores + 1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("yonexus: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // The host logs its own events at info; one-shot commands print their result and log only
+    // warnings. Both steps below run before any thread starts.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        // Reads and removes NOTIFY_SOCKET & co. from the environment.
+        systemd::init_from_env();
+        "info"
+    } else {
+        exit_quietly_on_closed_stdout();
+        "warn"
     };
-    match runtime.block_on(run(cli.command)) {
+    init_logging(cli.log_format, default_level);
+    let outcome = match cli.command {
+        Command::Init {
+            config,
+            force,
+            plugin_dir,
+            state_dir,
+        } => run_init(&config, force, plugin_dir, &state_dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "yonexus",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpage { dir } => manpage(dir.as_deref()),
+        Command::Check { config } => check(&config),
+        Command::Clients { config, json } => clients(&config, json),
+        Command::Pairing { config, json } => pairing(&config, json),
+        Command::Reload { config, json } => reload(&config, json),
+        Command::Serve { config } => load(&config).and_then(|c| block_on(true, serve(&c))),
+        Command::Revoke {
+            identifier,
+            config,
+            json,
+        } => revoke(&config, &identifier, json),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("yonexus: {e:#}");
@@ -116,154 +217,246 @@ fn main() -> ExitCode {
     }
 }
 
+/// One-shot commands write to stdout, often into a pipe (`yonexus manpage | head`): when the
+/// reader goes away, end quietly like other Unix tools instead of panicking in `println!`.
+/// (Rust ignores SIGPIPE by default; the host itself keeps ignoring it.)
+fn exit_quietly_on_closed_stdout() {
+    // SAFETY: restoring the default disposition of one signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn run_init(
+    config: &Path,
+    force: bool,
+    plugin_dir: Option<PathBuf>,
+    state_dir: &str,
+) -> anyhow::Result<()> {
+    let (plugin_dir, found) = match plugin_dir {
+        Some(dir) => {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let found = init::missing_plugins(&dir).is_empty();
+            (dir, found)
+        }
+        None => {
+            let exe = std::env::current_exe()
+                .and_then(|e| e.canonicalize())
+                .context("cannot find this executable's folder (pass --plugin-dir)")?;
+            init::find_plugin_dir(&exe)
+        }
+    };
+    let text = init::starter_config(&plugin_dir, state_dir);
+    init::write_config(config, &text, force)?;
+    println!("wrote {}", config.display());
+    println!("  plugins from {}", plugin_dir.display());
+    if !found {
+        let missing = init::missing_plugins(&plugin_dir);
+        eprintln!(
+            "warning: bundled plugin(s) {} not found in {}: build them (`cargo build --workspace`) \
+             or install them there, or run init again with --plugin-dir DIR --force",
+            missing.join(", "),
+            plugin_dir.display()
+        );
+    }
+    // As the user invoked us (`./target/debug/yonexus` or `yonexus`), so the lines can be pasted.
+    let me = std::env::args().next().unwrap_or_else(|| "yonexus".into());
+    println!("next:");
+    println!("  {me} check --config {}", config.display());
+    println!("  {me} serve --config {}", config.display());
+    Ok(())
+}
+
+fn manpage(dir: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("writing the man page"),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("wrote man pages into {}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+/// Run `f` to completion on a Tokio runtime: multi-threaded for the host, one thread for the
+/// CLI's short jobs.
+fn block_on<T>(
+    multi_thread: bool,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut builder = if multi_thread {
+        // One async worker more than cores: non-blocking plugins may run inline on at most
+        // `cores` of them at once, so one always stays free for every other follower.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        yonexus_host::plugins::set_inline_limit(cores);
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cores + 1);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
 fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Serve { config } => serve(&load(&config)?).await,
-        Command::Check { config } => {
-            let c = load(&config)?;
-            println!("{}: config OK", c.file.display());
-            println!("  listen {} path {}", c.server.listen, c.server.path);
-            println!("  state_dir {}", c.server.state_dir.display());
-            println!("  {} allowlisted follower(s)", c.allow.len());
-            check_plugins(&c)
-        }
-        Command::Clients { config, json } => {
-            let c = load(&config)?;
-            let (resp, live) = admin::query(
-                &c.server.state_dir,
-                &c.allow,
-                &Request::Clients,
-                SystemClock.now(),
-            )?;
-            let rows = resp.clients.unwrap_or_default();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+fn check(config: &Path) -> anyhow::Result<()> {
+    let c = load(config)?;
+    println!("{}: config OK", c.file.display());
+    println!("  listen {} path {}", c.server.listen, c.server.path);
+    println!("  state_dir {}", c.server.state_dir.display());
+    println!("  {} allowlisted follower(s)", c.allow.len());
+    check_plugins(&c)
+}
+
+/// Shown when `clients`/`pairing` read the state file because no host runs.
+fn note_offline(c: &Config) {
+    eprintln!(
+        "(host not running: read from {})",
+        c.server.state_dir.join(store::STATE_FILE).display()
+    );
+}
+
+fn clients(config: &Path, json: bool) -> anyhow::Result<()> {
+    let c = load(config)?;
+    let now = SystemClock.now();
+    let (resp, live) = admin::query(&c.server.state_dir, &c.allow, &Request::Clients, now)?;
+    let rows = resp.clients.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if !live {
+        note_offline(&c);
+    }
+    println!(
+        "{:<24} {:<9} {:<9} {:<30} {:<30} REMOTE",
+        "IDENTIFIER", "PAIRING", "LIVENESS", "LAST HEARTBEAT", "CONNECTED SINCE"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<9} {:<9} {:<30} {:<30} {}{}",
+            r.identifier,
+            r.pairing_status,
+            r.liveness,
+            when(r.last_heartbeat_at, now),
+            when(r.connected_since, now),
+            r.remote.unwrap_or_else(|| "-".into()),
+            if r.allowed {
+                ""
             } else {
-                if !live {
-                    eprintln!(
-                        "(host not running: read from {})",
-                        c.server.state_dir.join(store::STATE_FILE).display()
-                    );
-                }
-                println!(
-                    "{:<24} {:<9} {:<9} {:<22} {:<22} REMOTE",
-                    "IDENTIFIER", "PAIRING", "LIVENESS", "LAST HEARTBEAT", "CONNECTED SINCE"
-                );
-                for r in rows {
-                    println!(
-                        "{:<24} {:<9} {:<9} {:<22} {:<22} {}{}",
-                        r.identifier,
-                        r.pairing_status,
-                        r.liveness,
-                        fmt_time(r.last_heartbeat_at),
-                        fmt_time(r.connected_since),
-                        r.remote.unwrap_or_else(|| "-".into()),
-                        if r.allowed {
-                            ""
-                        } else {
-                            "  (not on allowlist)"
-                        }
-                    );
-                }
+                "  (not on allowlist)"
             }
-            Ok(())
-        }
-        Command::Pairing { config, json } => {
-            let c = load(&config)?;
-            let now = SystemClock.now();
-            let (resp, live) = admin::query(&c.server.state_dir, &c.allow, &Request::Pairing, now)?;
-            let rows = resp.pairing.unwrap_or_default();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                if !live {
-                    eprintln!(
-                        "(host not running: read from {})",
-                        c.server.state_dir.join(store::STATE_FILE).display()
-                    );
-                }
-                if rows.is_empty() {
-                    eprintln!("no pending pairings");
-                }
-                println!(
-                    "{:<24} {:<10} {:<22} {:<10} NOTIFIED",
-                    "IDENTIFIER", "CODE", "EXPIRES", "REMAINING"
-                );
-                for r in rows {
-                    println!(
-                        "{:<24} {:<10} {:<22} {:<10} {}",
-                        r.identifier,
-                        r.code,
-                        fmt_time(Some(r.expires_at)),
-                        format!("{}s", r.expires_at - now),
-                        r.notify_status.unwrap_or_else(|| "-".into())
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Reload { config, json } => {
-            let c = load(&config)?;
-            let resp = admin::request(&c.server.state_dir, &Request::Reload)?;
-            let report = resp.reload.unwrap_or_default();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if report.changes.is_empty() {
-                println!("reloaded: nothing changed");
-            } else {
-                println!("reloaded in {} ms:", report.took_ms);
-                for change in &report.changes {
-                    println!("  {change}");
-                }
-            }
-            for key in &report.needs_restart {
-                eprintln!("needs a restart to take effect: {key}");
-            }
-            Ok(())
-        }
-        Command::Revoke {
-            identifier,
-            config,
-            json,
-        } => {
-            let c = load(&config)?;
-            let state_dir = &c.server.state_dir;
-            let (revoked, live) = match admin::request(
-                state_dir,
-                &Request::Revoke {
-                    identifier: identifier.clone(),
-                },
-            ) {
-                Ok(resp) => (resp.revoked.unwrap_or(false), true),
-                Err(admin::ClientError::NotRunning(_)) => {
-                    (revoke_offline(state_dir, &identifier).await?, false)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "identifier": identifier, "revoked": revoked, "hostRunning": live })
-                );
-            } else if revoked {
-                println!(
-                    "revoked '{identifier}'{}",
-                    if live {
-                        " and disconnected it"
-                    } else {
-                        " (host not running; state file updated)"
-                    }
-                );
-            } else {
-                println!("'{identifier}' has no trust record; nothing to revoke");
-            }
-            Ok(())
+        );
+    }
+    Ok(())
+}
+
+fn pairing(config: &Path, json: bool) -> anyhow::Result<()> {
+    let c = load(config)?;
+    let now = SystemClock.now();
+    let (resp, live) = admin::query(&c.server.state_dir, &c.allow, &Request::Pairing, now)?;
+    let rows = resp.pairing.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if !live {
+        note_offline(&c);
+    }
+    if rows.is_empty() {
+        eprintln!("no pending pairings");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<10} {:<30} {:<6} NOTIFIED",
+        "IDENTIFIER", "CODE", "EXPIRES", "WRONG"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<10} {:<30} {:<6} {}",
+            r.identifier,
+            r.code,
+            when(Some(r.expires_at), now),
+            r.wrong_attempts,
+            r.notify_status.unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
+fn reload(config: &Path, json: bool) -> anyhow::Result<()> {
+    let c = load(config)?;
+    let resp = admin::request(&c.server.state_dir, &Request::Reload)?;
+    let report = resp.reload.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.changes.is_empty() {
+        println!("reloaded: nothing changed");
+    } else {
+        println!("reloaded in {} ms:", report.took_ms);
+        for change in &report.changes {
+            println!("  {change}");
         }
     }
+    for key in &report.needs_restart {
+        eprintln!("needs a restart to take effect: {key}");
+    }
+    Ok(())
+}
+
+fn revoke(config: &Path, identifier: &str, json: bool) -> anyhow::Result<()> {
+    let c = load(config)?;
+    let state_dir = &c.server.state_dir;
+    let request = Request::Revoke {
+        identifier: identifier.to_owned(),
+    };
+    let (revoked, live) = match admin::request(state_dir, &request) {
+        Ok(resp) => (resp.revoked.unwrap_or(false), true),
+        Err(admin::ClientError::NotRunning(_)) => (
+            block_on(false, revoke_offline(state_dir, identifier))?,
+            false,
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "identifier": identifier, "revoked": revoked, "hostRunning": live })
+        );
+        return Ok(());
+    }
+    if revoked {
+        println!(
+            "revoked '{identifier}'{}",
+            if live {
+                " and disconnected it"
+            } else {
+                " (host not running; state file updated)"
+            }
+        );
+    } else {
+        println!("'{identifier}' has no trust record; nothing to revoke");
+    }
+    if c.allow.contains(identifier) {
+        eprintln!(
+            "note: '{identifier}' is still on the allowlist, so it can pair again at once (a new \
+             code goes to the admin); to keep it out, remove it from followers.allow in {}",
+            c.file.display()
+        );
+    }
+    Ok(())
 }
 
 /// Load every configured plugin (from a throwaway staging dir) and report it, or why not.
@@ -303,27 +496,28 @@ async fn revoke_offline(state_dir: &Path, identifier: &str) -> anyhow::Result<bo
     Ok(existed)
 }
 
-fn fmt_time(t: Option<i64>) -> String {
-    match t {
-        None => "-".into(),
-        Some(secs) => {
-            let age = SystemClock.now() - secs;
-            if age >= 0 {
-                format!("{secs} ({age}s ago)")
-            } else {
-                format!("{secs} (in {}s)", -age)
-            }
-        }
-    }
-}
-
 async fn serve(config: &Config) -> anyhow::Result<()> {
     let host = Host::start(config, Arc::new(SystemClock))
         .await
         .with_context(|| format!("cannot start the host with {}", config.file.display()))?;
+    // Host::start returns once the listener is bound: followers can connect from here on.
+    let scheme = if config.server.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    let listening = format!(
+        "listening on {scheme}://{}{} with {} plugin(s)",
+        host.local_addr,
+        config.server.path,
+        config.plugins.len()
+    );
+    systemd::ready(&listening);
+    let _watchdog = systemd::spawn_watchdog();
     let token = host.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
+        systemd::stopping();
         tracing::info!("shutdown requested: closing connections (a second signal exits at once)");
         token.cancel();
         wait_for_signal().await;
@@ -335,7 +529,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         Ok(mut hup) => {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    // The outcome (applied or refused with its reason) is logged by the reloader.
+                    // The outcome (applied or refused with its reason) is logged, and told to
+                    // systemd, by the reloader.
                     let _ = reloader.reload("SIGHUP").await;
                 }
             });

@@ -145,6 +145,9 @@ impl Reloader {
     /// (file, key or plugin, reason) is returned and logged.
     pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
         let mut applied = self.applied.lock().await;
+        // Whatever started it (SIGHUP, the file watcher, `yonexus reload`, the dashboard),
+        // the service manager hears RELOADING=1 … READY=1 around it.
+        crate::systemd::reloading();
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
@@ -174,6 +177,10 @@ impl Reloader {
                 );
             }
         }
+        crate::systemd::ready(match &result {
+            Ok(_) => "serving; last reload applied",
+            Err(_) => "serving; last reload refused (see the log)",
+        });
         result
     }
 
@@ -266,6 +273,15 @@ impl Reloader {
             }
             if old.config.reload.watch != config.reload.watch {
                 report.needs_restart.push("reload.watch".into());
+            }
+            if old.config.server.tls != config.server.tls {
+                report.needs_restart.push("server.tls".into());
+            }
+            if old.config.admin != config.admin {
+                report.needs_restart.push("admin".into());
+            }
+            if old.config.limits.max_handshakes != config.limits.max_handshakes {
+                report.needs_restart.push("limits.max_handshakes".into());
             }
         }
         if prepared.gates.0.is_empty()

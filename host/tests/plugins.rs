@@ -452,7 +452,12 @@ fn bundled_broadcast_and_presence() {
     );
     assert_eq!(recv(&mut alice, Duration::from_millis(100)), None);
     p.dispatch(rule("presence", &alice, "subscribe")).unwrap();
-    // Let the subscription be processed before the event (same queue, so order holds anyway).
+    // Acknowledged with the current state of the others (bob connected before presence started).
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("presence::subscribed"));
+    assert_eq!(
+        recv(&mut alice, T).as_deref(),
+        Some("presence::bob::online")
+    );
     let _carol = follower(&reg, "carol", 3);
     p.deliver_event(&event("authenticated", "carol"));
     assert_eq!(

@@ -22,7 +22,8 @@ async fn relay_broadcast_and_presence_between_real_followers() {
     let host = HostProc::start(tmp.path(), &text).unwrap();
     let (mut alpha, _) = paired_session(&host, "alpha").await.unwrap();
     alpha.send_text("presence::subscribe").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Acknowledged at once (nobody else is connected yet, so no state lines follow).
+    assert_eq!(rule(&mut alpha).await, "presence::subscribed");
     let (mut beta, _) = paired_session(&host, "beta").await.unwrap();
     assert_eq!(rule(&mut alpha).await, "presence::beta::online");
     let (mut gamma, _) = paired_session(&host, "gamma").await.unwrap();

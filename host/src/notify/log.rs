@@ -9,14 +9,14 @@ use crate::clock::{Clock, SystemClock};
 
 /// Prints the notice to stderr and warns (without the code) that this notifier is for development.
 pub(crate) fn notify(notice: &PairingNotice) {
-    let remaining = (notice.expires_at - SystemClock.now()).max(0);
+    let expires = crate::timefmt::when(Some(notice.expires_at), SystemClock.now());
     eprintln!(
         "==== YONEXUS PAIRING CODE (log notifier: for development only; use \"command\" or \"discord\" in production) ====\n\
          identifier: {}\n\
          code:       {}\n\
-         expires at: {} (unix seconds; {}s remaining)\n\
+         expires at: {}\n\
          ==== END YONEXUS PAIRING CODE ====",
-        notice.identifier, notice.code, notice.expires_at, remaining
+        notice.identifier, notice.code, expires
     );
     tracing::warn!(
         identifier = %notice.identifier,

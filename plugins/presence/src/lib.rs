@@ -1,6 +1,11 @@
 //! Bundled plugin `presence`: followers send `presence::subscribe` / `presence::unsubscribe`;
 //! subscribers get `presence::<identifier>::online|unstable|offline` when another follower comes
 //! online, becomes unstable, or goes offline. Repeated identical states are not re-sent.
+//!
+//! `subscribe` is acknowledged at once with `presence::subscribed`, followed by the current state
+//! of every other connected follower (`presence::<identifier>::online|unstable`), so a subscriber
+//! does not wait for the next change to learn who is there. `unsubscribe` is acknowledged with
+//! `presence::unsubscribed`.
 
 use std::collections::{BTreeSet, HashMap};
 use yonexus_plugin_api::{
@@ -32,6 +37,25 @@ impl Presence {
         self.last.insert(id.to_owned(), state);
         Some((id.to_owned(), state))
     }
+
+    /// The current state of every connected follower except `subscriber`: the last state seen
+    /// for it, or `online` when it connected before this instance saw any event (e.g. across a
+    /// reload). `connected` is the host's list of authenticated followers.
+    pub fn snapshot(&mut self, connected: &[String], subscriber: &str) -> Vec<(String, Liveness)> {
+        connected
+            .iter()
+            .filter(|id| *id != subscriber)
+            .map(|id| {
+                let state = match self.last.get(id) {
+                    Some(Liveness::Unstable) => Liveness::Unstable,
+                    // Connected, so at least online whatever an older event said.
+                    _ => Liveness::Online,
+                };
+                self.last.insert(id.clone(), state);
+                (id.clone(), state)
+            })
+            .collect()
+    }
 }
 
 impl Plugin for Presence {
@@ -48,9 +72,15 @@ impl Plugin for Presence {
         match msg.content {
             "subscribe" => {
                 self.subscribers.insert(msg.sender.to_owned());
+                // A subscriber that went away meanwhile is removed on its Disconnected event.
+                let _ = host.reply(msg, "subscribed");
+                for (id, state) in self.snapshot(&host.connected(), msg.sender) {
+                    let _ = host.reply(msg, &format!("{id}::{}", state.as_str()));
+                }
             }
             "unsubscribe" => {
                 self.subscribers.remove(msg.sender);
+                let _ = host.reply(msg, "unsubscribed");
             }
             other => {
                 let _ = host.reply_error(
@@ -92,7 +122,63 @@ mod tests {
             content: "subscribe",
         };
         p.on_message(&th.host(), &sub).unwrap();
+        assert_eq!(
+            th.take_sent(),
+            vec![Sent::message("alice", "presence", "subscribed")]
+        );
         (th, p)
+    }
+
+    #[test]
+    fn subscribe_is_acknowledged_with_the_current_state() {
+        let th = TestHost::new();
+        let h = th.host();
+        let mut p = Presence::create(&Config::from_json("{}").unwrap(), &h).unwrap();
+        // bob and carol were connected before this instance saw any event (e.g. a reload);
+        // carol then became unstable; dave went offline.
+        for id in ["alice", "bob", "carol"] {
+            th.connect(id);
+        }
+        p.on_event(
+            &h,
+            &Event::LivenessChanged {
+                identifier: "carol",
+                status: Liveness::Unstable,
+            },
+        )
+        .unwrap();
+        p.on_event(&h, &Event::Authenticated { identifier: "dave" })
+            .unwrap();
+        p.on_event(&h, &Event::Disconnected { identifier: "dave" })
+            .unwrap();
+        let sub = Message {
+            rule: "presence",
+            sender: "alice",
+            content: "subscribe",
+        };
+        p.on_message(&h, &sub).unwrap();
+        assert_eq!(
+            th.take_sent(),
+            vec![
+                Sent::message("alice", "presence", "subscribed"),
+                Sent::message("alice", "presence", "bob::online"),
+                Sent::message("alice", "presence", "carol::unstable"),
+            ]
+        );
+        // What the snapshot told is not repeated by the next event; a change is sent.
+        p.on_event(&h, &Event::Authenticated { identifier: "bob" })
+            .unwrap();
+        p.on_event(
+            &h,
+            &Event::Disconnected {
+                identifier: "carol",
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            th.take_sent(),
+            vec![Sent::message("alice", "presence", "carol::offline")]
+        );
     }
 
     #[test]
@@ -175,6 +261,10 @@ mod tests {
             },
         )
         .unwrap();
+        assert_eq!(
+            th.take_sent(),
+            vec![Sent::message("alice", "presence", "unsubscribed")]
+        );
         p.on_event(&h, &Event::Authenticated { identifier: "bob" })
             .unwrap();
         assert!(th.take_sent().is_empty());
