@@ -8,9 +8,10 @@
 //! Layout: [`error`] (the error types), [`paths`] (resolving relative paths), then one module per
 //! section, each with its raw serde struct, its defaults and its validation: [`server`] (and
 //! `[server.tls]`), [`followers`], [`pairing`], [`liveness`], [`limits`], [`reload`], [`admin`],
-//! [`plugins`].
+//! [`store`], [`cluster`], [`plugins`].
 
 pub mod admin;
+pub mod cluster;
 pub mod error;
 pub mod followers;
 pub mod limits;
@@ -20,8 +21,10 @@ pub mod paths;
 pub mod plugins;
 pub mod reload;
 pub mod server;
+pub mod store;
 
 pub use admin::AdminConfig;
+pub use cluster::ClusterConfig;
 pub use error::ConfigError;
 pub use limits::LimitsConfig;
 pub use liveness::LivenessConfig;
@@ -29,6 +32,7 @@ pub use pairing::PairingConfig;
 pub use plugins::PluginConfig;
 pub use reload::ReloadConfig;
 pub use server::{ServerConfig, TlsConfig};
+pub use store::{PostgresUrl, StoreConfig};
 
 use error::Invalid;
 use paths::Paths;
@@ -50,6 +54,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[admin]`: the admin HTTP port and the name of the token's environment variable.
     pub admin: AdminConfig,
+    /// `[store]`: the embedded file (default) or PostgreSQL.
+    pub store: StoreConfig,
+    /// `[cluster]`: set when several hosts act as one hub.
+    pub cluster: Option<ClusterConfig>,
     pub plugins: Vec<PluginConfig>,
 }
 
@@ -71,6 +79,10 @@ struct RawConfig {
     #[serde(default)]
     admin: admin::RawAdmin,
     #[serde(default)]
+    store: store::RawStore,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
+    #[serde(default)]
     plugins: Vec<plugins::RawPlugin>,
 }
 
@@ -85,6 +97,14 @@ impl RawConfig {
         let reload = self.reload.validate()?;
         self.limits.validate()?;
         let admin = self.admin.validate()?;
+        let store = self.store.validate()?;
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && store == StoreConfig::File {
+            return Err(Invalid::new(
+                "cluster",
+                "several hosts share trust through PostgreSQL: set [store] backend = \"postgres\"",
+            ));
+        }
         let plugins = plugins::validate(self.plugins, &paths)?;
         Ok(Config {
             file: file.to_owned(),
@@ -95,6 +115,8 @@ impl RawConfig {
             reload,
             limits: self.limits,
             admin,
+            store,
+            cluster,
             plugins,
         })
     }
@@ -147,6 +169,41 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/yonexus/yonexus.toml"), text)
+    }
+
+    #[test]
+    fn store_and_cluster_sections() {
+        let c = parse("").unwrap();
+        assert_eq!(c.store, StoreConfig::File);
+        assert!(c.cluster.is_none());
+        let c = parse("[store]\nbackend = \"postgres\"\nurl = \"postgres://y:secret@127.0.0.1/y\"\n[cluster]\nnode = \"host-a\"\nnats = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1:4223\"]\n").unwrap();
+        assert!(matches!(c.store, StoreConfig::Postgres(_)));
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the URL is never printed"
+        );
+        assert_eq!(c.cluster.as_ref().unwrap().nats.len(), 2);
+        for (text, key) in [
+            ("[store]\nbackend = \"mysql\"", "store.backend"),
+            ("[store]\nbackend = \"postgres\"", "store.url"),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"http://x\"",
+                "store.url",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env = \"1X\"",
+                "store.url_env",
+            ),
+            ("[cluster]\nnode = \"a\"", "cluster.nats"),
+            ("[cluster]\nnats = \"nats://x:1\"", "cluster.node"),
+            (
+                "[cluster]\nnode = \"a b\"\nnats = \"nats://x:1\"",
+                "cluster.node",
+            ),
+            ("[cluster]\nnode = \"a\"\nnats = \"nats://x:1\"", "cluster"),
+        ] {
+            assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+        }
     }
 
     #[test]

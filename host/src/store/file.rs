@@ -181,6 +181,8 @@ pub struct FileStore {
     inner: Mutex<Inner>,
     /// Serialises writers so the newest snapshot is always the last one written.
     write_lock: tokio::sync::Mutex<()>,
+    /// Session claim epochs (one host: in memory).
+    epochs: std::sync::atomic::AtomicU64,
 }
 
 impl FileStore {
@@ -215,7 +217,15 @@ impl FileStore {
                 written: 0,
             }),
             write_lock: tokio::sync::Mutex::new(()),
+            epochs: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The next session epoch (one counter for the whole host is enough).
+    pub(super) fn next_epoch(&self, _identifier: &str) -> u64 {
+        self.epochs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     pub fn describe(&self) -> String {

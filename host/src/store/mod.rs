@@ -57,6 +57,19 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// One host's claim on a follower's session (cluster presence). The highest `epoch` wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionClaim {
+    pub identifier: String,
+    pub node: String,
+    pub conn_id: u64,
+    pub epoch: u64,
+    pub connected_since: i64,
+    pub remote: String,
+    /// Unix seconds until which the claim holds unless its host renews it.
+    pub lease_until: i64,
+}
+
 /// The trust store.
 pub struct Store {
     backend: Backend,
@@ -142,6 +155,84 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(s) => s.flush().await,
+        }
+    }
+
+    /// Whether the last operation reached the store (false while a database is down).
+    pub fn healthy(&self) -> bool {
+        match &self.backend {
+            Backend::File(_) => true,
+        }
+    }
+
+    /// Check that the store answers (readiness, `yonexus check`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(()),
+        }
+    }
+
+    /// Accept the nonce of a valid proof for `identifier`, for every host: `false` when it was
+    /// already accepted (a replay). The embedded store keeps no shared nonces (`true`): one
+    /// host's [`Guard`](crate::guard::Guard) remembers them.
+    pub async fn accept_nonce(
+        &self,
+        _identifier: &str,
+        _nonce: &str,
+        _now: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(true),
+        }
+    }
+
+    /// Count one failure under `key` (`addr:<address>`, `login:<identifier>`) in a window of
+    /// `window_secs` shared by every host; returns the count in the current window, or `None`
+    /// when the store keeps no shared counts (the embedded store: the guard counts locally).
+    pub async fn count_event(
+        &self,
+        _key: &str,
+        _now: i64,
+        _window_secs: i64,
+    ) -> Result<Option<u32>, StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(None),
+        }
+    }
+
+    /// Claim `claim.identifier`'s session for `claim.node`/`claim.conn_id`, replacing any other
+    /// claim; returns the new claim's epoch (claims are totally ordered: concurrent claims for
+    /// one identifier get different epochs, the higher one is the live session). The embedded
+    /// store counts epochs in memory.
+    pub async fn claim_session(&self, claim: &SessionClaim) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::File(s) => Ok(s.next_epoch(&claim.identifier)),
+        }
+    }
+
+    /// Drop the claim of `node`/`conn_id` on `identifier`, if it is still the live one.
+    pub async fn release_session(
+        &self,
+        _identifier: &str,
+        _node: &str,
+        _conn_id: u64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(()),
+        }
+    }
+
+    /// Extend every claim of `node` until `lease_until`.
+    pub async fn renew_claims(&self, _node: &str, _lease_until: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(()),
+        }
+    }
+
+    /// The live claims (lease not expired at `now`), of every host.
+    pub async fn claims(&self, _now: i64) -> Result<Vec<SessionClaim>, StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(Vec::new()),
         }
     }
 }
