@@ -340,13 +340,24 @@ fn clients(config: &Path, json: bool) -> anyhow::Result<()> {
     if !live {
         note_offline(&c);
     }
+    let clustered = rows.iter().any(|r| r.node.is_some());
     println!(
-        "{:<24} {:<9} {:<9} {:<30} {:<30} REMOTE",
-        "IDENTIFIER", "PAIRING", "LIVENESS", "LAST HEARTBEAT", "CONNECTED SINCE"
+        "{:<24} {:<9} {:<9} {:<30} {:<30} {}REMOTE",
+        "IDENTIFIER",
+        "PAIRING",
+        "LIVENESS",
+        "LAST HEARTBEAT",
+        "CONNECTED SINCE",
+        if clustered { "HOST         " } else { "" }
     );
     for r in rows {
+        let host = match (&r.node, clustered) {
+            (_, false) => String::new(),
+            (Some(n), true) => format!("{n:<12} "),
+            (None, true) => format!("{:<12} ", "-"),
+        };
         println!(
-            "{:<24} {:<9} {:<9} {:<30} {:<30} {}{}",
+            "{:<24} {:<9} {:<9} {:<30} {:<30} {host}{}{}",
             r.identifier,
             r.pairing_status,
             r.liveness,
