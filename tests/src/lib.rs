@@ -8,8 +8,10 @@
 //!   notifier that appends `<identifier> <code>` to `codes.txt` in the test directory.
 //! - [`Raw`]: a raw WebSocket follower that speaks frames directly, for protocol tests.
 //! - [`Identity`]: a follower's keypair and secret, with pairing and auth helpers.
+//! - [`services`]: a private PostgreSQL and a `nats-server`, on ephemeral loopback ports.
 
 pub mod artifacts;
+pub mod services;
 
 pub use artifacts::{bin, build, plugin, profile_dir, try_bin, try_plugin, workspace_root};
 
