@@ -11,7 +11,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -67,7 +67,8 @@ pub fn try_bin(name: &str) -> Result<PathBuf> {
         profile_flag(),
         package.name
     );
-    checked(&[profile_dir().join(name)], package, ws, &how)
+    let what = format!("the `{name}` binary (package {})", package.name);
+    checked(&[profile_dir().join(name)], package, ws, &what, &how)
 }
 
 /// Path of a bundled plugin library (`echo`, `relay`, `broadcast`, `presence`) built for this
@@ -98,7 +99,8 @@ pub fn try_plugin(name: &str) -> Result<PathBuf> {
         profile_dir().join("deps").join(&file),
         profile_dir().join(&file),
     ];
-    checked(&candidates, package, ws, &how)
+    let what = format!("the `{name}` plugin ({file})");
+    checked(&candidates, package, ws, &what, &how)
 }
 
 fn profile_flag() -> String {
@@ -115,13 +117,14 @@ fn checked(
     candidates: &[PathBuf],
     package: &Package,
     ws: &Workspace,
+    what: &str,
     how: &str,
 ) -> Result<PathBuf> {
-    static FRESH: OnceLock<Mutex<HashMap<PathBuf, ()>>> = OnceLock::new();
+    static FRESH: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
     let cache = FRESH.get_or_init(Mutex::default);
     if let Some(hit) = candidates
         .iter()
-        .find(|c| cache.lock().is_ok_and(|m| m.contains_key(*c)))
+        .find(|c| cache.lock().is_ok_and(|m| m.contains(*c)))
     {
         return Ok(hit.clone());
     }
@@ -136,7 +139,7 @@ fn checked(
             }
             _ => {
                 if let Ok(mut m) = cache.lock() {
-                    m.insert(path.clone(), ());
+                    m.insert(path.clone());
                 }
                 return Ok(path.clone());
             }
@@ -144,16 +147,15 @@ fn checked(
     }
     match stale {
         Some((path, source)) => bail!(
-            "{} is older than {}, so it would test old code: rebuild it with `{how}` (or run \
-             the whole suite, `cargo test --workspace`, which builds everything)",
+            "{what} at {} is older than {}, so it would test old code: rebuild it with `{how}` \
+             (or run the whole suite, `cargo test --workspace`, which builds everything)",
             path.display(),
             source.display()
         ),
         None => bail!(
-            "{} is not built (looked for {}): a narrow `cargo test -p yonexus-e2e` does not \
-             build other packages' binaries; build it with `{how}`, or run the whole suite, \
-             `cargo test --workspace`, which builds everything",
-            package.name,
+            "{what} is not built (looked for {}): a narrow `cargo test -p yonexus-e2e` does \
+             not build other packages' binaries; build it with `{how}`, or run the whole \
+             suite, `cargo test --workspace`, which builds everything",
             candidates
                 .iter()
                 .map(|c| c.display().to_string())
