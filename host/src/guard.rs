@@ -322,7 +322,10 @@ mod tests {
             AddressKey::of("10.0.0.1".parse().unwrap())
         );
         assert_eq!(a.to_string(), "2001:db8:1:2::/64");
-        assert_eq!(AddressKey::of("10.0.0.1".parse().unwrap()).to_string(), "10.0.0.1");
+        assert_eq!(
+            AddressKey::of("10.0.0.1".parse().unwrap()).to_string(),
+            "10.0.0.1"
+        );
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! store and the lifecycle events together — authenticated, went offline, liveness changed,
 //! revoked — is one function here, and these functions are the only ones that emit events.
 
+use crate::cluster::link::ClaimMsg;
 use crate::events::{FollowerEvent, Recorded};
 use crate::hub::Hub;
 use crate::liveness::{evaluate, Thresholds, Transition};
 use crate::outbound::Peer;
 use crate::reply;
-use crate::cluster::link::ClaimMsg;
 use crate::store::{SessionClaim, StoreError};
 use crate::trust::Liveness;
 use std::sync::Arc;

@@ -211,7 +211,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("yonexus: {e:#}");
+            eprintln!("yonexus: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -285,6 +285,22 @@ fn manpage(dir: Option<&Path>) -> anyhow::Result<()> {
 
 /// Run `f` to completion on a Tokio runtime: multi-threaded for the host, one thread for the
 /// CLI's short jobs.
+/// An error and its causes on one line, each cause once: errors that already show their
+/// source in their own message (`cannot listen on …: Address already in use`) do not repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 fn block_on<T>(
     multi_thread: bool,
     f: impl std::future::Future<Output = anyhow::Result<T>>,

@@ -110,7 +110,8 @@ impl Peer {
     }
 
     pub(crate) fn set_epoch(&self, epoch: u64) {
-        self.epoch.store(epoch, std::sync::atomic::Ordering::Release);
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
     }
 
     /// The identifier this connection authenticated as, if it did.

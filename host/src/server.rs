@@ -175,6 +175,10 @@ impl Host {
             ));
         }
         tracker.spawn(crate::tasks::sweep_loop(Arc::clone(&hub), shutdown.clone()));
+        tracker.spawn(crate::tasks::store_health_loop(
+            Arc::clone(&hub),
+            shutdown.clone(),
+        ));
         ready.store(true, Ordering::Release);
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),

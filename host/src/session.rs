@@ -223,6 +223,12 @@ impl Session {
 
     /// `hello`, `pair_confirm`, `auth_request` (and host-only types, which are refused).
     pub async fn on_control(&mut self, hub: &Hub, env: Envelope) -> Flow {
+        // The type only: payloads may carry codes and secrets.
+        tracing::trace!(
+            conn = self.peer.conn_id,
+            kind = env.message.type_name(),
+            "control message"
+        );
         let rid = env.request_id.as_deref();
         match env.message {
             Message::Hello(h) => self.on_hello(hub, h, rid).await,

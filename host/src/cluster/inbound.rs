@@ -40,7 +40,9 @@ fn remote_of(c: &SessionClaim) -> RemoteFollower {
 }
 
 fn on_claim(hub: &Hub, link: &Link, claim: ClaimMsg) {
-    if claim.node == *link.node || yonexus_protocol::validate::identifier(&claim.identifier).is_err() {
+    if claim.node == *link.node
+        || yonexus_protocol::validate::identifier(&claim.identifier).is_err()
+    {
         return;
     }
     let identifier: Arc<str> = claim.identifier.as_str().into();
@@ -85,9 +87,9 @@ async fn reconcile(hub: &Hub, link: &Link) {
     // A local session with no claim at all (the store was down when it authenticated, or the
     // claim expired): claim it again.
     for (identifier, peer) in hub.registry.sessions() {
-        let claimed = claims
-            .iter()
-            .any(|c| c.identifier == *identifier && c.node == *link.node && c.conn_id == peer.conn_id);
+        let claimed = claims.iter().any(|c| {
+            c.identifier == *identifier && c.node == *link.node && c.conn_id == peer.conn_id
+        });
         if !claimed {
             let claim = SessionClaim {
                 identifier: identifier.to_string(),
@@ -115,12 +117,7 @@ async fn reconcile(hub: &Hub, link: &Link) {
 }
 
 /// Serve the subscriptions until shutdown.
-pub async fn run(
-    hub: Arc<Hub>,
-    link: Arc<Link>,
-    subs: Subscriptions,
-    shutdown: CancellationToken,
-) {
+pub async fn run(hub: Arc<Hub>, link: Arc<Link>, subs: Subscriptions, shutdown: CancellationToken) {
     let Subscriptions {
         mut deliver,
         mut broadcast,

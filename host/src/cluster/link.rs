@@ -161,7 +161,11 @@ impl Link {
         clock: SharedClock,
         shutdown: CancellationToken,
     ) -> Result<(Arc<Link>, Subscriptions), LinkError> {
-        let servers = urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ");
+        let servers = urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", ");
         let err = |detail: String| LinkError::Nats {
             servers: servers.clone(),
             detail,
@@ -391,7 +395,10 @@ mod tests {
 
     #[test]
     fn urls_are_shown_without_credentials() {
-        assert_eq!(redact_url("nats://u:p@10.0.0.1:4222"), "nats://10.0.0.1:4222");
+        assert_eq!(
+            redact_url("nats://u:p@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
         assert_eq!(redact_url("nats://10.0.0.1:4222"), "nats://10.0.0.1:4222");
     }
 
@@ -406,7 +413,10 @@ mod tests {
         };
         assert!(matches!(
             m.event(),
-            Some(FollowerEvent::LivenessChanged { status: Liveness::Unstable, .. })
+            Some(FollowerEvent::LivenessChanged {
+                status: Liveness::Unstable,
+                ..
+            })
         ));
         let bad = EventMsg {
             kind: "nonsense".into(),

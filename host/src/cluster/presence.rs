@@ -103,7 +103,10 @@ mod tests {
         p.claimed("a".into(), at("c", 1, 100));
         assert_eq!(p.get("a", 50).map(|r| r.node), Some("b".into()));
         p.gone("a", Some("c"));
-        assert!(p.get("a", 50).is_some(), "only its own host's disconnect removes it");
+        assert!(
+            p.get("a", 50).is_some(),
+            "only its own host's disconnect removes it"
+        );
         assert!(p.get("a", 101).is_none(), "lease expired");
         p.gone("a", Some("b"));
         assert!(p.get("a", 50).is_none());
