@@ -82,6 +82,17 @@ async fn until_delivered(from: &mut Raw, to: &mut Raw, frame: &str, want: &str) 
     panic!("{frame:?} never reached its target as {want:?}");
 }
 
+/// The next `Authenticated` event within a minute.
+async fn authenticated(events: &mut tokio::sync::mpsc::Receiver<yonexus_follower::Event>) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if matches!(ev, yonexus_follower::Event::Authenticated) {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_act_as_one_hub() {
     let tmp = tempfile::tempdir().unwrap();
@@ -378,17 +389,6 @@ async fn nats_and_postgres_outages_and_a_killed_host() {
         tmp.path().join("delta-state"),
     );
     let (handle, mut events) = yonexus_follower::spawn(config, codes).unwrap();
-    let authenticated = |events: &mut tokio::sync::mpsc::Receiver<yonexus_follower::Event>| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        async move {
-            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), events.recv()).await {
-                if matches!(ev, yonexus_follower::Event::Authenticated) {
-                    return true;
-                }
-            }
-            false
-        }
-    };
     assert!(
         authenticated(&mut events).await,
         "delta paired and authenticated on A"
