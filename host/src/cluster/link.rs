@@ -307,6 +307,33 @@ impl Link {
     }
 }
 
+/// Try each NATS server once (for `yonexus check`): `(server, Ok | why not)`, credentials
+/// never shown.
+pub async fn probe(urls: &[String]) -> Vec<(String, Result<(), String>)> {
+    let mut out = Vec::new();
+    for url in urls {
+        let shown = redact_url(url);
+        let result = match url.parse::<async_nats::ServerAddr>() {
+            Err(e) => Err(format!("bad server address: {e}")),
+            Ok(addr) => {
+                let attempt = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(3))
+                    .connect(addr);
+                match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                    Ok(Ok(client)) => {
+                        let _ = client.flush().await;
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer within 5 s".into()),
+                }
+            }
+        };
+        out.push((shown, result));
+    }
+    out
+}
+
 impl Elsewhere for Link {
     fn send_to(&self, target: &str, frame: Bytes) -> Result<(), SendError> {
         let Some(at) = self.locate(target) else {
