@@ -271,6 +271,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 
 type Operation = Pin<Box<dyn Future<Output = (Session, Flow)> + Send>>;
 
+/// After our close frame: end our side of the stream and read (and drop) what the peer still
+/// sends — until its own close frame, the end of the stream, half a second or 64 KiB — so our
+/// close is not lost to a connection reset.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = io.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                // A close frame starts a read (masked, FIN + opcode 8): the peer is done.
+                Ok(_) if sink[0] == 0x88 => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
 /// Write an HTTP answer to a refused upgrade (bounded), then let the client read it.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, response: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -516,6 +537,8 @@ async fn serve<S>(
             }
             done = async { match op.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if op.is_some() => {
                 op = None;
+                // Nothing was read meanwhile (on purpose): the peer's silence does not count.
+                last_heard = Instant::now();
                 let (s, flow) = done;
                 session = Some(s);
                 if let Flow::Close { code, reason } = flow {
@@ -526,7 +549,13 @@ async fn serve<S>(
             }
             io = std::future::poll_fn(|cx| sock.poll_io(cx, reading)) => match io {
                 Io::Messages(messages) => backlog.extend(messages),
-                Io::Closed | Io::Eof | Io::Failed => break,
+                Io::Closed => {
+                    // Our close frame is out: let the peer read it before the socket goes
+                    // (closing with unread input would reset the connection and lose it).
+                    Box::pin(linger(&mut sock.io)).await;
+                    break;
+                }
+                Io::Eof | Io::Failed => break,
                 Io::Protocol(e) => {
                     if matches!(e, codec::Error::TooBig { .. }) {
                         metrics::message_too_large();
