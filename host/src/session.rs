@@ -87,13 +87,14 @@ pub struct Session {
     wrong_codes: u32,
 }
 
-/// An identifier from the wire, bounded and escaped for logging.
-pub(crate) fn shown(identifier: &str) -> String {
-    identifier
-        .chars()
-        .take(64)
-        .flat_map(char::escape_default)
-        .collect()
+/// An identifier from the wire as it may appear in a log line: allowlisted ones as they are,
+/// anything else not at all.
+fn logged(hub: &Hub, identifier: &str) -> String {
+    if validate::identifier(identifier).is_ok() && hub.is_allowed(identifier) {
+        identifier.to_owned()
+    } else {
+        "(not allowlisted)".to_owned()
+    }
 }
 
 impl Session {
@@ -263,7 +264,8 @@ impl Session {
         if validate::identifier(identifier).is_err() || !hub.is_allowed(identifier) {
             metrics::auth_refused("not_allowed");
             if hub.may_log_refusal() {
-                tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), "hello from an identifier that is not allowed");
+                // A stranger's identifier is never stored nor logged: only its size.
+                tracing::warn!(remote = %self.peer.remote, identifier_chars = identifier.chars().count(), "hello from an identifier that is not allowed");
             }
             self.error(
                 hub,
@@ -435,7 +437,7 @@ impl Session {
         let Some(greeted) = self.greeted_as().filter(|id| &***id == identifier).cloned() else {
             metrics::pairing_result("no_hello");
             if hub.may_log_refusal() {
-                tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), "pair_confirm on a connection that did not say hello for it");
+                tracing::warn!(remote = %self.peer.remote, identifier = %logged(hub, identifier), "pair_confirm on a connection that did not say hello for it");
             }
             self.error(
                 hub,
@@ -577,7 +579,7 @@ impl Session {
                 metrics::auth_refused(refusal.kind);
                 metrics::auth_result(refusal.reason.label());
                 if hub.may_log_refusal() {
-                    tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), reason = refusal.kind, "authentication refused");
+                    tracing::warn!(remote = %self.peer.remote, identifier = %logged(hub, identifier), reason = refusal.kind, "authentication refused");
                 }
                 let delay = hub
                     .guard
