@@ -1,12 +1,19 @@
 //! Test harness for the end-to-end tests in `tests/tests/`.
 //!
-//! - [`build`]: builds the workspace binaries and plugins once per test process, into
-//!   `target/e2e` (a separate target dir, so it never waits on the outer `cargo test` lock and
-//!   always tests the current source).
+//! - [`artifacts`]: the `yonexus` and `yonexus-follower` binaries and the bundled plugins that
+//!   cargo built for this test run ([`bin`], [`plugin`]); a missing or stale one is an error
+//!   naming the command that builds it. [`fixture`] builds the fixture plugins in their own
+//!   workspace outside this one.
 //! - [`HostProc`]: the real `yonexus` binary on an ephemeral loopback port, with a `command`
 //!   notifier that appends `<identifier> <code>` to `codes.txt` in the test directory.
 //! - [`Raw`]: a raw WebSocket follower that speaks frames directly, for protocol tests.
 //! - [`Identity`]: a follower's keypair and secret, with pairing and auth helpers.
+//! - [`services`]: a private PostgreSQL and a `nats-server`, on ephemeral loopback ports.
+
+pub mod artifacts;
+pub mod services;
+
+pub use artifacts::{bin, build, plugin, profile_dir, try_bin, try_plugin, workspace_root};
 
 pub mod browser;
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,50 +32,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yonexus_protocol::envelope::Message as Msg;
 use yonexus_protocol::{signing, validate, Envelope, Frame};
 
-/// The workspace root.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// Build every workspace binary and plugin once; returns the directory holding them.
-pub fn build() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = workspace_root();
-        let target = root.join("target").join("e2e");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--lib"])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(&root)
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            other => panic!("building the workspace for end-to-end tests failed: {other:?}"),
-        }
-        target.join("debug")
-    })
-}
-
-/// Path of a built binary.
-pub fn bin(name: &str) -> PathBuf {
-    build().join(name)
-}
-
 /// Unix seconds now.
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Path of a bundled plugin library built by [`build`] (`echo`, `relay`, `broadcast`, `presence`).
-pub fn plugin(name: &str) -> PathBuf {
-    build().join(format!("libyonexus_plugin_{name}.so"))
 }
 
 /// `[[plugins]]` entries routing each bundled plugin's own rule to it.
@@ -221,10 +190,10 @@ impl HostProc {
 
     /// Send SIGTERM and wait for exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -608,19 +577,29 @@ pub fn fixture(name: &str) -> PathBuf {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).ok();
             }
+            // Only when changed (cargo's fingerprints are mtimes), and by rename, so a test
+            // process running beside this one (nextest) never reads half a file.
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                std::fs::write(&path, text).ok();
+                replace_by_rename(&path, text.as_bytes());
             }
         }
+        // Its own target dir (target/e2e-fixture/target), so it never waits for the outer
+        // cargo's lock; output captured, shown only on failure.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--offline", "--workspace"])
+        let out = Command::new(cargo)
+            .args(["build", "--offline", "--workspace", "--quiet"])
             .env_remove("CARGO_TARGET_DIR")
             .current_dir(&ws)
-            .status();
-        match status {
-            Ok(s) if s.success() => ws,
-            other => panic!("building the fixture plugins failed: {other:?}"),
+            .output();
+        match out {
+            Ok(o) if o.status.success() => ws,
+            Ok(o) => panic!(
+                "building the fixture plugins in {} failed ({}):\n{}",
+                ws.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("building the fixture plugins: cannot run cargo: {e}"),
         }
     });
     ws.join(format!("target/debug/libe2e_{name}.so"))
