@@ -66,7 +66,7 @@ impl Target {
         let mut secrets = secrets_in(&raw);
         let mut config: tokio_postgres::Config = raw.parse().map_err(|e| {
             StoreError::Config(scrub(
-                &format!("the PostgreSQL URL cannot be used: {e}"),
+                &format!("the PostgreSQL URL cannot be used: {}", with_causes(&e)),
                 &secrets,
             ))
         })?;
@@ -122,7 +122,7 @@ impl Target {
     fn describe(&self, e: &tokio_postgres::Error) -> String {
         let text = match e.as_db_error() {
             Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-            None => e.to_string(),
+            None => with_causes(e),
         };
         self.scrub(&text)
     }
@@ -214,6 +214,20 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error and its causes (the driver's own text names only the kind of failure).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // A database error's DETAIL may quote a row: only its first line.
+        let line = c.to_string();
+        text.push_str(": ");
+        text.push_str(line.lines().next().unwrap_or_default());
+        cause = c.source();
+    }
+    text
 }
 
 /// `text` with every secret replaced by `***`.
