@@ -859,6 +859,174 @@ fn postgres_down_is_unavailable_quickly_and_the_store_recovers() {
     });
 }
 
+/// docs/store.md's import of an existing trust.json, and its least-privilege role for hosts
+/// (the owner migrates; hosts only read and write rows), checked as written there.
+#[test]
+fn trust_json_imports_and_hosts_run_with_a_row_only_role() {
+    let file_place = Place::new(Kind::File);
+    let place = Place::new(Kind::Postgres);
+    runtime().block_on(async {
+        let file = file_place.open().await;
+        file.apply("alpha", 5, |r| {
+            r.secret = Some("imported-secret".into());
+            r.pairing_status = PairingStatus::Paired;
+            r.last_heartbeat_at = Some(9);
+        })
+        .await
+        .unwrap();
+        file.apply("bravo", 6, |r| r.pairing_status = PairingStatus::Revoked)
+            .await
+            .unwrap();
+        let json = std::fs::read_to_string(file_place.dir.path().join(STATE_FILE)).unwrap();
+        assert!(!json.contains("$trust$"));
+        // The schema first (`yonexus migrate`), then the rows.
+        drop(place.open().await);
+        place.psql(&format!(
+            "INSERT INTO followers (identifier, record) \
+             SELECT key, value FROM jsonb_each(($trust${json}$trust$)::jsonb -> 'followers') \
+             ON CONFLICT (identifier) DO NOTHING"
+        ));
+        place.psql(
+            "CREATE ROLE yx_host_role LOGIN PASSWORD 'host-role-pw';
+             GRANT SELECT, INSERT, UPDATE, DELETE ON followers, auth_nonces, rate_counts, sessions
+                 TO yx_host_role;
+             GRANT SELECT ON yonexus_schema_version TO yx_host_role;
+             GRANT USAGE ON SEQUENCE session_epochs TO yx_host_role;",
+        );
+        let port = shared_pg().as_ref().unwrap().port();
+        let host_url = format!(
+            "postgres://yx_host_role:host-role-pw@127.0.0.1:{port}/{}",
+            place.database
+        );
+        let host = Store::open(&pg_config(host_url), place.dir.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            host.snapshot().await.unwrap(),
+            file.snapshot().await.unwrap()
+        );
+        host.apply("charlie", 7, |r| r.pairing_attempts = 1)
+            .await
+            .unwrap();
+        host.touch("alpha", |r| r.status = Liveness::Online)
+            .unwrap();
+        host.flush().await.unwrap();
+        assert!(host.accept_nonce("alpha", "n", 7).await.unwrap());
+        assert_eq!(host.count_event("addr:x", 7, 60).await.unwrap(), Some(1));
+        let epoch = host
+            .claim_session(&claim("alpha", "node-a", 1, 7, 30))
+            .await
+            .unwrap();
+        assert!(epoch > 0);
+        host.renew_claims("node-a", 60).await.unwrap();
+        host.release_session("alpha", "node-a", 1).await.unwrap();
+        place.psql(&format!(
+            "DROP OWNED BY yx_host_role; DROP ROLE yx_host_role"
+        ));
+    });
+}
+
+/// A Unix-socket URL (the socket directory percent-encoded as the host).
+#[test]
+fn a_unix_socket_url_connects() {
+    let place = Place::new(Kind::Postgres);
+    let (dir, port) = {
+        let guard = shared_pg();
+        let pg = guard.as_ref().unwrap();
+        (pg.socket_dir(), pg.port())
+    };
+    let encoded = dir.to_string_lossy().replace('/', "%2F");
+    let url = format!("postgres://yonexus@{encoded}:{port}/{}", place.database);
+    runtime().block_on(async {
+        let store = Store::open(&pg_config(url), place.dir.path())
+            .await
+            .unwrap();
+        store.apply("alpha", 1, |_| ()).await.unwrap();
+        let shown = store.describe();
+        assert!(
+            shown.contains(&dir.to_string_lossy().into_owned()),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with(&format!(":{port}/{}", place.database)),
+            "{shown}"
+        );
+    });
+}
+
+/// The server and every backend process it forked.
+fn server_processes(pg: &mut Postgres) -> Vec<i32> {
+    let Some(master) = pg.pid() else {
+        return Vec::new();
+    };
+    let mut pids = vec![master as i32];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(master) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[i32], signal: i32) {
+    for pid in pids {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(*pid, signal) };
+    }
+}
+
+/// A server that stops answering (frozen, as behind a network partition) gives Unavailable
+/// after the answer timeout, never a hang; when it answers again, so does the store.
+#[test]
+fn a_database_that_stops_answering_times_out_and_recovers() {
+    let mut pg = Postgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = pg_config(pg.url());
+    let rt = runtime();
+    let store = rt.block_on(async {
+        let store = Store::open(&config, dir.path()).await.unwrap();
+        store.apply("alpha", 1, |_| ()).await.unwrap();
+        store
+    });
+    let frozen = server_processes(&mut pg);
+    assert!(frozen.len() > 1, "the server and its backends: {frozen:?}");
+    signal_all(&frozen, libc::SIGSTOP);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let started = Instant::now();
+            let err = store.get("alpha").await.unwrap_err();
+            let took = started.elapsed();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+            assert!(took >= Duration::from_secs(2), "it did wait: {took:?}");
+            assert!(took < postgres::OP_TIMEOUT + FAILS_WITHIN, "{took:?}");
+            assert!(!store.healthy());
+            let started = Instant::now();
+            assert!(store.ping().await.is_err());
+            assert!(started.elapsed() < postgres::PING_TIMEOUT + FAILS_WITHIN);
+        })
+    }));
+    signal_all(&frozen, libc::SIGCONT);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    rt.block_on(async {
+        wait_until_answering(&store).await;
+        assert!(store.get("alpha").await.unwrap().is_some());
+        assert!(store.healthy());
+    });
+}
+
 async fn wait_until_answering(store: &Store) {
     let deadline = Instant::now() + RECOVERS_WITHIN;
     loop {
