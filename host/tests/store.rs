@@ -920,9 +920,7 @@ fn trust_json_imports_and_hosts_run_with_a_row_only_role() {
         assert!(epoch > 0);
         host.renew_claims("node-a", 60).await.unwrap();
         host.release_session("alpha", "node-a", 1).await.unwrap();
-        place.psql(&format!(
-            "DROP OWNED BY yx_host_role; DROP ROLE yx_host_role"
-        ));
+        place.psql("DROP OWNED BY yx_host_role; DROP ROLE yx_host_role");
     });
 }
 
