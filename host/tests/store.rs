@@ -877,15 +877,38 @@ fn trust_json_imports_and_hosts_run_with_a_row_only_role() {
         file.apply("bravo", 6, |r| r.pairing_status = PairingStatus::Revoked)
             .await
             .unwrap();
-        let json = std::fs::read_to_string(file_place.dir.path().join(STATE_FILE)).unwrap();
-        assert!(!json.contains("$trust$"));
-        // The schema first (`yonexus migrate`), then the rows.
+        // The schema first (`yonexus migrate`), then the rows, with the recipe as written.
         drop(place.open().await);
-        place.psql(&format!(
-            "INSERT INTO followers (identifier, record) \
-             SELECT key, value FROM jsonb_each(($trust${json}$trust$)::jsonb -> 'followers') \
-             ON CONFLICT (identifier) DO NOTHING"
-        ));
+        let url = match &place.config {
+            StoreConfig::Postgres(u) => u.url.clone().unwrap(),
+            StoreConfig::File => unreachable!(),
+        };
+        let trust = file_place.dir.path().join(STATE_FILE);
+        let recipe = format!(
+            "\\set trust `cat {}`\n\
+             INSERT INTO followers (identifier, record)\n\
+             SELECT key, value FROM jsonb_each((:'trust')::jsonb -> 'followers')\n\
+             ON CONFLICT (identifier) DO NOTHING;\n",
+            trust.display()
+        );
+        let docs =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/store.md"))
+                .unwrap();
+        let documented =
+            recipe.replace(&trust.display().to_string(), "/var/lib/yonexus/trust.json");
+        assert!(
+            docs.contains(&documented),
+            "docs/store.md shows:\n{documented}"
+        );
+        let psql = std::process::Command::new(yonexus_e2e::services::psql_bin().unwrap())
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url])
+            .stdin(std::process::Stdio::piped())
+            .output_with(recipe.as_bytes());
+        assert!(
+            psql.status.success(),
+            "{}",
+            String::from_utf8_lossy(&psql.stderr)
+        );
         place.psql(
             "CREATE ROLE yx_host_role LOGIN PASSWORD 'host-role-pw';
              GRANT SELECT, INSERT, UPDATE, DELETE ON followers, auth_nonces, rate_counts, sessions
@@ -950,6 +973,24 @@ fn a_unix_socket_url_connects() {
             "{shown}"
         );
     });
+}
+
+/// Run a command with `input` on its stdin.
+trait OutputWith {
+    fn output_with(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl OutputWith for std::process::Command {
+    fn output_with(&mut self, input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
 }
 
 /// The server and every backend process it forked.

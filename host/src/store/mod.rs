@@ -195,7 +195,9 @@ impl Store {
     }
 
     /// Change liveness fields of an existing record in memory; written by the next
-    /// [`Store::flush`]. Returns `None` when there is no record.
+    /// [`Store::flush`]. Returns `None` when there is no record — for PostgreSQL, no record
+    /// this host has read ([`Store::get`], [`Store::snapshot`], [`Store::apply`]): liveness only
+    /// matters for followers connected here, and those were read when they said hello.
     pub fn touch<R>(&self, identifier: &str, f: impl FnOnce(&mut TrustRecord) -> R) -> Option<R> {
         match &self.backend {
             Backend::File(s) => s.touch(identifier, f),
@@ -203,7 +205,9 @@ impl Store {
         }
     }
 
-    /// Write what [`Store::touch`] changed since the last write.
+    /// Write what [`Store::touch`] changed since the last write (PostgreSQL: one statement for
+    /// every touched record, skipping followers whose live session another host claims; on
+    /// failure everything stays to be written next time).
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(s) => s.flush().await,
@@ -260,7 +264,8 @@ impl Store {
     /// Claim `claim.identifier`'s session for `claim.node`/`claim.conn_id`, replacing any other
     /// claim; returns the new claim's epoch (claims are totally ordered: concurrent claims for
     /// one identifier get different epochs, the higher one is the live session). The embedded
-    /// store counts epochs in memory.
+    /// store counts epochs in memory; PostgreSQL takes them from one sequence, so a claim made
+    /// after a release still has a higher epoch than every earlier one.
     pub async fn claim_session(&self, claim: &SessionClaim) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::File(s) => Ok(s.next_epoch(&claim.identifier)),
@@ -289,7 +294,7 @@ impl Store {
         }
     }
 
-    /// The live claims (lease not expired at `now`), of every host.
+    /// The live claims (`lease_until >= now`), of every host.
     pub async fn claims(&self, now: i64) -> Result<Vec<SessionClaim>, StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(Vec::new()),
