@@ -3,9 +3,8 @@
 //! running, `clients` and `pairing` are answered from the state file instead.
 
 use crate::hub::Hub;
-use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::store::{self, PairingStatus, TrustRecord};
+use crate::store::{self, Liveness, PairingStatus, TrustRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -47,6 +46,9 @@ pub struct ClientRow {
     pub last_authenticated_at: Option<i64>,
     pub connected_since: Option<i64>,
     pub remote: Option<String>,
+    /// In a cluster: the host it is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One row of `yonexus pairing`.
@@ -100,29 +102,54 @@ impl Response {
     }
 }
 
-/// Build the client table from trust records, the allowlist and (when running) the registry.
+/// Build the client table from trust records, the allowlist and (when running) the hub: who
+/// is connected here and, in a cluster, on which other host.
 pub fn client_rows(
     records: &[TrustRecord],
     allow: &BTreeSet<String>,
-    registry: Option<&Registry>,
+    hub: Option<&Hub>,
 ) -> Vec<ClientRow> {
     let mut ids: BTreeSet<String> = allow.clone();
     ids.extend(records.iter().map(|r| r.identifier.clone()));
+    let now = hub.map_or(0, Hub::now);
     ids.into_iter()
         .map(|id| {
             let record = records.iter().find(|r| r.identifier == id);
-            let session = registry.and_then(|reg| reg.get(&id));
+            let local = hub.and_then(|h| h.registry.get(&id));
+            let elsewhere = match (&local, hub.and_then(Hub::link)) {
+                (None, Some(link)) => link.presence.get(&id, now),
+                _ => None,
+            };
+            let mut liveness = record.map_or(Liveness::Offline, |r| r.status);
+            if elsewhere.is_some() && liveness == Liveness::Offline {
+                // Its host writes liveness lazily: connected elsewhere means online.
+                liveness = Liveness::Online;
+            }
+            let (connected_since, remote, node) = match (&local, &elsewhere) {
+                (Some(p), _) => (
+                    Some(p.connected_since),
+                    Some(p.remote.to_string()),
+                    hub.and_then(Hub::node).map(str::to_owned),
+                ),
+                (None, Some(r)) => (
+                    Some(r.connected_since),
+                    Some(r.remote.clone()),
+                    Some(r.node.to_string()),
+                ),
+                (None, None) => (None, None, None),
+            };
             ClientRow {
                 allowed: allow.contains(&id),
                 pairing_status: record
                     .map_or(PairingStatus::Unpaired, |r| r.pairing_status)
                     .as_str()
                     .into(),
-                liveness: record.map_or("offline", |r| r.status.as_str()).into(),
+                liveness: liveness.as_str().into(),
                 last_heartbeat_at: record.and_then(|r| r.last_heartbeat_at),
                 last_authenticated_at: record.and_then(|r| r.last_authenticated_at),
-                connected_since: session.as_ref().map(|s| s.connected_since),
-                remote: session.as_ref().map(|s| s.remote.to_string()),
+                connected_since,
+                remote,
+                node,
                 identifier: id,
             }
         })
@@ -204,11 +231,7 @@ async fn handle(hub: &Hub, reloader: &Reloader, req: Request) -> Response {
     match req {
         Request::Clients => match hub.store.snapshot().await {
             Ok(records) => Response {
-                clients: Some(client_rows(
-                    &records,
-                    &hub.settings().allow,
-                    Some(&hub.registry),
-                )),
+                clients: Some(client_rows(&records, &hub.settings().allow, Some(hub))),
                 ..Response::ok()
             },
             Err(e) => Response::error(e.to_string()),

@@ -581,3 +581,33 @@ async fn serve<S>(
     metrics::connection_closed();
     tracing::debug!(remote = %remote, conn = conn_id, "connection closed");
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's task holds its whole future for its life: large locals held across an
+    /// await (a read buffer, say) would cost every idle follower. Keep it small.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        use std::sync::Arc;
+        let config = crate::config::Config::parse(std::path::Path::new("/x/y.toml"), "").unwrap();
+        let hub = Arc::new(crate::hub::Hub::new(
+            crate::hub::Settings::from_config(&config),
+            crate::notify::Notifier::from_config(&crate::notify::NotifierConfig::Log).unwrap(),
+            crate::store::Store::memory(),
+            Arc::new(crate::router::Router::default()),
+            Arc::new(crate::clock::SystemClock),
+        ));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let admission = Arc::new(crate::admission::Admission::default());
+        let t = admission.try_admit(crate::guard::AddressKey::of(addr.ip()), 10, 10).unwrap();
+        let f = super::serve(hub, s, addr, t, Vec::new(), tokio_util::sync::CancellationToken::new());
+        let task = std::mem::size_of_val(&f);
+        let session = std::mem::size_of::<crate::session::Session>();
+        let peer = std::mem::size_of::<crate::outbound::Peer>();
+        println!("connection task {task} B, session {session} B, outbound side {peer} B");
+        assert!(task < 4096, "the connection task grew to {task} bytes");
+        assert!(session + peer < 1024);
+    }
+}

@@ -83,6 +83,18 @@ impl AddressKey {
     }
 }
 
+impl std::fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressKey::V4(a) => write!(f, "{}", std::net::Ipv4Addr::from(*a)),
+            AddressKey::V6Net(n) => {
+                let net = std::net::Ipv6Addr::from(u128::from(*n) << 64);
+                write!(f, "{net}/64")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     start: i64,
@@ -163,7 +175,8 @@ impl Guard {
     }
 
     /// Record a failure (refused proof, wrong code, request without a session) from `addr`;
-    /// returns how long to wait before answering it.
+    /// returns how long to wait before answering it (counted on this host; see
+    /// [`Guard::failure_anywhere`] for a cluster).
     pub fn failure(&self, addr: AddressKey, now: i64) -> Duration {
         let policy = self.policy();
         let mut map = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,6 +197,45 @@ impl Guard {
             })
             .hit(now, policy.window_secs);
         policy.delay(n, policy.free_failures_per_address)
+    }
+
+    /// Like [`Guard::failure`], with the count shared by every host when the store keeps shared
+    /// counts (PostgreSQL): the larger of the two counts decides.
+    pub async fn failure_anywhere(
+        &self,
+        store: &crate::store::Store,
+        addr: AddressKey,
+        now: i64,
+    ) -> Duration {
+        let local = self.failure(addr, now);
+        let policy = self.policy();
+        match store
+            .count_event(&format!("addr:{addr}"), now, policy.window_secs)
+            .await
+        {
+            Ok(Some(n)) => local.max(policy.delay(n, policy.free_failures_per_address)),
+            _ => local,
+        }
+    }
+
+    /// Like [`Guard::accepted`], with the login count shared by every host when the store keeps
+    /// shared counts.
+    pub async fn accepted_anywhere(
+        &self,
+        store: &crate::store::Store,
+        identifier: &Arc<str>,
+        nonce: &str,
+        now: i64,
+    ) -> Duration {
+        let local = self.accepted(identifier, nonce, now);
+        let policy = self.policy();
+        match store
+            .count_event(&format!("login:{identifier}"), now, policy.window_secs)
+            .await
+        {
+            Ok(Some(n)) => local.max(policy.delay(n, policy.free_logins_per_identifier)),
+            _ => local,
+        }
     }
 
     /// Whether `nonce` was accepted for `identifier` recently (a replay).
@@ -268,6 +320,11 @@ mod tests {
         assert_eq!(
             AddressKey::of("::ffff:10.0.0.1".parse().unwrap()),
             AddressKey::of("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            AddressKey::of("10.0.0.1".parse().unwrap()).to_string(),
+            "10.0.0.1"
         );
     }
 

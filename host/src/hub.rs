@@ -4,6 +4,7 @@
 
 use crate::admission::Admission;
 use crate::clock::SharedClock;
+use crate::cluster::Link;
 use crate::config::{Config, LimitsConfig, LivenessConfig, PairingConfig};
 use crate::events::EventBus;
 use crate::guard::Guard;
@@ -16,7 +17,7 @@ use crate::router::Router;
 use crate::store::Store;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::Semaphore;
 
 /// Pairing notifications in flight at once, across every notifier.
@@ -63,7 +64,7 @@ impl Settings {
 pub struct Hub {
     settings: RwLock<Arc<Settings>>,
     notifier: RwLock<Arc<Notifier>>,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub router: Arc<Router>,
     pub clock: SharedClock,
@@ -77,6 +78,8 @@ pub struct Hub {
     next_conn_id: AtomicU64,
     /// Deliberate answer delays are real (false only in the fuzzer, which runs many in a row).
     delays: bool,
+    /// The link to the other hosts, when this host is part of a cluster.
+    link: OnceLock<Arc<Link>>,
 }
 
 impl Hub {
@@ -91,7 +94,7 @@ impl Hub {
         Hub {
             settings: RwLock::new(Arc::new(settings)),
             notifier: RwLock::new(Arc::new(notifier)),
-            store,
+            store: Arc::new(store),
             registry: Arc::new(Registry::new()),
             router,
             clock,
@@ -102,7 +105,24 @@ impl Hub {
             log_limit: LogLimiter::new(20),
             next_conn_id: AtomicU64::new(1),
             delays: true,
+            link: OnceLock::new(),
         }
+    }
+
+    /// Join a cluster: followers on other hosts become reachable through `link`.
+    pub fn set_link(&self, link: Arc<Link>) {
+        self.registry.set_elsewhere(Arc::clone(&link) as _);
+        let _ = self.link.set(link);
+    }
+
+    /// The link to the other hosts, when clustered.
+    pub fn link(&self) -> Option<&Arc<Link>> {
+        self.link.get()
+    }
+
+    /// This host's node name in a cluster.
+    pub fn node(&self) -> Option<&str> {
+        self.link.get().map(|l| &*l.node)
     }
 
     /// The same hub without deliberate delays (the fuzzer).

@@ -31,6 +31,8 @@
 //! - [`hub`]: the shared context (settings, store, registry, router, notifier, guard, events).
 //! - [`lifecycle`]: authenticated, went offline, liveness changed, revoked — registry, store
 //!   and events changed together, in one place.
+//! - [`cluster`]: several hosts as one hub — the NATS link, where remote followers are, and
+//!   applying what other hosts publish.
 //! - [`session`]: the protocol state machine of one connection (no sockets inside).
 //! - [`connection`]: one connection's task: socket, session, outbound queue.
 //! - [`tasks`]: background tasks (liveness sweep, lazy writes).
@@ -49,6 +51,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod dashboard;

@@ -2,23 +2,53 @@
 //! store and the lifecycle events together — authenticated, went offline, liveness changed,
 //! revoked — is one function here, and these functions are the only ones that emit events.
 
+use crate::cluster::link::ClaimMsg;
 use crate::events::{FollowerEvent, Recorded};
 use crate::hub::Hub;
 use crate::liveness::{evaluate, Thresholds, Transition};
 use crate::outbound::Peer;
 use crate::reply;
-use crate::store::StoreError;
+use crate::store::{SessionClaim, StoreError};
 use crate::trust::Liveness;
 use std::sync::Arc;
 
-/// Publish an event to the bus (dashboard, cluster) and to the plugins that handle events.
+/// Publish an event to the bus (dashboard), to the plugins that handle events and, in a
+/// cluster, to the other hosts.
 fn emit(hub: &Hub, event: FollowerEvent) {
     hub.router.deliver_event(&event);
-    hub.events.publish(Recorded {
+    let recorded = Recorded {
         at: hub.now(),
         node: None,
         event,
+    };
+    if let Some(link) = hub.link() {
+        link.publish_event(&recorded);
+    }
+    hub.events.publish(recorded);
+}
+
+/// A lifecycle event that happened on another host (`node`): to this host's plugins and bus.
+pub fn remote_event(hub: &Hub, node: &str, at: i64, event: FollowerEvent) {
+    if let (Some(link), FollowerEvent::Disconnected { identifier }) = (hub.link(), &event) {
+        link.presence.gone(identifier, Some(node));
+    }
+    hub.router.deliver_event(&event);
+    hub.events.publish(Recorded {
+        at,
+        node: Some(node.into()),
+        event,
     });
+}
+
+/// A newer session of `identifier` elsewhere (epoch `epoch`) replaces this host's one.
+pub fn replaced_elsewhere(hub: &Hub, identifier: &Arc<str>, epoch: u64) {
+    if let Some(peer) = hub.registry.get(identifier) {
+        if peer.epoch() < epoch {
+            tracing::info!(identifier = %identifier, "session replaced by a newer one on another host");
+            peer.close(1000, "session replaced");
+            went_offline(hub, identifier, peer.conn_id);
+        }
+    }
 }
 
 /// `identifier` authenticated on `peer`: bind its key if it was paired without one (durably,
@@ -46,6 +76,19 @@ pub async fn authenticated(
         r.last_authenticated_at = Some(now);
         r.last_heartbeat_at = Some(now);
     });
+    // The session is claimed for this connection, for every host: the newest claim wins.
+    let node = hub.node().unwrap_or("").to_owned();
+    let mut claim = SessionClaim {
+        identifier: identifier.to_string(),
+        node,
+        conn_id: peer.conn_id,
+        epoch: 0,
+        connected_since: peer.connected_since,
+        remote: peer.remote.to_string(),
+        lease_until: now + crate::cluster::link::LEASE_SECS,
+    };
+    claim.epoch = hub.store.claim_session(&claim).await?;
+    peer.set_epoch(claim.epoch);
     peer.set_identity(identifier);
     if let Some(old) = hub
         .registry
@@ -55,6 +98,18 @@ pub async fn authenticated(
             tracing::info!(identifier = %identifier, old_remote = %old.remote, "session replaced by a newer one");
             old.close(1000, "session replaced");
         }
+    }
+    if let Some(link) = hub.link() {
+        link.presence.gone(identifier, None);
+        link.publish_claim(&ClaimMsg {
+            identifier: claim.identifier,
+            node: claim.node,
+            conn_id: claim.conn_id,
+            epoch: claim.epoch,
+            connected_since: claim.connected_since,
+            remote: claim.remote,
+            lease_until: claim.lease_until,
+        });
     }
     emit(
         hub,
@@ -190,6 +245,9 @@ pub fn disconnect(hub: &Hub, identifier: &str, code: u16, reason: &str) {
 /// afterwards), then the secret is forgotten durably. Returns whether a record existed.
 pub async fn revoke(hub: &Hub, identifier: &str, close_reason: &str) -> Result<bool, StoreError> {
     disconnect(hub, identifier, 1008, close_reason);
+    if let Some(link) = hub.link() {
+        link.publish_revoke(identifier, close_reason);
+    }
     hub.guard.forget(identifier);
     let now = hub.now();
     let existed = hub

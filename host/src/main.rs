@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("yonexus: {e:#}");
+            eprintln!("yonexus: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -296,6 +296,22 @@ fn manpage(dir: Option<&Path>) -> anyhow::Result<()> {
 
 /// Run `f` to completion on a Tokio runtime: multi-threaded for the host, one thread for the
 /// CLI's short jobs.
+/// An error and its causes on one line, each cause once: errors that already show their
+/// source in their own message (`cannot listen on …: Address already in use`) do not repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 fn block_on<T>(
     multi_thread: bool,
     f: impl std::future::Future<Output = anyhow::Result<T>>,
@@ -353,13 +369,24 @@ fn clients(config: &Path, json: bool) -> anyhow::Result<()> {
     if !live {
         note_offline(&c);
     }
+    let clustered = rows.iter().any(|r| r.node.is_some());
     println!(
-        "{:<24} {:<9} {:<9} {:<30} {:<30} REMOTE",
-        "IDENTIFIER", "PAIRING", "LIVENESS", "LAST HEARTBEAT", "CONNECTED SINCE"
+        "{:<24} {:<9} {:<9} {:<30} {:<30} {}REMOTE",
+        "IDENTIFIER",
+        "PAIRING",
+        "LIVENESS",
+        "LAST HEARTBEAT",
+        "CONNECTED SINCE",
+        if clustered { "HOST         " } else { "" }
     );
     for r in rows {
+        let host = match (&r.node, clustered) {
+            (_, false) => String::new(),
+            (Some(n), true) => format!("{n:<12} "),
+            (None, true) => format!("{:<12} ", "-"),
+        };
         println!(
-            "{:<24} {:<9} {:<9} {:<30} {:<30} {}{}",
+            "{:<24} {:<9} {:<9} {:<30} {:<30} {host}{}{}",
             r.identifier,
             r.pairing_status,
             r.liveness,

@@ -68,6 +68,7 @@ pub mod names {
     pub const THROTTLED: &str = "yonexus_throttled_total";
     pub const LOG_LINES_SUPPRESSED: &str = "yonexus_log_lines_suppressed_total";
     pub const PLUGIN_DEMOTIONS: &str = "yonexus_plugin_demotions_total";
+    pub const CLUSTER_UNDELIVERABLE: &str = "yonexus_cluster_undeliverable_total";
 }
 use names::*;
 
@@ -451,6 +452,11 @@ pub fn throttled(kind: &'static str) {
 /// Log lines suppressed by the log rate limit.
 pub fn log_lines_suppressed(n: u64) {
     counter!(LOG_LINES_SUPPRESSED).increment(n);
+}
+
+/// A frame another host sent for a follower no longer connected here.
+pub fn cluster_undeliverable() {
+    counter!(CLUSTER_UNDELIVERABLE).increment(1);
 }
 
 /// The watchdog moved a non-blocking plugin to its own thread.

@@ -76,6 +76,8 @@ pub struct Peer {
     waker: AtomicWaker,
     /// Set once the connection authenticated (by [`crate::lifecycle`]).
     identity: OnceLock<Arc<str>>,
+    /// The epoch of this connection's session claim (a newer claim elsewhere replaces it).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Peer {
@@ -98,7 +100,18 @@ impl Peer {
             }),
             waker: AtomicWaker::new(),
             identity: OnceLock::new(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The epoch of this connection's session claim (0 before it authenticated).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
     }
 
     /// The identifier this connection authenticated as, if it did.

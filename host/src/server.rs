@@ -50,6 +50,8 @@ pub enum StartError {
     Tls(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::link::LinkError),
     /// The admin HTTP port (dashboard) could not start.
     #[error(transparent)]
     Dashboard(#[from] crate::dashboard::Error),
@@ -100,6 +102,7 @@ impl Host {
         let metrics = crate::metrics::install().map_err(StartError::Metrics)?;
         let notifier = Notifier::from_config(&config.pairing.notifier)?;
         let router = Arc::new(Router::default());
+        let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(
             Settings::from_config(config),
             notifier,
@@ -107,6 +110,26 @@ impl Host {
             router,
             clock,
         ));
+
+        // In a cluster: the link to the other hosts, before any follower can connect.
+        let tracker = TaskTracker::new();
+        if let Some(cluster) = &config.cluster {
+            let (link, subscriptions) = crate::cluster::Link::connect(
+                &cluster.node,
+                &cluster.nats,
+                Arc::clone(&hub.clock),
+                shutdown.clone(),
+            )
+            .await?;
+            hub.set_link(Arc::clone(&link));
+            tracker.spawn(crate::cluster::inbound::run(
+                Arc::clone(&hub),
+                link,
+                subscriptions,
+                shutdown.clone(),
+            ));
+            tracing::info!(node = %cluster.node, "joined the cluster");
+        }
 
         // Plugins load through the same path a hot reload takes.
         let staging = state_dir.join(STAGING_DIR);
@@ -126,7 +149,6 @@ impl Host {
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         tracing::info!(address = %local_addr, path = %config.server.path, scheme, plugins = config.plugins.len(), "listening");
 
-        let shutdown = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
         let admin_addr = admin_http.map(|bound| {
             let view = crate::dashboard::HostView::new(
@@ -138,7 +160,6 @@ impl Host {
             bound.serve(Arc::new(view), shutdown.clone())
         });
         let admin = crate::admin::bind(state_dir).map_err(StartError::Admin)?;
-        let tracker = TaskTracker::new();
         tracker.spawn(crate::admin::serve(
             Arc::clone(&hub),
             Arc::clone(&reloader),
@@ -154,6 +175,10 @@ impl Host {
             ));
         }
         tracker.spawn(crate::tasks::sweep_loop(Arc::clone(&hub), shutdown.clone()));
+        tracker.spawn(crate::tasks::store_health_loop(
+            Arc::clone(&hub),
+            shutdown.clone(),
+        ));
         ready.store(true, Ordering::Release);
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),

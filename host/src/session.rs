@@ -223,6 +223,12 @@ impl Session {
 
     /// `hello`, `pair_confirm`, `auth_request` (and host-only types, which are refused).
     pub async fn on_control(&mut self, hub: &Hub, env: Envelope) -> Flow {
+        // The type only: payloads may carry codes and secrets.
+        tracing::trace!(
+            conn = self.peer.conn_id,
+            kind = env.message.type_name(),
+            "control message"
+        );
         let rid = env.request_id.as_deref();
         match env.message {
             Message::Hello(h) => self.on_hello(hub, h, rid).await,
@@ -393,7 +399,11 @@ impl Session {
     ) -> Flow {
         self.wrong_codes += 1;
         let max = hub.settings().pairing.max_attempts;
-        let delay = delay.max(hub.guard.failure(self.address, hub.now()));
+        let delay = delay.max(
+            hub.guard
+                .failure_anywhere(&hub.store, self.address, hub.now())
+                .await,
+        );
         if !delay.is_zero() {
             metrics::throttled("pairing");
             hub.delay(delay).await;
@@ -529,7 +539,10 @@ impl Session {
     /// A pairing request that cannot be checked (no hello): counted like a wrong code.
     async fn wrong_code_without_answer(&mut self, hub: &Hub) -> Flow {
         self.wrong_codes += 1;
-        let delay = hub.guard.failure(self.address, hub.now());
+        let delay = hub
+            .guard
+            .failure_anywhere(&hub.store, self.address, hub.now())
+            .await;
         if !delay.is_zero() {
             metrics::throttled("pairing");
             hub.delay(delay).await;
@@ -566,7 +579,10 @@ impl Session {
                 if hub.may_log_refusal() {
                     tracing::warn!(remote = %self.peer.remote, identifier = %shown(identifier), reason = refusal.kind, "authentication refused");
                 }
-                let delay = hub.guard.failure(self.address, now);
+                let delay = hub
+                    .guard
+                    .failure_anywhere(&hub.store, self.address, now)
+                    .await;
                 if !delay.is_zero() {
                     metrics::throttled("address");
                     hub.delay(delay).await;
@@ -587,8 +603,27 @@ impl Session {
         let Some(greeted) = self.greeted_as().cloned() else {
             return Flow::Continue;
         };
+        // Every host refuses a nonce any host accepted (a replay across hosts).
+        match hub.store.accept_nonce(&greeted, &req.nonce, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.auth_failures += 1;
+                metrics::auth_refused("replayed");
+                self.send(reply::auth_failed(
+                    &greeted,
+                    AuthFailReason::InvalidSignature,
+                    hub.now(),
+                    rid,
+                ));
+                return Flow::Continue;
+            }
+            Err(e) => return self.unavailable(hub, &e, rid),
+        }
         // A follower that reconnects too fast is slowed, not refused.
-        let delay = hub.guard.accepted(&greeted, &req.nonce, now);
+        let delay = hub
+            .guard
+            .accepted_anywhere(&hub.store, &greeted, &req.nonce, now)
+            .await;
         if !delay.is_zero() {
             metrics::throttled("identifier");
             hub.delay(delay).await;

@@ -49,3 +49,19 @@ pub async fn sweep_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// While the trust store is unreachable, check it every few seconds, so readiness (and the
+/// refusals of new followers) end as soon as it is back.
+pub async fn store_health_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                if !hub.store.healthy() && hub.store.ping().await.is_ok() {
+                    tracing::info!(store = %hub.store.describe(), "trust store reachable again");
+                }
+            }
+        }
+    }
+}

@@ -214,3 +214,28 @@ fn man_pages_to_stdout_and_one_per_subcommand() {
     let revoke = std::fs::read_to_string(dir.join("yonexus-revoke.1")).unwrap();
     assert!(revoke.contains("allowlist"), "{revoke}");
 }
+
+/// "Port in use" comes first — before any plugin is loaded — and its OS error is said once.
+#[test]
+fn port_in_use_is_reported_first_and_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // A plugin file that would be refused if it were ever loaded (it is not an ELF file).
+    std::fs::write(tmp.path().join("broken.so"), b"not a library").unwrap();
+    let config = tmp.path().join("yonexus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"off\"\n[[plugins]]\nname = \"broken\"\npath = \"broken.so\"\nrules = [\"x\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = yonexus(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(!err.contains("broken"), "no plugin was loaded first: {err}");
+    drop(taken);
+}

@@ -112,12 +112,17 @@ pub struct HostProc {
 impl HostProc {
     /// Write `config` to `dir/yonexus.toml` and start `yonexus serve` on it.
     pub fn start(dir: &Path, config: &str) -> Result<HostProc> {
+        Self::start_logging(dir, config, "debug")
+    }
+
+    /// [`HostProc::start`] with `RUST_LOG` set to `rust_log`.
+    pub fn start_logging(dir: &Path, config: &str, rust_log: &str) -> Result<HostProc> {
         let path = dir.join("yonexus.toml");
         std::fs::write(&path, config)?;
         let mut child = Command::new(bin("yonexus"))
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -68,9 +68,9 @@ async fn the_starter_config_checks_and_serves() {
     );
     // The same with RUST_LOG: the host's log lines are there on request, without colour codes
     // (stderr is a pipe).
-    let out = yonexus(&["check", "--config", cfg], Some("info"));
+    let out = yonexus(&["check", "--config", cfg], Some("debug"));
     let stderr = text(&out.stderr);
-    assert!(out.status.success() && stderr.contains("INFO"), "{stderr}");
+    assert!(out.status.success() && stderr.contains("DEBUG"), "{stderr}");
     assert!(
         !stderr.contains('\u{1b}'),
         "colour codes in a pipe:\n{stderr}"

@@ -6,7 +6,7 @@
 //!
 //! A code is never printed or logged.
 
-use crate::cli::output::{human_duration, say};
+use crate::cli::text::{human_duration, say};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

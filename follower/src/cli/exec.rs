@@ -7,7 +7,7 @@
 //! dropped). A process still running after `timeout` is killed. Failures are reported with the
 //! rule id and the message size, never the content (it may be sensitive).
 
-use crate::cli::output::say;
+use crate::cli::text::say;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! - `stdin`: whether stdin is read, and its lines.
 //! - `exec`: `--exec`, one process per received rule message.
 //! - `output`: one line per event on stderr; rule messages on stdout.
+//! - `text`: small helpers for the CLI's own lines (durations, printable host text).
 //! - `logging`: the RUST_LOG subscriber, with frame-logging crates silenced.
 
 pub mod args;
@@ -13,3 +14,4 @@ pub mod exec;
 pub mod logging;
 pub mod output;
 pub mod stdin;
+pub mod text;

@@ -63,7 +63,7 @@ impl RawCluster {
                         .any(|p| url.starts_with(p) && url.len() > p.len());
                     if !ok {
                         return Err(Invalid::new(
-                            &format!("cluster.nats[{i}]"),
+                            format!("cluster.nats[{i}]"),
                             format!("{url:?} is not a nats:// URL"),
                         ));
                     }

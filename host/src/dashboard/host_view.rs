@@ -153,9 +153,12 @@ impl AdminView for HostView {
         let hub = Arc::clone(&self.hub);
         Box::pin(async move {
             let records = hub.store.snapshot().await.unwrap_or_default();
-            crate::admin::client_rows(&records, &hub.settings().allow, Some(&hub.registry))
+            crate::admin::client_rows(&records, &hub.settings().allow, Some(&hub))
                 .into_iter()
-                .map(|client| FollowerRow { client, host: None })
+                .map(|client| FollowerRow {
+                    host: client.node.clone(),
+                    client,
+                })
                 .collect()
         })
     }
@@ -245,7 +248,8 @@ impl AdminView for HostView {
     }
 
     fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        // Not ready while the trust store is unreachable: new followers would be refused.
+        self.ready.load(Ordering::Acquire) && self.hub.store.healthy()
     }
 
     fn metrics_text(&self) -> String {

@@ -42,6 +42,7 @@ impl AdminView for FixedView {
                 last_authenticated_at: Some(900),
                 connected_since: Some(900),
                 remote: Some("127.0.0.1:5000".into()),
+                node: None,
             },
             host: None,
         }]))

@@ -15,6 +15,7 @@ use crate::clock::SharedClock;
 use crate::outbound::SendError;
 use crate::registry::Registry;
 use crate::reply;
+use crate::router::Sender;
 use bytes::Bytes;
 use core::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -137,10 +138,21 @@ fn valid_rule(rule: &str) -> bool {
     yonexus_protocol::validate::rule_id(rule).is_ok()
 }
 
+thread_local! {
+    /// The sender of the message being handled on this thread, so a reply to it goes straight
+    /// to its connection instead of being looked up by name.
+    static CURRENT_SENDER: std::cell::RefCell<Option<Sender>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Set (before a call) or clear (after it) the sender of the message this thread handles.
+pub(crate) fn set_current_sender(sender: Option<Sender>) {
+    CURRENT_SENDER.with(|c| *c.borrow_mut() = sender);
+}
+
 /// Queue `frame` for `target`: straight to the connection of the message being handled when
 /// the target is its sender (no lookup by name), else through the registry.
 fn deliver(live: &Live, target: &str, frame: Bytes) -> Result<(), SendError> {
-    super::worker::with_current_sender(|current| match current {
+    CURRENT_SENDER.with(|c| match c.borrow().as_ref() {
         Some(sender) if &*sender.id == target => sender.peer.send(frame),
         _ => live.registry.send_to(target, frame),
     })

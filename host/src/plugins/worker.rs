@@ -14,7 +14,6 @@ use crate::events::FollowerEvent;
 use crate::reply;
 use crate::router::{RuleMessage, Sender};
 use core::ffi::c_void;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -219,17 +218,6 @@ pub(crate) struct WorkerConfig {
     pub panic_window: Duration,
 }
 
-thread_local! {
-    /// The sender of the message being handled on this thread, so a reply to it goes straight
-    /// to its connection instead of being looked up by name.
-    static CURRENT_SENDER: RefCell<Option<Sender>> = const { RefCell::new(None) };
-}
-
-/// Run `f` with the sender of the message this thread is handling, if any.
-pub(crate) fn with_current_sender<R>(f: impl FnOnce(Option<&Sender>) -> R) -> R {
-    CURRENT_SENDER.with(|c| f(c.borrow().as_ref()))
-}
-
 /// A created plugin instance and the context of the host API it was given. Dropped after
 /// `destroy`: from then on, calls through a kept `Host` handle return `STATUS_GONE`.
 pub(crate) struct Instance {
@@ -262,7 +250,7 @@ impl Instance {
     /// Handle one message on the calling thread (a worker, or an async thread for a
     /// non-blocking plugin). `started` is taken by the caller for its own bookkeeping.
     pub fn call_message(&self, msg: &RuleMessage) {
-        CURRENT_SENDER.with(|c| *c.borrow_mut() = Some(msg.sender.clone()));
+        super::host_api::set_current_sender(Some(msg.sender.clone()));
         let started = Instant::now();
         let mut err = FfiBuf::empty();
         // SAFETY: live instance (destroyed only after every caller is gone), calls serialized
@@ -276,7 +264,7 @@ impl Instance {
                 &mut err,
             )
         };
-        CURRENT_SENDER.with(|c| *c.borrow_mut() = None);
+        super::host_api::set_current_sender(None);
         self.finish(status, err, started.elapsed(), Some(&msg.sender), "message");
     }
 
