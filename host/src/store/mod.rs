@@ -1,7 +1,8 @@
 //! The trust store: one [`TrustRecord`] per follower identifier, behind one API whatever keeps
 //! it — the embedded file (`trust.json`, the default, see [`file`]) or, for several hosts,
-//! PostgreSQL ([`postgres`], with its schema in [`migrations`] and this host's unwritten
-//! liveness in [`cache`]). docs/store.md describes both.
+//! PostgreSQL ([`postgres`], with its schema in [`migrations`], its URL and redaction in
+//! [`pg_target`], and this host's unwritten liveness in [`cache`]). docs/store.md describes
+//! both.
 //!
 //! Two kinds of change:
 //! - [`Store::apply`]: a trust change (pairing started or confirmed, key bound, revocation). It
@@ -15,6 +16,7 @@
 pub mod cache;
 pub mod file;
 pub mod migrations;
+pub mod pg_target;
 pub mod postgres;
 
 pub use crate::trust::{Liveness, NotifyStatus, PairingStatus, TrustRecord};
