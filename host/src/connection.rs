@@ -630,8 +630,17 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let admission = Arc::new(crate::admission::Admission::default());
-        let t = admission.try_admit(crate::guard::AddressKey::of(addr.ip()), 10, 10).unwrap();
-        let f = super::serve(hub, s, addr, t, Vec::new(), tokio_util::sync::CancellationToken::new());
+        let t = admission
+            .try_admit(crate::guard::AddressKey::of(addr.ip()), 10, 10)
+            .unwrap();
+        let f = super::serve(
+            hub,
+            s,
+            addr,
+            t,
+            Vec::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
         let task = std::mem::size_of_val(&f);
         let session = std::mem::size_of::<crate::session::Session>();
         let peer = std::mem::size_of::<crate::outbound::Peer>();

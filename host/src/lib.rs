@@ -17,7 +17,8 @@
 //! - [`ws`]: WebSocket upgrade and frame codec (server side).
 //! - [`file_trust`]: refuse config and plugin files others could have written.
 //! - [`config`]: the operator's TOML file, validated, errors naming file and key.
-//! - [`store`]: the trust store (the embedded `trust.json` file), durable changes and lazy liveness.
+//! - [`store`]: the trust store (the embedded `trust.json` file, or PostgreSQL shared by several
+//!   hosts), durable changes and lazy liveness.
 //! - [`registry`]: who is connected (identifier → outbound side).
 //! - [`router`]: rule id → handler, swapped atomically; rule messages and their sender.
 //! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, workers).

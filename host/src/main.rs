@@ -109,6 +109,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create or upgrade the PostgreSQL trust store's schema (`[store] backend = "postgres"`).
+    ///
+    /// Applies every missing migration in one transaction and prints the schema version before
+    /// and after. A host does the same when it starts; run this first to upgrade the schema
+    /// before restarting the hosts one by one.
+    Migrate {
+        /// The config file (for its [store]).
+        #[arg(long, default_value = "./yonexus.toml")]
+        config: PathBuf,
+    },
     /// Write a commented starter config (allowlist example, the bundled plugins, log notifier).
     ///
     /// Bundled plugins are looked for in --plugin-dir, beside this executable (a cargo build),
@@ -198,6 +208,7 @@ fn main() -> ExitCode {
         }
         Command::Manpage { dir } => manpage(dir.as_deref()),
         Command::Check { config } => check(&config),
+        Command::Migrate { config } => migrate(&config),
         Command::Clients { config, json } => clients(&config, json),
         Command::Pairing { config, json } => pairing(&config, json),
         Command::Reload { config, json } => reload(&config, json),
@@ -333,7 +344,9 @@ fn check(config: &Path) -> anyhow::Result<()> {
     println!("  listen {} path {}", c.server.listen, c.server.path);
     println!("  state_dir {}", c.server.state_dir.display());
     println!("  {} allowlisted follower(s)", c.allow.len());
-    check_plugins(&c)
+    let store = check_store(&c);
+    let plugins = check_plugins(&c);
+    store.and(plugins)
 }
 
 /// Shown when `clients`/`pairing` read the state file because no host runs.
@@ -581,4 +594,61 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `check`'s store line: where trust records live, and for PostgreSQL whether it answers and
+/// its schema version (or exactly why it cannot be used, never with the password).
+fn check_store(c: &Config) -> anyhow::Result<()> {
+    use yonexus_host::config::StoreConfig;
+    use yonexus_host::store::{migrations, postgres};
+    let StoreConfig::Postgres(url) = &c.store else {
+        println!(
+            "  store {}",
+            c.server.state_dir.join(store::STATE_FILE).display()
+        );
+        return Ok(());
+    };
+    match block_on(false, async { Ok(postgres::probe(url).await) })? {
+        Ok(p) => {
+            let note = match p.version {
+                0 => " (empty: the first start or `yonexus migrate` creates the schema)".to_owned(),
+                v if v < migrations::LATEST => format!(
+                    " (the first start or `yonexus migrate` upgrades it to {})",
+                    migrations::LATEST
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "  PostgreSQL at {}: reachable, schema version {}{note}",
+                p.location, p.version
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("  NOT USABLE {e}");
+            anyhow::bail!("the trust store cannot be used")
+        }
+    }
+}
+
+/// `yonexus migrate`: bring the PostgreSQL schema up to date and say from which version.
+fn migrate(config: &Path) -> anyhow::Result<()> {
+    use yonexus_host::config::StoreConfig;
+    let c = load(config)?;
+    let StoreConfig::Postgres(url) = &c.store else {
+        println!(
+            "{}: store backend is \"file\": trust.json has nothing to migrate",
+            c.file.display()
+        );
+        return Ok(());
+    };
+    let (location, before, after) =
+        block_on(false, async { Ok(store::postgres::migrate(url).await?) })?;
+    let state = if before == after {
+        "up to date"
+    } else {
+        "migrated"
+    };
+    println!("PostgreSQL at {location}: schema version {before} before, {after} after ({state})");
+    Ok(())
 }

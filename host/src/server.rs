@@ -86,7 +86,7 @@ impl Host {
         let state_dir = &config.server.state_dir;
         store::ensure_state_dir(state_dir)?;
         let lock = store::lock_state_dir(state_dir)?;
-        let store = Store::open_file(state_dir)?;
+        let store = Store::open(&config.store, state_dir).await?;
         // Nobody is connected yet, whatever the file says from the last run.
         for record in store.snapshot().await? {
             if record.status != Liveness::Offline {

@@ -1,6 +1,8 @@
 //! The trust store: one [`TrustRecord`] per follower identifier, behind one API whatever keeps
 //! it — the embedded file (`trust.json`, the default, see [`file`]) or, for several hosts,
-//! PostgreSQL.
+//! PostgreSQL ([`postgres`], with its schema in [`migrations`], its URL and redaction in
+//! [`pg_target`], and this host's unwritten liveness in [`cache`]). docs/store.md describes
+//! both.
 //!
 //! Two kinds of change:
 //! - [`Store::apply`]: a trust change (pairing started or confirmed, key bound, revocation). It
@@ -11,12 +13,17 @@
 //!   written lazily by [`Store::flush`] (at each liveness sweep and at shutdown), never once per
 //!   heartbeat.
 
+pub mod cache;
 pub mod file;
+pub mod migrations;
+pub mod pg_target;
+pub mod postgres;
 
 pub use crate::trust::{Liveness, NotifyStatus, PairingStatus, TrustRecord};
 pub use file::{ensure_state_dir, host_running, load_file, lock_state_dir, StateFile};
 
-use std::path::PathBuf;
+use crate::config::StoreConfig;
+use std::path::{Path, PathBuf};
 
 /// Format version of `trust.json`.
 pub const STATE_VERSION: u32 = 1;
@@ -53,8 +60,33 @@ pub enum StoreError {
     Encode(String),
     #[error("another yonexus host is already using state directory {path}")]
     Locked { path: PathBuf },
+    /// The database could not be reached or did not answer in time.
     #[error("the trust store is unavailable: {0}")]
     Unavailable(String),
+    /// `[store]` cannot be used as written (the message never holds the URL or password).
+    #[error("store: {0}")]
+    Config(String),
+    /// The database answered and refused the operation (nothing was changed).
+    #[error("PostgreSQL at {location} refused to {what}: {reason}")]
+    Refused {
+        location: String,
+        what: String,
+        reason: String,
+    },
+    /// A record in the database cannot be read as a trust record.
+    #[error("PostgreSQL at {location}: the record of {identifier:?} in table followers cannot be read: {reason}. Fix or delete that row")]
+    CorruptRecord {
+        location: String,
+        identifier: String,
+        reason: String,
+    },
+    /// The database's schema is newer than this host.
+    #[error("PostgreSQL at {location} has trust store schema version {found}, newer than this host knows (up to {known}): upgrade yonexus on this host; never run an older host against a newer schema")]
+    Schema {
+        location: String,
+        found: i32,
+        known: i32,
+    },
 }
 
 /// One host's claim on a follower's session (cluster presence). The highest `epoch` wins.
@@ -77,12 +109,25 @@ pub struct Store {
 
 enum Backend {
     File(file::FileStore),
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl Store {
+    /// The store `config` names: the embedded file in `state_dir` (which must exist), or
+    /// PostgreSQL (connected, its schema brought up to date; refused when the database cannot
+    /// be reached or its schema is newer than this host).
+    pub async fn open(config: &StoreConfig, state_dir: &Path) -> Result<Store, StoreError> {
+        match config {
+            StoreConfig::File => Store::open_file(state_dir),
+            StoreConfig::Postgres(url) => Ok(Store {
+                backend: Backend::Postgres(Box::new(postgres::PgStore::open(url).await?)),
+            }),
+        }
+    }
+
     /// The embedded store in `state_dir` (which must exist): removes stale temp files from a
     /// crash, then loads `trust.json`.
-    pub fn open_file(state_dir: &std::path::Path) -> Result<Store, StoreError> {
+    pub fn open_file(state_dir: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::File(file::FileStore::open(state_dir)?),
         })
@@ -99,6 +144,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::File(f) => f.describe(),
+            Backend::Postgres(p) => p.describe(),
         }
     }
 
@@ -106,6 +152,7 @@ impl Store {
     pub async fn get(&self, identifier: &str) -> Result<Option<TrustRecord>, StoreError> {
         match &self.backend {
             Backend::File(f) => Ok(f.get(identifier)),
+            Backend::Postgres(p) => p.get(identifier).await,
         }
     }
 
@@ -113,6 +160,7 @@ impl Store {
     pub async fn snapshot(&self) -> Result<Vec<TrustRecord>, StoreError> {
         match &self.backend {
             Backend::File(f) => Ok(f.snapshot()),
+            Backend::Postgres(p) => p.snapshot().await,
         }
     }
 
@@ -129,6 +177,10 @@ impl Store {
                 .apply(identifier, now, true, f)
                 .await?
                 .ok_or_else(|| StoreError::Unavailable("the record vanished".into())),
+            Backend::Postgres(p) => p
+                .apply(identifier, now, true, f)
+                .await?
+                .ok_or_else(|| StoreError::Unavailable("the record vanished".into())),
         }
     }
 
@@ -140,21 +192,28 @@ impl Store {
     ) -> Result<Option<R>, StoreError> {
         match &self.backend {
             Backend::File(s) => s.apply(identifier, 0, false, f).await,
+            Backend::Postgres(p) => p.apply(identifier, 0, false, f).await,
         }
     }
 
     /// Change liveness fields of an existing record in memory; written by the next
-    /// [`Store::flush`]. Returns `None` when there is no record.
+    /// [`Store::flush`]. Returns `None` when there is no record — for PostgreSQL, no record
+    /// this host has read ([`Store::get`], [`Store::snapshot`], [`Store::apply`]): liveness only
+    /// matters for followers connected here, and those were read when they said hello.
     pub fn touch<R>(&self, identifier: &str, f: impl FnOnce(&mut TrustRecord) -> R) -> Option<R> {
         match &self.backend {
             Backend::File(s) => s.touch(identifier, f),
+            Backend::Postgres(p) => p.touch(identifier, f),
         }
     }
 
-    /// Write what [`Store::touch`] changed since the last write.
+    /// Write what [`Store::touch`] changed since the last write (PostgreSQL: one statement for
+    /// every touched record, skipping followers whose live session another host claims; on
+    /// failure everything stays to be written next time).
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(s) => s.flush().await,
+            Backend::Postgres(p) => p.flush().await,
         }
     }
 
@@ -162,6 +221,7 @@ impl Store {
     pub fn healthy(&self) -> bool {
         match &self.backend {
             Backend::File(_) => true,
+            Backend::Postgres(p) => p.healthy(),
         }
     }
 
@@ -169,6 +229,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(()),
+            Backend::Postgres(p) => p.ping().await,
         }
     }
 
@@ -177,12 +238,13 @@ impl Store {
     /// host's [`Guard`](crate::guard::Guard) remembers them.
     pub async fn accept_nonce(
         &self,
-        _identifier: &str,
-        _nonce: &str,
-        _now: i64,
+        identifier: &str,
+        nonce: &str,
+        now: i64,
     ) -> Result<bool, StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(true),
+            Backend::Postgres(p) => p.accept_nonce(identifier, nonce, now).await,
         }
     }
 
@@ -191,48 +253,54 @@ impl Store {
     /// when the store keeps no shared counts (the embedded store: the guard counts locally).
     pub async fn count_event(
         &self,
-        _key: &str,
-        _now: i64,
-        _window_secs: i64,
+        key: &str,
+        now: i64,
+        window_secs: i64,
     ) -> Result<Option<u32>, StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(None),
+            Backend::Postgres(p) => p.count_event(key, now, window_secs).await.map(Some),
         }
     }
 
     /// Claim `claim.identifier`'s session for `claim.node`/`claim.conn_id`, replacing any other
     /// claim; returns the new claim's epoch (claims are totally ordered: concurrent claims for
     /// one identifier get different epochs, the higher one is the live session). The embedded
-    /// store counts epochs in memory.
+    /// store counts epochs in memory; PostgreSQL takes them from one sequence, so a claim made
+    /// after a release still has a higher epoch than every earlier one.
     pub async fn claim_session(&self, claim: &SessionClaim) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::File(s) => Ok(s.next_epoch(&claim.identifier)),
+            Backend::Postgres(p) => p.claim_session(claim).await,
         }
     }
 
     /// Drop the claim of `node`/`conn_id` on `identifier`, if it is still the live one.
     pub async fn release_session(
         &self,
-        _identifier: &str,
-        _node: &str,
-        _conn_id: u64,
+        identifier: &str,
+        node: &str,
+        conn_id: u64,
     ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(()),
+            Backend::Postgres(p) => p.release_session(identifier, node, conn_id).await,
         }
     }
 
     /// Extend every claim of `node` until `lease_until`.
-    pub async fn renew_claims(&self, _node: &str, _lease_until: i64) -> Result<(), StoreError> {
+    pub async fn renew_claims(&self, node: &str, lease_until: i64) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(()),
+            Backend::Postgres(p) => p.renew_claims(node, lease_until).await,
         }
     }
 
-    /// The live claims (lease not expired at `now`), of every host.
-    pub async fn claims(&self, _now: i64) -> Result<Vec<SessionClaim>, StoreError> {
+    /// The live claims (`lease_until >= now`), of every host.
+    pub async fn claims(&self, now: i64) -> Result<Vec<SessionClaim>, StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(Vec::new()),
+            Backend::Postgres(p) => p.claims(now).await,
         }
     }
 }
