@@ -4,12 +4,18 @@
 //! URL may hold one); and which driver errors mean "cannot be reached".
 
 use super::migrations;
-use super::postgres::{CONNECT_TIMEOUT, OP_TIMEOUT, STATEMENT_TIMEOUT_MS};
 use super::StoreError;
 use crate::config::PostgresUrl;
 use std::time::Duration;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::NoTls;
+
+/// Longest wait for a new connection (TCP connect, startup and authentication).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one operation's answer (a trust change is a few round trips).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(8);
+/// Server-side limit for one statement, lock waits included.
+pub const STATEMENT_TIMEOUT_MS: u64 = 5_000;
 
 /// Where the database is, for messages, and what must never be shown.
 #[derive(Clone)]

@@ -19,6 +19,7 @@
 use super::cache::{LivenessCache, LivenessFields, PendingLiveness};
 use super::migrations::{self, Found};
 use super::pg_target::{unreachable, Target};
+pub use super::pg_target::{CONNECT_TIMEOUT, OP_TIMEOUT};
 use super::{SessionClaim, StoreError, TrustRecord};
 use crate::config::PostgresUrl;
 use deadpool_postgres::{
@@ -30,16 +31,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::Json;
 use tokio_postgres::NoTls;
 
-/// Longest wait for a new connection (TCP connect, startup and authentication).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for one operation's answer (a trust change is a few round trips).
-pub const OP_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest wait for [`PgStore::ping`].
 pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a migration may take (it waits for another host migrating at the same time).
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Server-side limit for one statement, lock waits included.
-pub(super) const STATEMENT_TIMEOUT_MS: u64 = 5_000;
 /// Connections per host.
 const POOL_SIZE: usize = 16;
 /// Accepted nonces are kept this long (at least [`crate::guard::NONCE_MEMORY_SECS`]).
