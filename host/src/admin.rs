@@ -4,7 +4,7 @@
 
 use crate::hub::Hub;
 use crate::reload::Reloader;
-use crate::store::{self, Liveness, PairingStatus, TrustRecord};
+use crate::store::{self, Liveness, PairingStatus, SessionClaim, TrustRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -102,42 +102,74 @@ impl Response {
     }
 }
 
-/// Build the client table from trust records, the allowlist and (when running) the hub: who
-/// is connected here and, in a cluster, on which other host.
+/// Where a follower is connected, as the client table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whereabouts {
+    pub connected_since: i64,
+    pub remote: String,
+    /// The host it is connected to (clustered hosts only).
+    pub node: Option<String>,
+}
+
+/// Where followers are connected, for [`client_rows`].
+pub enum Seen<'a> {
+    /// The running hub: who is connected here and, in a cluster, on which other host.
+    Hub(&'a Hub),
+    /// Session claims read from the shared store (no host runs on this machine).
+    Claims(&'a [SessionClaim]),
+    /// Nothing known (no host runs; file store).
+    Nothing,
+}
+
+impl Seen<'_> {
+    fn locate(&self, identifier: &str) -> Option<Whereabouts> {
+        match self {
+            Seen::Hub(hub) => {
+                if let Some(p) = hub.registry.get(identifier) {
+                    return Some(Whereabouts {
+                        connected_since: p.connected_since,
+                        remote: p.remote.to_string(),
+                        node: hub.node().map(str::to_owned),
+                    });
+                }
+                let r = hub.link()?.presence.get(identifier, hub.now())?;
+                Some(Whereabouts {
+                    connected_since: r.connected_since,
+                    remote: r.remote.clone(),
+                    node: Some(r.node.to_string()),
+                })
+            }
+            Seen::Claims(claims) => claims
+                .iter()
+                .filter(|c| c.identifier == identifier)
+                .max_by_key(|c| c.epoch)
+                .map(|c| Whereabouts {
+                    connected_since: c.connected_since,
+                    remote: c.remote.clone(),
+                    node: Some(c.node.clone()),
+                }),
+            Seen::Nothing => None,
+        }
+    }
+}
+
+/// Build the client table from trust records, the allowlist and where followers are connected.
 pub fn client_rows(
     records: &[TrustRecord],
     allow: &BTreeSet<String>,
-    hub: Option<&Hub>,
+    seen: &Seen<'_>,
 ) -> Vec<ClientRow> {
     let mut ids: BTreeSet<String> = allow.clone();
     ids.extend(records.iter().map(|r| r.identifier.clone()));
-    let now = hub.map_or(0, Hub::now);
     ids.into_iter()
         .map(|id| {
             let record = records.iter().find(|r| r.identifier == id);
-            let local = hub.and_then(|h| h.registry.get(&id));
-            let elsewhere = match (&local, hub.and_then(Hub::link)) {
-                (None, Some(link)) => link.presence.get(&id, now),
-                _ => None,
-            };
+            let at = seen.locate(&id);
             let mut liveness = record.map_or(Liveness::Offline, |r| r.status);
-            if elsewhere.is_some() && liveness == Liveness::Offline {
-                // Its host writes liveness lazily: connected elsewhere means online.
+            if at.is_some() && liveness == Liveness::Offline {
+                // Its host writes liveness lazily: connected (here or elsewhere) means online.
                 liveness = Liveness::Online;
             }
-            let (connected_since, remote, node) = match (&local, &elsewhere) {
-                (Some(p), _) => (
-                    Some(p.connected_since),
-                    Some(p.remote.to_string()),
-                    hub.and_then(Hub::node).map(str::to_owned),
-                ),
-                (None, Some(r)) => (
-                    Some(r.connected_since),
-                    Some(r.remote.clone()),
-                    Some(r.node.to_string()),
-                ),
-                (None, None) => (None, None, None),
-            };
             ClientRow {
                 allowed: allow.contains(&id),
                 pairing_status: record
@@ -147,9 +179,9 @@ pub fn client_rows(
                 liveness: liveness.as_str().into(),
                 last_heartbeat_at: record.and_then(|r| r.last_heartbeat_at),
                 last_authenticated_at: record.and_then(|r| r.last_authenticated_at),
-                connected_since,
-                remote,
-                node,
+                connected_since: at.as_ref().map(|w| w.connected_since),
+                remote: at.as_ref().map(|w| w.remote.clone()),
+                node: at.and_then(|w| w.node),
                 identifier: id,
             }
         })
@@ -231,7 +263,11 @@ async fn handle(hub: &Hub, reloader: &Reloader, req: Request) -> Response {
     match req {
         Request::Clients => match hub.store.snapshot().await {
             Ok(records) => Response {
-                clients: Some(client_rows(&records, &hub.settings().allow, Some(hub))),
+                clients: Some(client_rows(
+                    &records,
+                    &hub.settings().allow,
+                    &Seen::Hub(hub),
+                )),
                 ..Response::ok()
             },
             Err(e) => Response::error(e.to_string()),
@@ -309,34 +345,29 @@ pub fn request(state_dir: &Path, req: &Request) -> Result<Response, ClientError>
     Ok(response)
 }
 
-/// Answer `clients`/`pairing` from the running host, or from the state file when none runs.
-pub fn query(
-    state_dir: &Path,
+/// Answer `clients`/`pairing` from trust records and session claims read while no host runs on
+/// this machine (`None` for requests that need a running host).
+pub fn offline_answer(
+    records: &[TrustRecord],
+    claims: &[SessionClaim],
     allow: &BTreeSet<String>,
     req: &Request,
     now: i64,
-) -> Result<(Response, bool), ClientError> {
-    match request(state_dir, req) {
-        Ok(r) => Ok((r, true)),
-        Err(ClientError::NotRunning(_)) => {
-            let records: Vec<TrustRecord> = store::load_file(&state_dir.join(store::STATE_FILE))?
-                .into_values()
-                .collect();
-            let response = match req {
-                Request::Clients => Response {
-                    clients: Some(client_rows(&records, allow, None)),
-                    ..Response::ok()
-                },
-                Request::Pairing => Response {
-                    pairing: Some(pairing_rows(&records, now)),
-                    ..Response::ok()
-                },
-                Request::Revoke { .. } | Request::Reload => {
-                    return Err(ClientError::NotRunning(state_dir.to_owned()))
-                }
-            };
-            Ok((response, false))
-        }
-        Err(e) => Err(e),
+) -> Option<Response> {
+    let seen = if claims.is_empty() {
+        Seen::Nothing
+    } else {
+        Seen::Claims(claims)
+    };
+    match req {
+        Request::Clients => Some(Response {
+            clients: Some(client_rows(records, allow, &seen)),
+            ..Response::ok()
+        }),
+        Request::Pairing => Some(Response {
+            pairing: Some(pairing_rows(records, now)),
+            ..Response::ok()
+        }),
+        Request::Revoke { .. } | Request::Reload => None,
     }
 }

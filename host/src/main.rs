@@ -349,25 +349,52 @@ fn check(config: &Path) -> anyhow::Result<()> {
     store.and(plugins)
 }
 
-/// Shown when `clients`/`pairing` read the state file because no host runs.
-fn note_offline(c: &Config) {
-    eprintln!(
-        "(host not running: read from {})",
-        c.server.state_dir.join(store::STATE_FILE).display()
-    );
+/// Answer `clients`/`pairing` from the host running on this machine, or, when none runs, from
+/// the trust store itself (the state file, or PostgreSQL with the cluster's session claims).
+/// Returns the answer and, when it did not come from a running host, where it was read.
+fn query(c: &Config, req: &Request, now: i64) -> anyhow::Result<(admin::Response, Option<String>)> {
+    use yonexus_host::config::StoreConfig;
+    match admin::request(&c.server.state_dir, req) {
+        Ok(resp) => return Ok((resp, None)),
+        Err(admin::ClientError::NotRunning(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (records, claims, source) = match &c.store {
+        StoreConfig::File => {
+            let file = c.server.state_dir.join(store::STATE_FILE);
+            let records: Vec<_> = store::load_file(&file)?.into_values().collect();
+            (records, Vec::new(), file.display().to_string())
+        }
+        StoreConfig::Postgres(_) => block_on(false, async {
+            let store = Store::open(&c.store, &c.server.state_dir).await?;
+            Ok((
+                store.snapshot().await?,
+                store.claims(now).await?,
+                store.describe(),
+            ))
+        })?,
+    };
+    let resp = admin::offline_answer(&records, &claims, &c.allow, req, now)
+        .context("this request needs a running host")?;
+    Ok((resp, Some(source)))
+}
+
+/// Shown when `clients`/`pairing` read the store because no host runs on this machine.
+fn note_offline(source: &str) {
+    eprintln!("(no host running here: read from {source})");
 }
 
 fn clients(config: &Path, json: bool) -> anyhow::Result<()> {
     let c = load(config)?;
     let now = SystemClock.now();
-    let (resp, live) = admin::query(&c.server.state_dir, &c.allow, &Request::Clients, now)?;
+    let (resp, offline) = query(&c, &Request::Clients, now)?;
     let rows = resp.clients.unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    if !live {
-        note_offline(&c);
+    if let Some(source) = &offline {
+        note_offline(source);
     }
     let clustered = rows.iter().any(|r| r.node.is_some());
     println!(
@@ -406,14 +433,14 @@ fn clients(config: &Path, json: bool) -> anyhow::Result<()> {
 fn pairing(config: &Path, json: bool) -> anyhow::Result<()> {
     let c = load(config)?;
     let now = SystemClock.now();
-    let (resp, live) = admin::query(&c.server.state_dir, &c.allow, &Request::Pairing, now)?;
+    let (resp, offline) = query(&c, &Request::Pairing, now)?;
     let rows = resp.pairing.unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    if !live {
-        note_offline(&c);
+    if let Some(source) = &offline {
+        note_offline(source);
     }
     if rows.is_empty() {
         eprintln!("no pending pairings");
@@ -458,36 +485,45 @@ fn reload(config: &Path, json: bool) -> anyhow::Result<()> {
 
 fn revoke(config: &Path, identifier: &str, json: bool) -> anyhow::Result<()> {
     let c = load(config)?;
-    let state_dir = &c.server.state_dir;
     let request = Request::Revoke {
         identifier: identifier.to_owned(),
     };
-    let (revoked, live) = match admin::request(state_dir, &request) {
-        Ok(resp) => (resp.revoked.unwrap_or(false), true),
-        Err(admin::ClientError::NotRunning(_)) => (
-            block_on(false, revoke_offline(state_dir, identifier))?,
-            false,
-        ),
+    let (revoked, offline) = match admin::request(&c.server.state_dir, &request) {
+        Ok(resp) => (resp.revoked.unwrap_or(false), None),
+        Err(admin::ClientError::NotRunning(_)) => {
+            let o = block_on(false, revoke_offline(&c, identifier))?;
+            (o.existed, Some(o))
+        }
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "identifier": identifier, "revoked": revoked, "hostRunning": live })
-        );
+        let mut out = serde_json::json!({
+            "identifier": identifier,
+            "revoked": revoked,
+            "hostRunning": offline.is_none(),
+        });
+        if let Some(Some(told)) = offline.as_ref().map(|o| &o.cluster) {
+            out["clusterTold"] = serde_json::json!(told.is_ok());
+        }
+        println!("{out}");
         return Ok(());
     }
-    if revoked {
-        println!(
-            "revoked '{identifier}'{}",
-            if live {
-                " and disconnected it"
-            } else {
-                " (host not running; state file updated)"
-            }
-        );
-    } else {
-        println!("'{identifier}' has no trust record; nothing to revoke");
+    match (&offline, revoked) {
+        (_, false) => println!("'{identifier}' has no trust record; nothing to revoke"),
+        (None, true) => println!("revoked '{identifier}' and disconnected it"),
+        (Some(o), true) => println!(
+            "revoked '{identifier}' (no host running here; {} updated)",
+            o.store
+        ),
+    }
+    match offline.as_ref().and_then(|o| o.cluster.as_ref()) {
+        Some(Ok(())) => println!("  told the cluster's hosts to disconnect it (NATS)"),
+        Some(Err(why)) => eprintln!(
+            "warning: could not tell the cluster's hosts over NATS ({why}): a host that has \
+             '{identifier}' connected keeps that session until it disconnects; its next \
+             authentication is refused everywhere"
+        ),
+        None => {}
     }
     if c.allow.contains(identifier) {
         eprintln!(
@@ -497,6 +533,49 @@ fn revoke(config: &Path, identifier: &str, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `revoke` did while no host runs on this machine.
+struct OfflineRevoke {
+    /// Whether the follower had a trust record.
+    existed: bool,
+    /// The store that was changed.
+    store: String,
+    /// Clustered: whether the other hosts were told to disconnect it.
+    cluster: Option<Result<(), String>>,
+}
+
+/// Revoke in the trust store while no host runs here: the state file (taking the host's lock
+/// so none starts meanwhile), or PostgreSQL, then (clustered) tell the running hosts over NATS.
+async fn revoke_offline(c: &Config, identifier: &str) -> anyhow::Result<OfflineRevoke> {
+    use yonexus_host::config::StoreConfig;
+    let _lock = match &c.store {
+        StoreConfig::File => Some(store::lock_state_dir(&c.server.state_dir)?),
+        StoreConfig::Postgres(_) => None,
+    };
+    let store = Store::open(&c.store, &c.server.state_dir).await?;
+    let now = SystemClock.now();
+    let existed = store
+        .apply_existing(identifier, |r| r.revoke(now))
+        .await?
+        .is_some();
+    let cluster = match &c.cluster {
+        Some(cluster) if existed => Some(
+            yonexus_host::cluster::link::announce_revoke(
+                &cluster.nats,
+                &cluster.node,
+                identifier,
+                "trust revoked by the operator",
+            )
+            .await,
+        ),
+        _ => None,
+    };
+    Ok(OfflineRevoke {
+        existed,
+        store: store.describe(),
+        cluster,
+    })
 }
 
 /// Load every configured plugin (from a throwaway staging dir) and report it, or why not.
@@ -522,18 +601,6 @@ fn check_plugins(config: &Config) -> anyhow::Result<()> {
         anyhow::bail!("{failures} plugin(s) refused");
     }
     Ok(())
-}
-
-/// Revoke in the state file while no host runs (taking the host's lock so none starts meanwhile).
-async fn revoke_offline(state_dir: &Path, identifier: &str) -> anyhow::Result<bool> {
-    let _lock = store::lock_state_dir(state_dir)?;
-    let store = Store::open_file(state_dir)?;
-    let now = SystemClock.now();
-    let existed = store
-        .apply_existing(identifier, |r| r.revoke(now))
-        .await?
-        .is_some();
-    Ok(existed)
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {

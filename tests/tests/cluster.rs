@@ -400,5 +400,34 @@ async fn nats_and_postgres_outages_and_a_killed_host() {
     println!("failover after SIGKILL took {:?}", started.elapsed());
     assert!(codes_for(&b.dir, "delta").is_empty(), "no pairing on B");
     assert_eq!(codes_for(&a.dir, "delta").len(), paired_codes);
+
+    // With A down, its operator CLI reads the shared store: the whole cluster, delta on B.
+    let delta_on = || {
+        let (_, out, err) = cli(&a.host.config, &["clients", "--json"]);
+        let rows: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        rows.as_array()
+            .and_then(|r| r.iter().find(|r| r["identifier"] == "delta"))
+            .map(|r| r["node"].clone())
+    };
+    assert_eq!(
+        wait_for(Duration::from_secs(20), || (delta_on() == Some(json!("b")))
+            .then_some(())),
+        Some(()),
+        "A's offline `clients` shows delta on B"
+    );
+    // ...and revoking there reaches B over NATS: B drops delta, which must pair again (its new
+    // code goes to B's admin).
+    let (status, out, err) = cli(&a.host.config, &["revoke", "delta"]);
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(out.contains("no host running here"), "{out}");
+    assert!(out.contains("told the cluster"), "{out}{err}");
+    assert!(
+        wait_for(Duration::from_secs(30), || (!codes_for(&b.dir, "delta")
+            .is_empty())
+        .then_some(()))
+        .is_some(),
+        "B disconnected the revoked follower and asked it to pair again"
+    );
     handle.shutdown().await;
 }

@@ -334,6 +334,52 @@ pub async fn probe(urls: &[String]) -> Vec<(String, Result<(), String>)> {
     out
 }
 
+/// Tell the running hosts to disconnect a revoked follower, from outside any host (`yonexus
+/// revoke` while no host runs on this machine): the first NATS server that answers gets one
+/// `yonexus.revoke` message. An error says why none did (credentials never shown).
+pub async fn announce_revoke(
+    urls: &[String],
+    origin: &str,
+    identifier: &str,
+    reason: &str,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(&RevokeMsg {
+        origin: origin.to_owned(),
+        identifier: identifier.to_owned(),
+        reason: reason.to_owned(),
+    })
+    .map_err(|e| format!("cannot encode the revocation: {e}"))?;
+    let mut why = Vec::new();
+    for url in urls {
+        let shown = redact_url(url);
+        let addr = match url.parse::<async_nats::ServerAddr>() {
+            Ok(a) => a,
+            Err(e) => {
+                why.push(format!("{shown}: bad server address: {e}"));
+                continue;
+            }
+        };
+        let attempt = async {
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(3))
+                .connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .publish(SUBJECT_REVOKE, body.clone().into())
+                .await
+                .map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => why.push(format!("{shown}: {e}")),
+            Err(_) => why.push(format!("{shown}: no answer within 5 s")),
+        }
+    }
+    Err(why.join("; "))
+}
+
 impl Elsewhere for Link {
     fn send_to(&self, target: &str, frame: Bytes) -> Result<(), SendError> {
         let Some(at) = self.locate(target) else {

@@ -153,13 +153,17 @@ impl AdminView for HostView {
         let hub = Arc::clone(&self.hub);
         Box::pin(async move {
             let records = hub.store.snapshot().await.unwrap_or_default();
-            crate::admin::client_rows(&records, &hub.settings().allow, Some(&hub))
-                .into_iter()
-                .map(|client| FollowerRow {
-                    host: client.node.clone(),
-                    client,
-                })
-                .collect()
+            crate::admin::client_rows(
+                &records,
+                &hub.settings().allow,
+                &crate::admin::Seen::Hub(&hub),
+            )
+            .into_iter()
+            .map(|client| FollowerRow {
+                host: client.node.clone(),
+                client,
+            })
+            .collect()
         })
     }
 
