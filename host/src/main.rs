@@ -345,8 +345,35 @@ fn check(config: &Path) -> anyhow::Result<()> {
     println!("  state_dir {}", c.server.state_dir.display());
     println!("  {} allowlisted follower(s)", c.allow.len());
     let store = check_store(&c);
+    let cluster = check_cluster(&c);
     let plugins = check_plugins(&c);
-    store.and(plugins)
+    store.and(cluster).and(plugins)
+}
+
+/// `check`'s cluster lines: this node's name and whether each NATS server answers (a host
+/// starts without NATS and keeps retrying, so only none answering fails the check).
+fn check_cluster(c: &Config) -> anyhow::Result<()> {
+    let Some(cluster) = &c.cluster else {
+        return Ok(());
+    };
+    println!("  cluster node \"{}\"", cluster.node);
+    let probes = block_on(false, async {
+        Ok(yonexus_host::cluster::link::probe(&cluster.nats).await)
+    })?;
+    let mut reachable = 0;
+    for (server, result) in &probes {
+        match result {
+            Ok(()) => {
+                reachable += 1;
+                println!("  NATS {server}: reachable");
+            }
+            Err(why) => println!("  NATS {server}: NOT REACHABLE ({why})"),
+        }
+    }
+    if reachable == 0 {
+        anyhow::bail!("no NATS server answers: this host would serve only its own followers");
+    }
+    Ok(())
 }
 
 /// Answer `clients`/`pairing` from the host running on this machine, or, when none runs, from

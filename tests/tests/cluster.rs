@@ -309,8 +309,22 @@ async fn nats_and_postgres_outages_and_a_killed_host() {
     )
     .await;
 
+    // `check` reports the database and the NATS server; with NATS down it fails, saying so.
+    let (status, out, err) = cli(&a.host.config, &["check"]);
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(out.contains("cluster node \"a\""), "{out}");
+    assert!(out.contains(": reachable, schema version"), "{out}");
+    assert!(
+        out.contains(&format!("NATS {}: reachable", nats.url())),
+        "{out}"
+    );
+
     // NATS down: a send to another host answers TARGET_OFFLINE at once; local delivery works.
     nats.stop();
+    let (status, out, err) = cli(&a.host.config, &["check"]);
+    assert_ne!(status, 0, "{out}{err}");
+    assert!(out.contains("NOT REACHABLE"), "{out}");
+    assert!(err.contains("no NATS server answers"), "{err}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let offline = loop {
         alpha_a.send_text("relay::beta::while-down").await.unwrap();
