@@ -13,6 +13,8 @@
 #      REPEAT=3 (runs of each scenario per server; the table shows the median run)
 #      SECS=3 WARMUP=2 (measured / warm-up seconds)  AUTH=2000  IDLE=5000 (followers)
 #      ONLY=host|node (one side only)  EXTRA=1 (also 1 KiB sizes, and the host's hot-reload run)
+#      QUIET=SECS (before the idle run and each repeat, wait up to SECS for the other processes
+#      to use at most QUIET_MAX=30 % of a core; the machine is shared)
 #      SKIP_BUILD=1 (use target/release as is)  KEEP=1 (reuse OUT's server state and cached
 #      identities: no pairing)
 set -eu
@@ -147,6 +149,28 @@ machine() { # WHEN: one JSON line describing the machine now
         "$(node --version 2> /dev/null || echo none)"
 }
 
+# Busy and total jiffies of all CPUs (/proc/stat: user nice system idle iowait irq softirq steal).
+cpu_jiffies() { awk '/^cpu /{b=$2+$3+$4+$7+$8+$9; print b, b+$5+$6}' /proc/stat; }
+wait_quiet() {
+    [ -n "${QUIET:-}" ] || return 0
+    deadline=$(($(date +%s) + QUIET))
+    while :; do
+        set -- $(cpu_jiffies); b0=$1; t0=$2
+        sleep 2
+        set -- $(cpu_jiffies)
+        busy=$((($1 - b0) * 100 * $(nproc) / ($2 - t0 + 1))) # percent of one core
+        if [ "$busy" -le "${QUIET_MAX:-30}" ]; then
+            echo "machine quiet: other processes ${busy}% of a core" | tee -a "$OUT/results.txt"
+            return 0
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "machine still busy after ${QUIET}s (other processes ${busy}% of a core): measuring anyway" |
+                tee -a "$OUT/results.txt"
+            return 0
+        fi
+    done
+}
+
 FAILED=
 JSONL=$OUT/results.jsonl
 # run LABEL SCENARIO ARGS…: one yonexus-bench run against one server, pinned to core 1; its
@@ -185,6 +209,7 @@ JSONL=$OUT/results.jsonl
 
 # Memory per idle follower on fresh server processes (allocators keep what earlier runs freed).
 start_servers
+wait_quiet
 both idle -n "$IDLE" --hold 5
 flip
 
@@ -192,6 +217,7 @@ T="--warmup $WARMUP --duration $SECS"
 r=0
 while [ $r -lt "$REPEAT" ]; do
     r=$((r + 1))
+    wait_quiet
     echo "## repeat $r of $REPEAT (order: $ORDER)" | tee -a "$OUT/results.txt"
     both auth -n "$AUTH"
     # shellcheck disable=SC2086 # $T is a list of options
@@ -216,7 +242,7 @@ machine end >> "$OUT/results.jsonl"
 cleanup
 
 {
-    echo "Command: \`${BENCH_CMD:-bench/bench.sh $ARGS}\` (REPEAT=$REPEAT SECS=$SECS WARMUP=$WARMUP AUTH=$AUTH IDLE=$IDLE${EXTRA:+ EXTRA=1}); servers pinned to core 0, yonexus-bench to core 1; median of $REPEAT runs per server."
+    echo "Command: \`${BENCH_CMD:-bench/bench.sh $ARGS}\` (REPEAT=$REPEAT SECS=$SECS WARMUP=$WARMUP AUTH=$AUTH IDLE=$IDLE${EXTRA:+ EXTRA=1}${QUIET:+ QUIET=$QUIET}); servers pinned to core 0, yonexus-bench to core 1; median of $REPEAT runs per server."
     echo
     "$BENCH" compare "$OUT/results.jsonl"
     if [ -n "$FAILED" ]; then printf '\nFailed runs:%s\n' "$FAILED"; fi

@@ -486,9 +486,9 @@ pub fn render(runs: &[Value], host: &str, base: &str) -> String {
     if !idle.is_empty() {
         let _ = writeln!(
             out,
-            "\n| scenario | RSS KiB per follower {host} / {base} | server RSS KiB before → connected, {host} | … {base} | goal ({host}) | heartbeats acked of sent, {host} / {base} | runs | verdict |"
+            "\n| scenario | RSS KiB per follower {host} / {base} | server RSS KiB before → connected, {host} | … {base} | goal ({host}) | heartbeats acked of sent, {host} / {base} | other processes % | runs | verdict |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     }
     for g in idle {
         let (h, b) = (median(&g.host, &kib), median(&g.base, &kib));
@@ -521,13 +521,17 @@ pub fn render(runs: &[Value], host: &str, base: &str) -> String {
         let k = |x: Option<f64>| x.map_or("—".into(), |x| format!("{x:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {}+{} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}+{} | {} |",
             g.case.title(),
             pair(k(hk), k(b.and_then(kib))),
             rss(h),
             rss(b),
             g.case.goal().map_or("—".into(), Goal::text),
             pair(beats(h), beats(b)),
+            pair(
+                pct(h.and_then(|r| num(r, &["other_processes_cpu_pct"]))),
+                pct(b.and_then(|r| num(r, &["other_processes_cpu_pct"])))
+            ),
             g.host.len(),
             g.base.len(),
             verdict(met, &why, vec![]),

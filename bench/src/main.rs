@@ -652,10 +652,13 @@ async fn run_idle(c: &IdleCmd) -> Result<Value> {
     }
     let host_cpu = ServersCpu::start(&ctx.servers)?;
     let my_cpu = CpuWindow::start(&Proc::me())?;
+    let cores0 = procfs::cores();
     tokio::time::sleep(Duration::from_secs_f64(c.hold)).await;
     let host_pct = host_cpu.map(|w| w.percent(ctx.tck)).transpose()?;
     let host_pct = host_pct.map(|(sum, _)| sum);
     let bench_pct = my_cpu.percent(ctx.tck)?;
+    let cores_busy = procfs::cores_busy_since(&cores0);
+    let others = cores_busy.iter().sum::<f64>() - bench_pct - host_pct.unwrap_or(0.0);
     let after = ctx.host.as_ref().and_then(|h| h.rss_kib().ok());
     let my_rss = Proc::me().rss_kib().ok();
     let _ = stop_tx.send(true);
@@ -676,6 +679,8 @@ async fn run_idle(c: &IdleCmd) -> Result<Value> {
     r.insert("bench_rss_kib".into(), json!(my_rss));
     r.insert("host_cpu_pct".into(), json!(host_pct));
     r.insert("bench_cpu_pct".into(), json!(bench_pct));
+    r.insert("cores_busy_pct".into(), json!(cores_busy));
+    r.insert("other_processes_cpu_pct".into(), json!(others.max(0.0)));
     summary(&mut report);
     Ok(report)
 }
