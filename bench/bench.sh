@@ -13,6 +13,8 @@
 #      REPEAT=3 (runs of each scenario per server; the table shows the median run)
 #      SECS=3 WARMUP=2 (measured / warm-up seconds)  AUTH=2000  IDLE=5000 (followers)
 #      ONLY=host|node (one side only)  EXTRA=1 (also 1 KiB sizes, and the host's hot-reload run)
+#      NICE=-10 (niceness of both servers and the generator: on a machine shared with compile
+#      jobs a raised priority keeps them from being preempted mid-run; NICE=0 to disable)
 #      QUIET=SECS (before the idle run and each repeat, wait up to SECS for the other processes
 #      to use at most QUIET_MAX=30 % of a core; the machine is shared)
 #      SKIP_BUILD=1 (use target/release as is)  KEEP=1 (reuse OUT's server state and cached
@@ -30,6 +32,7 @@ IDLE=${IDLE:-5000}
 SERVERS=${ONLY:-host node}
 N=$AUTH; [ "$IDLE" -gt "$N" ] && N=$IDLE; [ "$N" -lt 1001 ] && N=1001
 BENCH=$ROOT/target/release/yonexus-bench
+NICE=${NICE:--10}
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 has() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -72,6 +75,13 @@ if has node; then
         HUB_RUN=$HUB_DIR/hub.mjs
     fi
 fi
+
+# Raised priority for servers and generator (root only; otherwise they run at the normal one).
+if [ "$NICE" != 0 ] && [ "$(nice -n "$NICE" nice 2> /dev/null)" != "$NICE" ]; then
+    echo "bench.sh: cannot run at niceness $NICE (not root?): running at normal priority" >&2
+    NICE=0
+fi
+PRIO="nice -n $NICE"
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release -p yonexus-host -p yonexus-bench \
@@ -122,7 +132,7 @@ stop_pid() {
 start_host() {
     stop_pid "$HOST_PID"
     : > "$OUT/host.log"
-    taskset -c 0 ./target/release/yonexus serve --config "$OUT/host/yonexus.toml" 2>> "$OUT/host.log" &
+    $PRIO taskset -c 0 ./target/release/yonexus serve --config "$OUT/host/yonexus.toml" 2>> "$OUT/host.log" &
     HOST_PID=$!
     HOST_URL=ws://$(wait_listening host "$HOST_PID" "$OUT/host.log")/
 }
@@ -130,7 +140,7 @@ start_node() {
     stop_pid "$NODE_PID"
     : > "$OUT/node.log"
     # --allow-prefix bench- admits every bench identity (bench-0 … bench-N; ids up to 256 chars).
-    taskset -c 0 node "$HUB_RUN" --host 127.0.0.1 --port 0 --allow-prefix bench- \
+    $PRIO taskset -c 0 node "$HUB_RUN" --host 127.0.0.1 --port 0 --allow-prefix bench- \
         --code-dir "$OUT/node/codes" --state "$OUT/node/state.json" >> "$OUT/node.log" 2>&1 &
     NODE_PID=$!
     NODE_URL=ws://$(wait_listening node "$NODE_PID" "$OUT/node.log")/
@@ -183,7 +193,7 @@ run() {
     esac
     echo "### [$label] yonexus-bench $*" | tee -a "$OUT/results.txt"
     # shellcheck disable=SC2086 # $A is a list of options
-    if taskset -c 1 "$BENCH" "$@" $A > "$OUT/last.txt" 2> "$OUT/last.err"; then
+    if $PRIO taskset -c 1 "$BENCH" "$@" $A > "$OUT/last.txt" 2> "$OUT/last.err"; then
         cat "$OUT/last.err" "$OUT/last.txt" | grep -v '^{' | tee -a "$OUT/results.txt"
         tail -n 1 "$OUT/last.txt" >> "$JSONL"
     else
@@ -242,7 +252,7 @@ machine end >> "$OUT/results.jsonl"
 cleanup
 
 {
-    echo "Command: \`${BENCH_CMD:-bench/bench.sh $ARGS}\` (REPEAT=$REPEAT SECS=$SECS WARMUP=$WARMUP AUTH=$AUTH IDLE=$IDLE${EXTRA:+ EXTRA=1}${QUIET:+ QUIET=$QUIET}); servers pinned to core 0, yonexus-bench to core 1; median of $REPEAT runs per server."
+    echo "Command: \`${BENCH_CMD:-bench/bench.sh $ARGS}\` (REPEAT=$REPEAT SECS=$SECS WARMUP=$WARMUP AUTH=$AUTH IDLE=$IDLE${EXTRA:+ EXTRA=1}${QUIET:+ QUIET=$QUIET} NICE=$NICE); servers pinned to core 0, yonexus-bench to core 1; median of $REPEAT runs per server."
     echo
     "$BENCH" compare "$OUT/results.jsonl"
     if [ -n "$FAILED" ]; then printf '\nFailed runs:%s\n' "$FAILED"; fi
