@@ -101,6 +101,13 @@ OUT=$(cd "$OUT" && pwd)
 rm -f "$OUT/results.txt" "$OUT/results.jsonl" "$OUT/results.md" "$OUT/pairing.jsonl"
 mkdir -p "$OUT/host" "$OUT/node/codes"
 "$BENCH" config -n "$N" -p 0 --dir "$OUT/host" > /dev/null
+# Older hosts refuse [limits] keys they do not know: fall back to the keys they have.
+if ! ./target/release/yonexus check --config "$OUT/host/yonexus.toml" > "$OUT/check.txt" 2>&1; then
+    grep -q 'unknown field' "$OUT/check.txt" || { cat "$OUT/check.txt" >&2; die "the host refuses the bench config"; }
+    "$BENCH" config -n "$N" -p 0 --dir "$OUT/host" --compat-limits > /dev/null
+    ./target/release/yonexus check --config "$OUT/host/yonexus.toml" > "$OUT/check.txt" 2>&1 ||
+        { cat "$OUT/check.txt" >&2; die "the host refuses the bench config (also with --compat-limits)"; }
+fi
 
 # ---- servers: port 0, the bound address read back from the log; stopped on exit ----
 HOST_PID=; NODE_PID=; HOST_URL=; NODE_URL=
