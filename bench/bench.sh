@@ -17,6 +17,7 @@
 #      jobs a raised priority keeps them from being preempted mid-run; NICE=0 to disable)
 #      QUIET=SECS (before the idle run and each repeat, wait up to SECS for the other processes
 #      to use at most QUIET_MAX=30 % of a core; the machine is shared)
+#      HOST_COMMIT=… (recorded instead of `git rev-parse HEAD`, for a tree that is not a checkout)
 #      SKIP_BUILD=1 (use target/release as is)  KEEP=1 (reuse OUT's server state and cached
 #      identities: no pairing)
 set -eu
@@ -162,7 +163,7 @@ machine() { # WHEN: one JSON line describing the machine now
     printf '{"scenario":"machine","when":"%s","date":"%s","nproc":%s,"model":"%s","kernel":"%s","loadavg":"%s","host_commit":"%s","node":"%s"}\n' \
         "$1" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(nproc)" "$model" "$(uname -r)" \
         "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        "$(git rev-parse --short HEAD 2> /dev/null)$(git diff --quiet HEAD -- host protocol plugins 2> /dev/null || echo -dirty)" \
+        "${HOST_COMMIT:-$(git rev-parse --short HEAD 2> /dev/null)$(git diff --quiet HEAD -- host protocol plugins 2> /dev/null || echo -dirty)}" \
         "$(node --version 2> /dev/null || echo none)"
 }
 
