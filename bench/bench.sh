@@ -19,7 +19,7 @@
 #      to use at most QUIET_MAX=30 % of a core; the machine is shared)
 #      HOST_COMMIT=… (recorded instead of `git rev-parse HEAD`, for a tree that is not a checkout)
 #      SKIP_BUILD=1 (use target/release as is)  KEEP=1 (reuse OUT's server state and cached
-#      identities: no pairing)
+#      identities: no pairing; an earlier run's results in OUT are kept, renamed with their time)
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -99,7 +99,12 @@ fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 [ -n "${KEEP:-}" ] || rm -rf "$OUT/host" "$OUT/node"
-rm -f "$OUT/results.txt" "$OUT/results.jsonl" "$OUT/results.md" "$OUT/pairing.jsonl"
+# Keep an earlier run's results (renamed with their time) instead of overwriting them.
+for f in results.txt results.jsonl results.md pairing.jsonl; do
+    if [ -f "$OUT/$f" ]; then
+        mv "$OUT/$f" "$OUT/${f%.*}-$(date -r "$OUT/$f" +%Y%m%dT%H%M%S).${f##*.}"
+    fi
+done
 mkdir -p "$OUT/host" "$OUT/node/codes"
 "$BENCH" config -n "$N" -p 0 --dir "$OUT/host" > /dev/null
 # Older hosts refuse [limits] keys they do not know: fall back to the keys they have.

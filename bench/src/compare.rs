@@ -12,9 +12,11 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct CompareArgs {
-    /// The JSON lines written by the runs (bench.sh: OUT/results.jsonl). Lines with
-    /// `"scenario": "machine"` describe the machine and are printed above the table.
-    pub jsonl: PathBuf,
+    /// The JSON lines written by the runs (bench.sh: OUT/results.jsonl), one or more files
+    /// (several runs of bench.sh pool their pairs). Lines with `"scenario": "machine"` describe
+    /// the machine and are printed above the table.
+    #[arg(required = true)]
+    pub jsonl: Vec<PathBuf>,
     /// Also write the table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -24,27 +26,51 @@ pub struct CompareArgs {
     /// Label of the baseline.
     #[arg(long, default_value = "node")]
     pub base_label: String,
+    /// Keep only the pairs of runs (the k-th of each server, run back to back) in which other
+    /// processes used at most this many % of a core during both runs: on a shared machine,
+    /// the pairs measured while it was quiet.
+    #[arg(long)]
+    pub max_others: Option<f64>,
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.jsonl)
-        .with_context(|| format!("reading {}", args.jsonl.display()))?;
     let mut runs = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+    for path in &args.jsonl {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut file = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "{} line {}: not a JSON object (a run that failed half-way?)",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+            file.push(v);
         }
-        let v: Value = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{} line {}: not a JSON object (a run that failed half-way?)",
-                args.jsonl.display(),
-                n + 1
-            )
-        })?;
-        runs.push(v);
+        let dropped = balance(&mut file, &args.host_label, &args.base_label);
+        if dropped > 0 {
+            eprintln!(
+                "note: {}: {dropped} run(s) without a counterpart of the other server left out",
+                path.display()
+            );
+        }
+        runs.extend(file);
     }
-    let table = render(&runs, &args.host_label, &args.base_label);
+    let mut table = render(&runs, &args.host_label, &args.base_label, args.max_others);
+    if let Some(max) = args.max_others {
+        table.insert_str(
+            0,
+            &format!(
+                "Only pairs of runs during which other processes used ≤ {max}% of a core.\n\n"
+            ),
+        );
+    }
     print!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
@@ -166,6 +192,63 @@ struct Group {
     case: Case,
     host: Vec<Value>,
     base: Vec<Value>,
+}
+
+/// Within one file, keep for each case as many runs of each server as the other has (the
+/// first ones), so that pooling files still pairs the k-th host run with the k-th baseline run
+/// of the same file. Cases measured on one server only are kept as they are. Returns how many
+/// runs were left out.
+fn balance(runs: &mut Vec<Value>, host: &str, base: &str) -> usize {
+    let before = runs.len();
+    let label = |v: &Value| v["label"].as_str().unwrap_or("host").to_owned();
+    let count = |case: &Case, l: &str, upto: &[Value]| {
+        upto.iter()
+            .filter(|v| Case::of(v).as_ref() == Some(case) && label(v) == l)
+            .count()
+    };
+    let all = runs.clone();
+    let mut kept = Vec::with_capacity(runs.len());
+    for (i, v) in all.iter().enumerate() {
+        let Some(case) = Case::of(v).filter(|c| c.kind() != Section::Machine) else {
+            kept.push(v.clone());
+            continue;
+        };
+        let l = label(v);
+        let other = if l == host {
+            base
+        } else if l == base {
+            host
+        } else {
+            ""
+        };
+        let (mine, theirs) = (count(&case, &l, &all), count(&case, other, &all));
+        // Keep this run if it is among the first min(mine, theirs), or the other server has none.
+        if other.is_empty() || theirs == 0 || count(&case, &l, &all[..i]) < mine.min(theirs) {
+            kept.push(v.clone());
+        }
+    }
+    *runs = kept;
+    before - runs.len()
+}
+
+/// CPU used by other processes during a run's measured window (% of a core).
+fn others(v: &Value) -> Option<f64> {
+    num(v, &["other_processes_cpu_pct"])
+        .or_else(|| num(v, &["connect_auth", "other_processes_cpu_pct"]))
+}
+
+/// Keep the pairs (k-th host run, k-th baseline run) where both runs saw at most `max`% of a
+/// core used by other processes.
+fn quiet_pairs(g: &mut Group, max: f64) {
+    let quiet = |v: &Value| others(v).is_some_and(|o| o <= max);
+    let (host, base): (Vec<Value>, Vec<Value>) = g
+        .host
+        .drain(..)
+        .zip(g.base.drain(..))
+        .filter(|(h, b)| quiet(h) && quiet(b))
+        .unzip();
+    g.host = host;
+    g.base = base;
 }
 
 fn group(runs: &[Value], host: &str, base: &str) -> Vec<Group> {
@@ -313,8 +396,11 @@ fn verdict(met: Option<bool>, why: &str, caveats: Vec<String>) -> String {
 }
 
 /// The whole report (markdown).
-pub fn render(runs: &[Value], host: &str, base: &str) -> String {
-    let groups = group(runs, host, base);
+pub fn render(runs: &[Value], host: &str, base: &str, max_others: Option<f64>) -> String {
+    let mut groups = group(runs, host, base);
+    if let Some(max) = max_others {
+        groups.iter_mut().for_each(|g| quiet_pairs(g, max));
+    }
     let mut out = String::new();
     let machines: Vec<&Value> = runs.iter().filter(|r| r["scenario"] == "machine").collect();
     for m in &machines {
@@ -589,7 +675,7 @@ mod tests {
             json!({"scenario": "idle", "label": "node", "followers": 5000, "host_rss_per_follower_kib": 8.8,
                    "host_rss_kib": {"before_connect": 50000, "connected": 94000}, "heartbeats_sent": 10, "heartbeat_acks": 10}),
         ];
-        let t = render(&runs, "host", "node");
+        let t = render(&runs, "host", "node", None);
         assert!(
             t.contains("- machine at start: loadavg 0.5 0.4 0.3; nproc 2"),
             "{t}"
@@ -627,7 +713,7 @@ mod tests {
         let mut h = load("host", 50, 16, 500e3, 5e3);
         h["generator_bound"] = json!(true);
         h["lost"] = json!(3);
-        let t = render(&[h], "host", "node");
+        let t = render(&[h], "host", "node", None);
         let r = row(&t, "echo 50×16");
         assert!(r.contains("**missed** (not measured on both)"), "{r}");
         assert!(r.contains("⚠ generator-bound, 3 lost"), "{r}");
@@ -644,11 +730,47 @@ mod tests {
             load("host", 500, 2, 190e3, 90e3),
             load("node", 500, 2, 95e3, 200e3),
         ];
-        let t = render(&runs, "host", "node");
+        let t = render(&runs, "host", "node", None);
         let r = row(&t, "echo 500×2");
         assert!(r.ends_with("| met |"), "{r}");
         assert!(r.contains("(0.43)"), "{r}");
         assert!(r.contains("**2.00×**"), "{r}");
+    }
+
+    #[test]
+    fn max_others_keeps_the_quiet_pairs() {
+        let mut busy_host = load("host", 50, 16, 100e3, 1e3);
+        busy_host["other_processes_cpu_pct"] = json!(150.0);
+        let runs = [
+            busy_host,
+            load("node", 50, 16, 100e3, 1e3),
+            load("host", 50, 16, 400e3, 1e3),
+            load("node", 50, 16, 100e3, 1e3),
+        ];
+        let all = render(&runs, "host", "node", None);
+        assert!(row(&all, "echo 50×16").contains("| 2+2 |"), "{all}");
+        let quiet = render(&runs, "host", "node", Some(30.0));
+        let r = row(&quiet, "echo 50×16");
+        assert!(r.contains("| 1+1 |") && r.contains("**4.00×**"), "{r}");
+        assert!(r.contains("| met |"), "{r}");
+    }
+
+    #[test]
+    fn balance_drops_unpaired_runs_of_a_file() {
+        let mut runs = vec![
+            json!({"scenario": "machine", "when": "start"}),
+            load("host", 50, 16, 1.0, 1.0),
+            load("node", 50, 16, 2.0, 1.0),
+            load("host", 50, 16, 3.0, 1.0), // its node counterpart failed
+            load("host", 50, 1, 4.0, 1.0),  // measured on the host only
+        ];
+        assert_eq!(balance(&mut runs, "host", "node"), 1);
+        let kept: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r["msgs_per_host_cpu_sec"].as_f64())
+            .collect();
+        assert_eq!(kept, [1.0, 2.0, 4.0]);
+        assert_eq!(runs[0]["scenario"], "machine");
     }
 
     #[test]
@@ -668,7 +790,7 @@ mod tests {
         let runs = [a, b];
         let m = median(&runs, &|r| num(r, &["msgs_per_host_cpu_sec"])).unwrap();
         assert_eq!(m["msgs_per_host_cpu_sec"], 10.0);
-        let t = render(&runs, "host", "node");
+        let t = render(&runs, "host", "node", None);
         let r = row(&t, "relay 50 pairs×1");
         assert!(r.ends_with("| — |"), "{r}");
     }
