@@ -398,8 +398,18 @@ fn verdict(met: Option<bool>, why: &str, caveats: Vec<String>) -> String {
 /// The whole report (markdown).
 pub fn render(runs: &[Value], host: &str, base: &str, max_others: Option<f64>) -> String {
     let mut groups = group(runs, host, base);
+    let mut note = String::new();
     if let Some(max) = max_others {
         groups.iter_mut().for_each(|g| quiet_pairs(g, max));
+        let none: Vec<String> = groups
+            .iter()
+            .filter(|g| g.host.is_empty() && g.base.is_empty())
+            .map(|g| g.case.title())
+            .collect();
+        groups.retain(|g| !(g.host.is_empty() && g.base.is_empty()));
+        if !none.is_empty() {
+            note = format!("No quiet pair of runs for: {}.\n\n", none.join("; "));
+        }
     }
     let mut out = String::new();
     let machines: Vec<&Value> = runs.iter().filter(|r| r["scenario"] == "machine").collect();
@@ -418,6 +428,7 @@ pub fn render(runs: &[Value], host: &str, base: &str, max_others: Option<f64>) -
     if !machines.is_empty() {
         out.push('\n');
     }
+    out.push_str(&note);
     let msg_rate = |r: &Value| num(r, &["msgs_per_host_cpu_sec"]);
     let _ = writeln!(
         out,
@@ -749,7 +760,16 @@ mod tests {
         ];
         let all = render(&runs, "host", "node", None);
         assert!(row(&all, "echo 50×16").contains("| 2+2 |"), "{all}");
+        let mut runs = runs.to_vec();
+        runs.push(load("host", 50, 1, 1.0, 1.0));
+        runs[4]["other_processes_cpu_pct"] = json!(99.0);
+        runs.push(load("node", 50, 1, 1.0, 1.0));
         let quiet = render(&runs, "host", "node", Some(30.0));
+        assert!(
+            quiet.contains("No quiet pair of runs for: echo 50×1, 100 B."),
+            "{quiet}"
+        );
+        assert!(!quiet.contains("| echo 50×1,"), "{quiet}");
         let r = row(&quiet, "echo 50×16");
         assert!(r.contains("| 1+1 |") && r.contains("**4.00×**"), "{r}");
         assert!(r.contains("| met |"), "{r}");
