@@ -27,6 +27,11 @@ pub struct ConfigArgs {
     /// `queue_capacity` of each plugin (the host's default is 1024).
     #[arg(long)]
     pub queue_capacity: Option<u32>,
+    /// Leave out the `[limits]` keys that hosts before the security limits do not know
+    /// (`max_handshakes`, `free_logins_per_identifier`); such a host refuses unknown keys.
+    /// bench.sh falls back to this when `yonexus check` reports an unknown field.
+    #[arg(long)]
+    pub compat_limits: bool,
 }
 
 const PLUGINS: [&str; 3] = ["echo", "relay", "broadcast"];
@@ -44,11 +49,18 @@ pub fn render(args: &ConfigArgs, dir: &Path) -> String {
          # Every bench connection comes from 127.0.0.1 and pipelines: lift the per-IP and\n\
          # per-connection limits that protect a production host.\n\
          [limits]\nmax_unauthenticated = 100000\nmax_unauthenticated_per_ip = 100000\n\
-         auth_timeout_secs = 120\nrate_per_sec = 10000000\nrate_burst = 10000000\n\n\
+         auth_timeout_secs = 120\nrate_per_sec = 10000000\nrate_burst = 10000000\n{}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n[reload]\ndebounce_ms = 100\n\n",
         args.port,
         allow.join(", "),
-        dir.join("notify.sh").display()
+        dir.join("notify.sh").display(),
+        if args.compat_limits {
+            ""
+        } else {
+            // Every bench connection authenticates from 127.0.0.1, 256 at a time, and bench-0
+            // logs in once per scenario.
+            "max_handshakes = 100000\nfree_logins_per_identifier = 1000000\n"
+        }
     );
     for p in PLUGINS {
         out.push_str(&format!(
@@ -131,6 +143,7 @@ mod tests {
             id_prefix: "b-".into(),
             plugins_from: None,
             queue_capacity: Some(4096),
+            compat_limits: false,
         };
         let text = render(&args, Path::new("/d"));
         assert!(
@@ -141,8 +154,22 @@ mod tests {
         assert!(text.contains("command = [\"/bin/sh\", \"/d/notify.sh\"]"));
         assert!(text.contains("path = \"plugins/libyonexus_plugin_relay.so\""));
         assert_eq!(text.matches("queue_capacity = 4096").count(), 3);
+        assert!(text.contains("max_handshakes = 100000\n"), "{text}");
         let v: toml_like::Checked = toml_like::check(&text);
         assert!(v.0);
+        let old = render(
+            &ConfigArgs {
+                compat_limits: true,
+                ..args
+            },
+            Path::new("/d"),
+        );
+        assert!(
+            !old.contains("max_handshakes") && !old.contains("free_logins"),
+            "{old}"
+        );
+        assert!(old.contains("rate_burst = 10000000\n"), "{old}");
+        assert!(toml_like::check(&old).0);
     }
 
     /// Minimal sanity check that every line is a table header, a key = value, or a comment.

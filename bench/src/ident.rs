@@ -1,5 +1,6 @@
-//! Follower identities (keypair + secret, cached in `--state-dir`), the pairing-code file
-//! written by the host's `command` notifier, and the real pairing and authentication flows.
+//! Follower identities (keypair + secret, cached in `--state-dir`), where pairing codes are
+//! delivered (the file the host's `command` notifier appends to, or the Node peer's directory of
+//! `<identifier>.code` files), and the real pairing and authentication flows.
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD;
@@ -126,28 +127,76 @@ impl IdentityStore {
 
 type CodeMap = HashMap<String, Vec<(String, i64)>>;
 
-/// Tails the codes file (`<identifier> <code> <expires>` per line, appended by the host's
-/// `command` notifier) and hands codes to waiting pairings.
+/// Where pairing codes arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeSource {
+    /// A file of `<identifier> <code> <expires>` lines, appended to by the host's `command`
+    /// notifier (`yonexus-bench config` writes one); codes are matched to a `pair_request` by
+    /// its `expiresAt`.
+    File(PathBuf),
+    /// A directory holding one `<identifier>.code` file per pending pairing, written atomically
+    /// before the `pair_request` is sent and overwritten by the next pairing (the Node peer's
+    /// `--code-dir`). The identifier is percent-encoded like JavaScript's `encodeURIComponent`.
+    Dir(PathBuf),
+}
+
+impl CodeSource {
+    /// The directory the identity cache defaults to being next to.
+    pub fn parent(&self) -> Option<&Path> {
+        match self {
+            CodeSource::File(p) | CodeSource::Dir(p) => p.parent(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            CodeSource::File(p) => format!(
+                "in {} (is the host's pairing.notify = \"command\" appending to this file?)",
+                p.display()
+            ),
+            CodeSource::Dir(p) => format!("in {} (is this the peer's --code-dir?)", p.display()),
+        }
+    }
+}
+
+/// `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` as `%XX` of its UTF-8.
+pub fn uri_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Hands pairing codes to waiting pairings. For a codes file it tails the file (see
+/// [`Codes::spawn_watcher`]); for a code directory it reads `<identifier>.code` when asked.
 pub struct Codes {
-    path: PathBuf,
-    /// Bytes read so far, and identifier → [(code, expires_at)] in file order.
+    source: CodeSource,
+    /// Bytes read so far, and identifier → [(code, expires_at)] in file order (file source).
     seen: Mutex<(u64, CodeMap)>,
     changed: Notify,
 }
 
 impl Codes {
-    pub fn new(path: &Path) -> Arc<Codes> {
+    pub fn new(source: CodeSource) -> Arc<Codes> {
         Arc::new(Codes {
-            path: path.to_owned(),
+            source,
             seen: Mutex::new((0, HashMap::new())),
             changed: Notify::new(),
         })
     }
 
-    /// Read what was appended since the last call.
+    /// Read what was appended to the codes file since the last call.
     fn poll(&self) {
         use std::io::{Read, Seek, SeekFrom};
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
+        let CodeSource::File(path) = &self.source else {
+            return;
+        };
+        let Ok(mut f) = std::fs::File::open(path) else {
             return;
         };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,10 +230,14 @@ impl Codes {
         }
     }
 
-    /// Poll the file every 10 ms until the returned handle is dropped.
+    /// Poll the codes file every 10 ms until the returned handle is aborted (a code directory
+    /// needs no watcher: the task ends at once).
     pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
+            if matches!(me.source, CodeSource::Dir(_)) {
+                return;
+            }
             loop {
                 me.poll();
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -192,9 +245,29 @@ impl Codes {
         })
     }
 
-    /// The code for `id` whose expiry is `expires` (or, with `None`, the latest one).
+    /// The code for `id`. From a codes file: the one whose expiry is `expires` (or, with
+    /// `None`, the latest one). From a code directory: the content of `<id>.code` (the peer
+    /// writes it before it sends `pair_request`, so it is the current pairing's code).
     pub async fn wait(&self, id: &str, expires: Option<i64>, timeout: Duration) -> Result<String> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if let CodeSource::Dir(dir) = &self.source {
+            let path = dir.join(format!("{}.code", uri_component(id)));
+            loop {
+                match std::fs::read_to_string(&path) {
+                    Ok(code) if !code.trim().is_empty() => return Ok(code.trim().to_owned()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "no pairing code for '{id}' appeared {} within {timeout:?}",
+                        self.source.describe()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         loop {
             let notified = self.changed.notified();
             {
@@ -212,9 +285,8 @@ impl Codes {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 bail!(
-                    "no pairing code for '{id}' appeared in {} within {timeout:?} (is the host's \
-                     pairing.notify = \"command\" writing to this file?)",
-                    self.path.display()
+                    "no pairing code for '{id}' appeared {} within {timeout:?}",
+                    self.source.describe()
                 );
             }
         }
@@ -410,13 +482,54 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("codes.txt");
         std::fs::write(&path, "a OLD 10\nb X 11\na NEW 20\npartial").unwrap();
-        let codes = Codes::new(&path);
+        let codes = Codes::new(CodeSource::File(path));
         codes.poll();
         let t = Duration::from_millis(50);
         assert_eq!(codes.wait("a", Some(10), t).await.unwrap(), "OLD");
         assert_eq!(codes.wait("a", None, t).await.unwrap(), "NEW");
         assert!(codes.wait("a", Some(30), t).await.is_err());
         assert!(codes.wait("partial", None, t).await.is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn identifiers_are_encoded_like_encode_uri_component() {
+        assert_eq!(uri_component("bench-12"), "bench-12");
+        assert_eq!(uri_component("a_b.c~d*e'(f)!"), "a_b.c~d*e'(f)!");
+        assert_eq!(uri_component("a b/c"), "a%20b%2Fc");
+        assert_eq!(uri_component("é"), "%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn codes_are_read_from_a_code_directory() {
+        let dir = std::env::temp_dir().join(format!("yb-codedir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bench-3.code"), "ABCD2345").unwrap();
+        std::fs::write(dir.join("x%20y.code"), "EFGH6789\n").unwrap();
+        std::fs::write(dir.join("empty.code"), "").unwrap();
+        let codes = Codes::new(CodeSource::Dir(dir.clone()));
+        let t = Duration::from_millis(50);
+        assert_eq!(codes.wait("bench-3", Some(1), t).await.unwrap(), "ABCD2345");
+        assert_eq!(codes.wait("x y", None, t).await.unwrap(), "EFGH6789");
+        let err = codes
+            .wait("bench-4", None, t)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--code-dir"), "{err}");
+        assert!(codes.wait("empty", None, t).await.is_err());
+        // A code that appears while waiting is picked up.
+        let late = dir.join("late.code");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            std::fs::write(late, "LATE2345").unwrap();
+        });
+        let got = codes
+            .wait("late", None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(got, "LATE2345");
+        writer.await.unwrap();
         std::fs::remove_dir_all(dir).ok();
     }
 }

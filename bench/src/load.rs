@@ -360,6 +360,23 @@ impl Kind {
     }
 }
 
+/// The URL each of `conns` connections (in [`wire`]'s order) connects to: receivers of relay
+/// (odd connections) and broadcast (all but the first) go to `recv_url` when given, so senders
+/// and receivers can sit on different hosts of a cluster; everything else goes to `url`.
+pub fn urls(kind: Kind, conns: usize, url: &str, recv_url: Option<&str>) -> Vec<String> {
+    let recv = recv_url.unwrap_or(url);
+    (0..conns)
+        .map(|i| {
+            let receiver = match kind {
+                Kind::Echo => false,
+                Kind::Relay => i % 2 == 1,
+                Kind::Broadcast => i > 0,
+            };
+            if receiver { recv } else { url }.to_owned()
+        })
+        .collect()
+}
+
 /// Split every connection and start its writer and reader for `kind`. `links` are
 /// (identifier, socket) in order: echo uses each; relay pairs (0→1, 2→3, …); broadcast sends
 /// from 0 to all the others.
@@ -511,6 +528,21 @@ mod tests {
         assert_eq!(check_content("7:99:xy", 7), None);
         assert_eq!(check_content("7:99:xx", 8), None);
         assert_eq!(check_content("nope", 8), None);
+    }
+
+    #[test]
+    fn receivers_go_to_the_recv_url() {
+        let u = |k, r| urls(k, 5, "ws://a/", r);
+        assert_eq!(u(Kind::Echo, Some("ws://b/")), vec!["ws://a/"; 5]);
+        assert_eq!(
+            u(Kind::Relay, Some("ws://b/")),
+            ["ws://a/", "ws://b/", "ws://a/", "ws://b/", "ws://a/"]
+        );
+        assert_eq!(
+            u(Kind::Broadcast, Some("ws://b/")),
+            ["ws://a/", "ws://b/", "ws://b/", "ws://b/", "ws://b/"]
+        );
+        assert_eq!(u(Kind::Relay, None), vec!["ws://a/"; 5]);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! pairing flow, authenticated with Ed25519) and reports throughput, latency, loss, CPU and
 //! memory. See `bench/README.md`.
 
+mod compare;
 mod hostcfg;
 mod ident;
 mod load;
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
-use ident::{Codes, Identity, IdentityStore, Ws};
+use ident::{CodeSource, Codes, Identity, IdentityStore, Ws};
 use load::{Ctl, Kind, Shared, DRAIN, MEASURE};
 use procfs::{CpuWindow, Proc};
 use serde_json::{json, Value};
@@ -26,9 +27,10 @@ use tokio_tungstenite::tungstenite::Message;
 ///
 /// Every run connects real followers (identifiers `<id-prefix>0`, `<id-prefix>1`, …; the host
 /// must allowlist them), pairs those it has no cached secret for through the real pairing flow
-/// (codes are read from the file the host's `command` notifier appends to), authenticates all of
-/// them (timed: connect + auth rate), then runs the scenario. It prints a human summary and, as
-/// the last line on stdout, one JSON object with every number.
+/// (codes are read from the file the host's `command` notifier appends to, `--codes-file`, or
+/// from the Node peer's `--code-dir`), authenticates all of them (timed: connect + auth rate),
+/// then runs the scenario. It prints a human summary and, as the last line on stdout, one JSON
+/// object with every number. `compare` turns those lines into a host-vs-Node table.
 ///
 /// Pin it and the host to different cores for fair numbers, e.g.
 /// `taskset -c 0 yonexus serve …` and `taskset -c 1 yonexus-bench echo …`.
@@ -68,23 +70,40 @@ enum Command {
     /// The echo scenario while the echo plugin file is replaced SWAPS times (hot reload):
     /// reports the longest gap between consecutive replies on any follower and the loss.
     Reload(ReloadCmd),
+    /// Read the JSON lines of runs labelled `--label host` and `--label node` and print one
+    /// markdown table: per scenario both servers' msgs/s, msgs per server CPU-second, the
+    /// host/Node ratio, p50/p99, against the goals of issue 10 (met/missed).
+    Compare(compare::CompareArgs),
 }
 
 /// Options every scenario takes.
 #[derive(Args, Clone)]
 struct Common {
-    /// The host's WebSocket URL.
+    /// The host's WebSocket URL (relay and broadcast: the senders' host, see --recv-url).
     #[arg(long, default_value = "ws://127.0.0.1:8787/")]
     url: String,
     /// File the host's `command` notifier appends `<identifier> <code> <expires>` lines to.
+    #[arg(
+        long,
+        required_unless_present = "code_dir",
+        conflicts_with = "code_dir"
+    )]
+    codes_file: Option<PathBuf>,
+    /// Directory where the server writes one `<identifier>.code` file per pairing (the Node
+    /// peer's `--code-dir`); instead of --codes-file.
     #[arg(long)]
-    codes_file: PathBuf,
+    code_dir: Option<PathBuf>,
+    /// A name for the server under test, copied into the JSON report (`compare` pairs runs
+    /// labelled `host` and `node`).
+    #[arg(long, default_value = "host")]
+    label: String,
     /// The host's pid, for its CPU (/proc/PID/stat) and resident memory (/proc/PID/status).
     /// Without it host CPU and memory are not reported.
     #[arg(long)]
     host_pid: Option<u32>,
     /// Where follower keypairs and secrets are cached so later runs skip pairing
-    /// [default: bench-identities/ next to the codes file].
+    /// [default: bench-identities/ next to the codes file or code directory]. Use one per
+    /// server: a secret issued by one server means nothing to another.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Follower identifiers are PREFIX0, PREFIX1, …
@@ -120,6 +139,14 @@ struct LoadArgs {
     /// Seconds to wait, after sending stops, for messages still in flight.
     #[arg(long, default_value_t = 5.0)]
     drain_timeout: f64,
+    /// Relay and broadcast: connect the receivers to this URL instead of --url (e.g. a second
+    /// host of a cluster: senders on host A, receivers on host B). Echo ignores it.
+    #[arg(long)]
+    recv_url: Option<String>,
+    /// The pid of the --recv-url server when it is another process: its CPU is added to the
+    /// server CPU (msgs per server CPU-second count both) and reported on its own.
+    #[arg(long)]
+    recv_host_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -160,8 +187,10 @@ struct IdleCmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Command::Config(args) = &cli.command {
-        return hostcfg::write(args);
+    match &cli.command {
+        Command::Config(args) => return hostcfg::write(args),
+        Command::Compare(args) => return compare::run(args),
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,10 +203,10 @@ fn main() -> Result<()> {
 
 async fn run(cmd: Command) -> Result<Value> {
     match cmd {
-        Command::Config(_) => Ok(Value::Null),
+        Command::Config(_) | Command::Compare(_) => Ok(Value::Null),
         Command::Auth { common, followers } => {
-            let ctx = Ctx::new(&common)?;
-            let fleet = ctx.establish(0, followers).await?;
+            let ctx = Ctx::new(&common, None)?;
+            let fleet = ctx.establish(&vec![common.url.clone(); followers]).await?;
             let mut r = base_report("auth", &common, followers, &fleet);
             close_all(fleet.links).await;
             summary(&mut r);
@@ -210,8 +239,34 @@ struct Ctx {
     common: Common,
     store: Arc<IdentityStore>,
     codes: Arc<Codes>,
+    /// The server (`--host-pid`): CPU, memory, mapped plugins.
     host: Option<Proc>,
+    /// Every server process whose CPU counts (the host, and `--recv-host-pid` if given).
+    servers: Vec<Proc>,
     tck: u64,
+}
+
+/// CPU of several processes over one window, in percent of one core (summed).
+struct ServersCpu(Vec<CpuWindow>);
+
+impl ServersCpu {
+    fn start(procs: &[Proc]) -> Result<Option<ServersCpu>> {
+        if procs.is_empty() {
+            return Ok(None);
+        }
+        let w = procs.iter().map(CpuWindow::start).collect::<Result<_>>()?;
+        Ok(Some(ServersCpu(w)))
+    }
+
+    /// (sum, each).
+    fn percent(&self, tck: u64) -> Result<(f64, Vec<f64>)> {
+        let each = self
+            .0
+            .iter()
+            .map(|w| w.percent(tck))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((each.iter().sum(), each))
+    }
 }
 
 /// Followers connected and authenticated, with how long it took.
@@ -223,31 +278,49 @@ struct Fleet {
     auth_secs: f64,
     auth_host_cpu: Option<f64>,
     auth_bench_cpu: f64,
+    auth_others_cpu: f64,
     host_rss_before_kib: Option<u64>,
 }
 
 impl Ctx {
-    fn new(common: &Common) -> Result<Ctx> {
+    fn new(common: &Common, recv_host_pid: Option<u32>) -> Result<Ctx> {
+        let source = match (&common.codes_file, &common.code_dir) {
+            (Some(f), None) => CodeSource::File(f.clone()),
+            (None, Some(d)) => CodeSource::Dir(d.clone()),
+            _ => bail!("give exactly one of --codes-file FILE and --code-dir DIR"),
+        };
         let state = match &common.state_dir {
             Some(d) => d.clone(),
-            None => common
-                .codes_file
+            None => source
                 .parent()
                 .map(|p| p.join("bench-identities"))
                 .unwrap_or_else(|| PathBuf::from("bench-identities")),
         };
-        if let Some(pid) = common.host_pid {
-            Proc::pid(pid)
-                .cpu_ticks()
-                .with_context(|| format!("--host-pid {pid}: no such process?"))?;
-        } else {
+        for (flag, pid) in [
+            ("--host-pid", common.host_pid),
+            ("--recv-host-pid", recv_host_pid),
+        ] {
+            if let Some(pid) = pid {
+                Proc::pid(pid)
+                    .cpu_ticks()
+                    .with_context(|| format!("{flag} {pid}: no such process?"))?;
+            }
+        }
+        if common.host_pid.is_none() {
             eprintln!("note: no --host-pid: host CPU and memory will not be reported");
         }
+        let servers = common
+            .host_pid
+            .into_iter()
+            .chain(recv_host_pid)
+            .map(Proc::pid)
+            .collect();
         Ok(Ctx {
             common: common.clone(),
             store: Arc::new(IdentityStore::open(&state)?),
-            codes: Codes::new(&common.codes_file),
+            codes: Codes::new(source),
             host: common.host_pid.map(Proc::pid),
+            servers,
             tck: procfs::clock_ticks(),
         })
     }
@@ -256,27 +329,27 @@ impl Ctx {
         format!("{}{i}", self.common.id_prefix)
     }
 
-    /// Pair what needs pairing, then connect + authenticate followers `first..first+count`
-    /// (timed). Host RSS is sampled between the two phases.
-    async fn establish(&self, first: usize, count: usize) -> Result<Fleet> {
+    /// Pair what needs pairing, then connect + authenticate followers `0..urls.len()`,
+    /// follower `i` on `urls[i]` (timed). Host RSS is sampled between the two phases.
+    async fn establish(&self, urls: &[String]) -> Result<Fleet> {
+        let count = urls.len();
         let watcher = self.codes.spawn_watcher();
-        let idents: Vec<Identity> = (first..first + count)
-            .map(|i| self.store.get(&self.id(i)))
+        let idents: Vec<(Identity, String)> = (0..count)
+            .map(|i| Ok((self.store.get(&self.id(i))?, urls[i].clone())))
             .collect::<Result<_>>()?;
-        let to_pair = idents.iter().filter(|i| i.secret.is_none()).count();
+        let to_pair = idents.iter().filter(|(i, _)| i.secret.is_none()).count();
         let t0 = Instant::now();
         let sem = Arc::new(Semaphore::new(self.common.pair_concurrency.max(1)));
-        let paired = join_all(idents.into_iter().map(|mut ident| {
-            let (sem, codes, store, url) = (
+        let paired = join_all(idents.into_iter().map(|(mut ident, url)| {
+            let (sem, codes, store) = (
                 Arc::clone(&sem),
                 Arc::clone(&self.codes),
                 Arc::clone(&self.store),
-                self.common.url.clone(),
             );
             tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await?;
                 ident::ensure_paired(&url, &mut ident, &codes, &store).await?;
-                anyhow::Ok(ident)
+                anyhow::Ok((ident, url))
             })
         }))
         .await;
@@ -291,16 +364,16 @@ impl Ctx {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let host_rss_before_kib = self.host.as_ref().and_then(|h| h.rss_kib().ok());
 
-        let host_cpu = self.host.as_ref().map(CpuWindow::start).transpose()?;
+        let host_cpu = ServersCpu::start(&self.servers)?;
         let my_cpu = CpuWindow::start(&Proc::me())?;
+        let cores0 = procfs::cores();
         let t1 = Instant::now();
         let sem = Arc::new(Semaphore::new(self.common.connect_concurrency.max(1)));
-        let logins = join_all(idents.into_iter().map(|mut ident| {
-            let (sem, codes, store, url) = (
+        let logins = join_all(idents.into_iter().map(|(mut ident, url)| {
+            let (sem, codes, store) = (
                 Arc::clone(&sem),
                 Arc::clone(&self.codes),
                 Arc::clone(&self.store),
-                self.common.url.clone(),
             );
             tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await?;
@@ -312,6 +385,9 @@ impl Ctx {
         let auth_secs = t1.elapsed().as_secs_f64();
         let auth_host_cpu = host_cpu.map(|c| c.percent(self.tck)).transpose()?;
         let auth_bench_cpu = my_cpu.percent(self.tck)?;
+        let auth_host_cpu = auth_host_cpu.map(|(sum, _)| sum);
+        let busy = procfs::cores_busy_since(&cores0).iter().sum::<f64>();
+        let auth_others_cpu = (busy - auth_bench_cpu - auth_host_cpu.unwrap_or(0.0)).max(0.0);
         watcher.abort();
         let mut links = Vec::with_capacity(count);
         let mut paired_during_auth = 0;
@@ -332,6 +408,7 @@ impl Ctx {
             auth_secs,
             auth_host_cpu,
             auth_bench_cpu,
+            auth_others_cpu,
             host_rss_before_kib,
         })
     }
@@ -346,8 +423,14 @@ async fn close_all(links: Vec<(String, Ws)>) {
 
 fn base_report(scenario: &str, common: &Common, followers: usize, fleet: &Fleet) -> Value {
     let n = fleet.links.len();
+    // Server CPU time per connect + hello + auth, in microseconds.
+    let cpu_us = fleet
+        .auth_host_cpu
+        .filter(|_| n > 0)
+        .map(|pct| pct / 100.0 * fleet.auth_secs * 1e6 / n as f64);
     json!({
         "scenario": scenario,
+        "label": common.label,
         "url": common.url,
         "followers": followers,
         "connections": n,
@@ -362,7 +445,9 @@ fn base_report(scenario: &str, common: &Common, followers: usize, fleet: &Fleet)
             "per_sec": n as f64 / fleet.auth_secs.max(1e-9),
             "paired_during_auth": fleet.paired_during_auth,
             "host_cpu_pct": fleet.auth_host_cpu,
+            "host_cpu_us_per_connect": cpu_us,
             "bench_cpu_pct": fleet.auth_bench_cpu,
+            "other_processes_cpu_pct": fleet.auth_others_cpu,
         },
     })
 }
@@ -376,19 +461,23 @@ async fn run_load(
     args: &LoadArgs,
     reload: Option<(PathBuf, PathBuf, u32)>,
 ) -> Result<Value> {
-    let ctx = Ctx::new(&args.common)?;
+    let ctx = Ctx::new(&args.common, args.recv_host_pid)?;
     let conns = match kind {
         Kind::Echo => args.followers,
         Kind::Relay => 2 * args.followers,
         Kind::Broadcast => args.followers + 1,
     };
-    let fleet = ctx.establish(0, conns).await?;
+    let urls = load::urls(kind, conns, &args.common.url, args.recv_url.as_deref());
+    let fleet = ctx.establish(&urls).await?;
     let scenario = if reload.is_some() {
         "reload"
     } else {
         kind.name()
     };
     let mut report = base_report(scenario, &args.common, args.followers, &fleet);
+    if let Some(r) = report.as_object_mut() {
+        r.insert("recv_url".into(), json!(args.recv_url));
+    }
     let links = fleet.links;
     let shared = Shared::new();
     let wired = load::wire(kind, links, args.size, &shared);
@@ -403,7 +492,7 @@ async fn run_load(
         let _ = wired.writers[i].send(Ctl::Credit(args.window));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let host_cpu = ctx.host.as_ref().map(CpuWindow::start).transpose()?;
+    let host_cpu = ServersCpu::start(&ctx.servers)?;
     let my_cpu = CpuWindow::start(&me)?;
     let cores0 = procfs::cores();
     let t_measure = Instant::now();
@@ -415,9 +504,10 @@ async fn run_load(
     tokio::time::sleep(measure).await;
     shared.phase.store(DRAIN, Relaxed);
     let secs = t_measure.elapsed().as_secs_f64();
-    let host_pct = host_cpu.map(|c| c.percent(ctx.tck)).transpose()?;
+    let host_pcts = host_cpu.map(|c| c.percent(ctx.tck)).transpose()?;
     let bench_pct = my_cpu.percent(ctx.tck)?;
     let cores_busy = procfs::cores_busy_since(&cores0);
+    let host_pct = host_pcts.as_ref().map(|(sum, _)| *sum);
     let host_rss_after = ctx.host.as_ref().and_then(|h| h.rss_kib().ok());
     let host_hwm = ctx.host.as_ref().and_then(|h| h.status_kib("VmHWM").ok());
 
@@ -490,6 +580,9 @@ async fn run_load(
     );
     r.insert("clean_shutdown".into(), json!(clean));
     r.insert("host_cpu_pct".into(), json!(host_pct));
+    if let Some((_, each)) = host_pcts.filter(|(_, e)| e.len() > 1) {
+        r.insert("host_cpu_pct_each".into(), json!(each));
+    }
     r.insert("bench_cpu_pct".into(), json!(bench_pct));
     r.insert("msgs_per_host_cpu_sec".into(), json!(per_host_cpu));
     r.insert("generator_bound".into(), json!(generator_bound));
@@ -516,8 +609,10 @@ async fn run_load(
 }
 
 async fn run_idle(c: &IdleCmd) -> Result<Value> {
-    let ctx = Ctx::new(&c.common)?;
-    let fleet = ctx.establish(0, c.followers).await?;
+    let ctx = Ctx::new(&c.common, None)?;
+    let fleet = ctx
+        .establish(&vec![c.common.url.clone(); c.followers])
+        .await?;
     let mut report = base_report("idle", &c.common, c.followers, &fleet);
     let before = fleet.host_rss_before_kib;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -555,11 +650,15 @@ async fn run_idle(c: &IdleCmd) -> Result<Value> {
             let _ = sink.close().await;
         }));
     }
-    let host_cpu = ctx.host.as_ref().map(CpuWindow::start).transpose()?;
+    let host_cpu = ServersCpu::start(&ctx.servers)?;
     let my_cpu = CpuWindow::start(&Proc::me())?;
+    let cores0 = procfs::cores();
     tokio::time::sleep(Duration::from_secs_f64(c.hold)).await;
     let host_pct = host_cpu.map(|w| w.percent(ctx.tck)).transpose()?;
+    let host_pct = host_pct.map(|(sum, _)| sum);
     let bench_pct = my_cpu.percent(ctx.tck)?;
+    let cores_busy = procfs::cores_busy_since(&cores0);
+    let others = cores_busy.iter().sum::<f64>() - bench_pct - host_pct.unwrap_or(0.0);
     let after = ctx.host.as_ref().and_then(|h| h.rss_kib().ok());
     let my_rss = Proc::me().rss_kib().ok();
     let _ = stop_tx.send(true);
@@ -580,6 +679,8 @@ async fn run_idle(c: &IdleCmd) -> Result<Value> {
     r.insert("bench_rss_kib".into(), json!(my_rss));
     r.insert("host_cpu_pct".into(), json!(host_pct));
     r.insert("bench_cpu_pct".into(), json!(bench_pct));
+    r.insert("cores_busy_pct".into(), json!(cores_busy));
+    r.insert("other_processes_cpu_pct".into(), json!(others.max(0.0)));
     summary(&mut report);
     Ok(report)
 }
@@ -606,6 +707,16 @@ fn summary(r: &mut Value) {
             ""
         }
     );
+    if !r["connect_auth"]["host_cpu_us_per_connect"].is_null() {
+        println!(
+            "server CPU per connect+hello+auth: {} us (other processes {}% of a core)",
+            f(&r["connect_auth"]["host_cpu_us_per_connect"]),
+            f(&r["connect_auth"]["other_processes_cpu_pct"])
+        );
+    }
+    if let Some(recv) = r["recv_url"].as_str() {
+        println!("senders on {}, receivers on {recv}", r["url"]);
+    }
     if r["pairing"]["paired"].as_u64().unwrap_or(0) > 0 {
         println!(
             "pairing: {} followers paired in {:.2} s",
