@@ -2,10 +2,9 @@
 //! carries them to everyone who watches: the dashboard, the cluster bridge, and — through the
 //! router — plugins. A leaf module: events are *emitted* only by [`crate::lifecycle`].
 
+use crate::fanout::Fanout;
 use crate::trust::Liveness;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use std::sync::Arc;
 
 /// A follower lifecycle event, as plugins and the admin see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,47 +52,10 @@ pub struct Recorded {
 pub const RECENT_EVENTS: usize = 200;
 
 /// Fan-out of lifecycle events to subscribers, plus a short history.
-#[derive(Debug)]
-pub struct EventBus {
-    tx: broadcast::Sender<Recorded>,
-    recent: Mutex<VecDeque<Recorded>>,
-}
+pub type EventBus = Fanout<Recorded>;
 
 impl Default for EventBus {
     fn default() -> Self {
-        let (tx, _) = broadcast::channel(1024);
-        EventBus {
-            tx,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
-        }
-    }
-}
-
-impl EventBus {
-    /// Record and publish (no-op for subscribers when nobody listens).
-    pub(crate) fn publish(&self, recorded: Recorded) {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(recorded.clone());
-        }
-        let _ = self.tx.send(recorded);
-    }
-
-    /// Subscribe to every event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Recorded> {
-        self.tx.subscribe()
-    }
-
-    /// The most recent events, oldest first.
-    pub fn recent(&self) -> Vec<Recorded> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        Fanout::new(RECENT_EVENTS, 1024)
     }
 }

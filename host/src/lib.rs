@@ -11,7 +11,7 @@
 //! message), and written by that connection's task in one batch.
 //!
 //! Layout (leaves first; no module imports one listed after it except through [`hub`]):
-//! - [`clock`]: the injectable wall clock.
+//! - [`clock`]: the injectable wall clock. [`fanout`]: recent items plus a broadcast of new ones.
 //! - [`trust`]: trust records and their enums. [`liveness`]: the pure liveness rule.
 //! - [`events`]: lifecycle events and their bus. [`outbound`]: a connection's outbound queue.
 //! - [`ws`]: WebSocket upgrade and frame codec (server side).
@@ -56,6 +56,7 @@ pub mod config;
 pub mod connection;
 pub mod dashboard;
 pub mod events;
+pub mod fanout;
 pub mod file_trust;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -2,7 +2,6 @@
 //! store and the lifecycle events together — authenticated, went offline, liveness changed,
 //! revoked — is one function here, and these functions are the only ones that emit events.
 
-use crate::cluster::link::ClaimMsg;
 use crate::events::{FollowerEvent, Recorded};
 use crate::hub::Hub;
 use crate::liveness::{evaluate, Thresholds, Transition};
@@ -101,15 +100,7 @@ pub async fn authenticated(
     }
     if let Some(link) = hub.link() {
         link.presence.gone(identifier, None);
-        link.publish_claim(&ClaimMsg {
-            identifier: claim.identifier,
-            node: claim.node,
-            conn_id: claim.conn_id,
-            epoch: claim.epoch,
-            connected_since: claim.connected_since,
-            remote: claim.remote,
-            lease_until: claim.lease_until,
-        });
+        link.publish_claim(&claim);
     }
     emit(
         hub,

@@ -6,8 +6,8 @@
 //! claim another host won while a message was lost.
 
 use super::link::{
-    ClaimMsg, EventMsg, Link, RevokeMsg, Subscriptions, HEADER_EXCEPT, HEADER_ORIGIN,
-    HEADER_TARGET, LEASE_SECS, MAX_CONTROL, RECONCILE_EVERY,
+    EventMsg, Link, RevokeMsg, Subscriptions, HEADER_EXCEPT, HEADER_ORIGIN, HEADER_TARGET,
+    LEASE_SECS, MAX_CONTROL, RECONCILE_EVERY,
 };
 use super::presence::RemoteFollower;
 use crate::hub::Hub;
@@ -39,7 +39,7 @@ fn remote_of(c: &SessionClaim) -> RemoteFollower {
     }
 }
 
-fn on_claim(hub: &Hub, link: &Link, claim: ClaimMsg) {
+fn on_claim(hub: &Hub, link: &Link, claim: SessionClaim) {
     if claim.node == *link.node
         || yonexus_protocol::validate::identifier(&claim.identifier).is_err()
     {
@@ -91,7 +91,7 @@ async fn reconcile(hub: &Hub, link: &Link) {
             c.identifier == *identifier && c.node == *link.node && c.conn_id == peer.conn_id
         });
         if !claimed {
-            let claim = SessionClaim {
+            let mut claim = SessionClaim {
                 identifier: identifier.to_string(),
                 node: link.node.to_string(),
                 conn_id: peer.conn_id,
@@ -102,15 +102,8 @@ async fn reconcile(hub: &Hub, link: &Link) {
             };
             if let Ok(epoch) = hub.store.claim_session(&claim).await {
                 peer.set_epoch(epoch);
-                link.publish_claim(&ClaimMsg {
-                    identifier: claim.identifier,
-                    node: claim.node,
-                    conn_id: claim.conn_id,
-                    epoch,
-                    connected_since: claim.connected_since,
-                    remote: claim.remote,
-                    lease_until: claim.lease_until,
-                });
+                claim.epoch = epoch;
+                link.publish_claim(&claim);
             }
         }
     }
@@ -153,7 +146,7 @@ pub async fn run(hub: Arc<Hub>, link: Arc<Link>, subs: Subscriptions, shutdown: 
                 }
             }
             Some(msg) = claims.next() => {
-                if let Some(claim) = json::<ClaimMsg>(&msg) {
+                if let Some(claim) = json::<SessionClaim>(&msg) {
                     on_claim(&hub, &link, claim);
                 }
             }

@@ -12,6 +12,7 @@ use crate::clock::SharedClock;
 use crate::events::{FollowerEvent, Recorded};
 use crate::outbound::SendError;
 use crate::registry::Elsewhere;
+use crate::store::SessionClaim;
 use crate::trust::Liveness;
 use async_nats::connection::State;
 use async_nats::{HeaderMap, Subscriber};
@@ -74,19 +75,6 @@ impl EventMsg {
             _ => return None,
         })
     }
-}
-
-/// A session claim, as published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimMsg {
-    pub identifier: String,
-    pub node: String,
-    pub conn_id: u64,
-    pub epoch: u64,
-    pub connected_since: i64,
-    pub remote: String,
-    pub lease_until: i64,
 }
 
 /// A revocation, as published.
@@ -285,7 +273,7 @@ impl Link {
     }
 
     /// Tell the other hosts a follower's session is now here (`epoch` from the store).
-    pub fn publish_claim(&self, claim: &ClaimMsg) {
+    pub fn publish_claim(&self, claim: &SessionClaim) {
         self.push_json(SUBJECT_CLAIMS, claim);
     }
 

@@ -45,10 +45,10 @@ impl HostView {
         metrics: Metrics,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        let log = Arc::new(EventLog::new());
+        let log = Arc::new(EventLog::default());
         tokio::spawn(forward_events(hub.events.subscribe(), Arc::downgrade(&log)));
         for recorded in hub.events.recent() {
-            log.push(lifecycle_event(recorded));
+            log.publish(lifecycle_event(recorded));
         }
         HostView {
             hub,
@@ -122,7 +122,7 @@ async fn forward_events(mut rx: broadcast::Receiver<Recorded>, log: Weak<EventLo
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(log) = log.upgrade() else { return };
-        log.push(lifecycle_event(recorded));
+        log.publish(lifecycle_event(recorded));
     }
 }
 
@@ -268,7 +268,7 @@ impl AdminView for HostView {
                     .await
                     .map_err(|e| ActionError::Failed(e.to_string()))?;
             if existed {
-                log.push(LifecycleEvent {
+                log.publish(LifecycleEvent {
                     at: hub.now(),
                     kind: EventKind::Revoked,
                     identifier: Some(identifier),
@@ -292,7 +292,7 @@ impl AdminView for HostView {
                 Ok(r) => r.changes.join("; "),
                 Err(e) => format!("refused: {e}"),
             };
-            log.push(LifecycleEvent {
+            log.publish(LifecycleEvent {
                 at: hub.now(),
                 kind: EventKind::Reload,
                 identifier: None,

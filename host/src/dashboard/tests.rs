@@ -108,7 +108,7 @@ async fn start_with(limits: Limits, token: Option<&str>) -> Server {
     let addr = listener.local_addr().expect("addr");
     let view = Arc::new(FixedView {
         ready: AtomicBool::new(false),
-        log: EventLog::new(),
+        log: EventLog::default(),
         revoked: Mutex::new(Vec::new()),
     });
     let token = AdminToken::parse("TEST_TOKEN", token.map(Into::into)).expect("token");
@@ -310,7 +310,7 @@ async fn the_api_answers_json_without_codes() {
     assert_eq!(status["tokenEnv"], "TEST_TOKEN");
     assert!(json(&get(srv.addr, "/api/plugins").await).is_array());
     assert!(json(&get(srv.addr, "/api/rates").await).is_array());
-    srv.view.log.push(LifecycleEvent {
+    srv.view.log.publish(LifecycleEvent {
         at: 5,
         kind: EventKind::Revoked,
         identifier: Some("alpha".into()),
@@ -392,7 +392,7 @@ async fn the_event_stream_sends_lists_and_lifecycle_events() {
             assert!(n > 0, "stream ended: {seen}");
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             if !pushed && seen.contains("event: pairings") {
-                srv.view.log.push(LifecycleEvent {
+                srv.view.log.publish(LifecycleEvent {
                     at: 7,
                     kind: EventKind::Disconnected,
                     identifier: Some("alpha".into()),

@@ -89,8 +89,10 @@ pub enum StoreError {
     },
 }
 
-/// One host's claim on a follower's session (cluster presence). The highest `epoch` wins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One host's claim on a follower's session (cluster presence), as stored and as published on
+/// `yonexus.claims`. The highest `epoch` wins.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionClaim {
     pub identifier: String,
     pub node: String,
