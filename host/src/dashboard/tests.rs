@@ -1,5 +1,6 @@
 //! The admin port over real sockets: a fixed [`AdminView`] (the host's own view is tested
 //! end to end in `tests/tests/dashboard.rs`) behind the real router and connection loop.
+//! Compiled only under #[cfg(test)] (see `mod.rs`).
 
 use super::event_log::EventLog;
 use super::listener::{Limits, LIMITS, MAX_HEAD_BYTES};
