@@ -9,10 +9,9 @@
 //! mode 0644, atomically (temporary file, fsync, rename), and never over an existing file
 //! unless `force` is set.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file::{self, Existing};
 use crate::config::paths::normalize;
 
 /// The bundled plugins and the rule each one serves.
@@ -190,30 +189,19 @@ pub fn write_config(path: &Path, text: &str, force: bool) -> Result<(), InitErro
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".yonexus-init-")
-        .tempfile_in(&dir)
-        .map_err(io)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(io)?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    if force {
-        tmp.persist(path).map_err(|e| io(e.error))?;
+    let existing = if force {
+        Existing::Replace
     } else {
         // Atomic "create, never replace": a file that appeared meanwhile is not overwritten.
-        tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                InitError::Exists(path.to_owned())
-            } else {
-                io(e.error)
-            }
-        })?;
-    }
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+        Existing::Keep
+    };
+    atomic_file::write(path, text.as_bytes(), 0o644, existing).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            InitError::Exists(path.to_owned())
+        } else {
+            io(e)
+        }
+    })?;
     Ok(())
 }
 

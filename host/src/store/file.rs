@@ -8,11 +8,11 @@
 //! pairing. A failed write undoes, field by field, only the change whose caller saw the error.
 
 use super::{StoreError, TrustRecord, LOCK_FILE, STATE_FILE, STATE_VERSION};
+use crate::atomic_file::{self, Existing};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -111,21 +111,7 @@ pub fn load_file(path: &Path) -> Result<BTreeMap<String, TrustRecord>, StoreErro
 /// Write `bytes` to `path` atomically and durably with mode 0600: temp file in the same
 /// directory, write, fsync, rename over the target, fsync the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // NamedTempFile creates the file with mode 0600 and removes it if anything below fails.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".trust-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o600))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    atomic_file::write(path, bytes, 0o600, Existing::Replace)
 }
 
 /// The document's bytes. An encoding failure is an error: an empty or partial document is
@@ -193,7 +179,8 @@ impl FileStore {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(".trust-") && name.ends_with(".tmp") {
+                // `.trust.json-*.tmp` (and `.trust-*.tmp` from earlier versions).
+                if name.starts_with(".trust") && name.ends_with(".tmp") {
                     let _ = fs::remove_file(entry.path());
                 }
             }
