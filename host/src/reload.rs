@@ -283,6 +283,12 @@ impl Reloader {
             if old.config.limits.max_handshakes != config.limits.max_handshakes {
                 report.needs_restart.push("limits.max_handshakes".into());
             }
+            if old.config.store != config.store {
+                report.needs_restart.push("store".into());
+            }
+            if old.config.cluster != config.cluster {
+                report.needs_restart.push("cluster".into());
+            }
         }
         if prepared.gates.0.is_empty()
             && !routes_changed

@@ -64,12 +64,24 @@ impl RawCluster {
                     if !ok {
                         return Err(Invalid::new(
                             format!("cluster.nats[{i}]"),
-                            format!("{url:?} is not a nats:// URL"),
+                            format!("{:?} is not a nats:// URL", redact_url(url)),
                         ));
                     }
                 }
                 Ok(Some(ClusterConfig { node, nats }))
             }
         }
+    }
+}
+
+/// `nats://user:pass@host:port` → `nats://host:port` (credentials never shown; also in text
+/// that is not a URL at all).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if scheme.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{scheme}://{host}")
     }
 }

@@ -204,6 +204,17 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().key, key, "{text}");
         }
+        // A bad NATS URL is named without the credentials it carries.
+        let e = parse(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://y@h/y\"\n[cluster]\nnode = \"a\"\nnats = \"u:hunter2@nats.internal:4222\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "cluster.nats[0]");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("nats.internal:4222") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]
