@@ -393,7 +393,7 @@ fn query(c: &Config, req: &Request, now: i64) -> anyhow::Result<(admin::Response
             (records, Vec::new(), file.display().to_string())
         }
         StoreConfig::Postgres(_) => block_on(false, async {
-            let store = Store::open(&c.store, &c.server.state_dir).await?;
+            let store = Store::open_without_migrating(&c.store, &c.server.state_dir).await?;
             Ok((
                 store.snapshot().await?,
                 store.claims(now).await?,
@@ -580,7 +580,7 @@ async fn revoke_offline(c: &Config, identifier: &str) -> anyhow::Result<OfflineR
         StoreConfig::File => Some(store::lock_state_dir(&c.server.state_dir)?),
         StoreConfig::Postgres(_) => None,
     };
-    let store = Store::open(&c.store, &c.server.state_dir).await?;
+    let store = Store::open_without_migrating(&c.store, &c.server.state_dir).await?;
     let now = SystemClock.now();
     let existed = store
         .apply_existing(identifier, |r| r.revoke(now))

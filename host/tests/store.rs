@@ -502,8 +502,8 @@ async fn concurrent_claims_get_distinct_epochs_and_one_winner(place: &Place) {
             claim("alpha", "node-a", round, now, 30),
             claim("alpha", "node-b", round, now, 30),
         );
-        let (x, y) = tokio::join!(a.claim_session(&ca), b.claim_session(&cb));
-        let (x, y) = (x.unwrap(), y.unwrap());
+        let (x, y) = tokio::join!(a.claim_session(&ca, None), b.claim_session(&cb, None));
+        let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
         assert_ne!(x, y, "round {round}: distinct epochs");
         assert!(
             x.min(y) > last,
@@ -531,12 +531,14 @@ async fn release_only_by_the_owner_and_leases_expire(place: &Place) {
     let b = if place.kind == Kind::File { &a } else { &other };
     let now = 5_000;
     let first = a
-        .claim_session(&claim("alpha", "node-a", u64::MAX, now, 10))
+        .claim_session(&claim("alpha", "node-a", u64::MAX, now, 10), None)
         .await
+        .unwrap()
         .unwrap();
     let second = b
-        .claim_session(&claim("alpha", "node-b", 2, now, 10))
+        .claim_session(&claim("alpha", "node-b", 2, now, 10), None)
         .await
+        .unwrap()
         .unwrap();
     assert!(second > first);
     a.release_session("alpha", "node-a", u64::MAX)
@@ -544,7 +546,7 @@ async fn release_only_by_the_owner_and_leases_expire(place: &Place) {
         .unwrap();
     if place.kind == Kind::File {
         assert!(a.claims(now).await.unwrap().is_empty());
-        a.renew_claims("node-a", now + 100).await.unwrap();
+        a.sync_claims("node-a", now + 100, &[]).await.unwrap();
         return;
     }
     let live = a.claims(now).await.unwrap();
@@ -559,22 +561,31 @@ async fn release_only_by_the_owner_and_leases_expire(place: &Place) {
     );
     // A claim after a release still has a higher epoch.
     let third = a
-        .claim_session(&claim("alpha", "node-a", u64::MAX, now, 10))
+        .claim_session(&claim("alpha", "node-a", u64::MAX, now, 10), None)
         .await
+        .unwrap()
         .unwrap();
     assert!(third > second);
     let c = a.claims(now).await.unwrap();
     assert_eq!(c[0].conn_id, u64::MAX, "conn ids round-trip");
-    a.claim_session(&claim("bravo", "node-a", 4, now, 10))
+    a.claim_session(&claim("bravo", "node-a", 4, now, 10), None)
         .await
+        .unwrap()
         .unwrap();
-    b.claim_session(&claim("charlie", "node-b", 5, now, 10))
+    b.claim_session(&claim("charlie", "node-b", 5, now, 10), None)
         .await
+        .unwrap()
         .unwrap();
     // Leases hold until lease_until, then the claims are gone unless renewed.
     assert_eq!(a.claims(now + 10).await.unwrap().len(), 3);
     assert!(a.claims(now + 11).await.unwrap().is_empty());
-    a.renew_claims("node-a", now + 40).await.unwrap();
+    a.sync_claims(
+        "node-a",
+        now + 40,
+        &[("alpha".into(), u64::MAX), ("bravo".into(), 4)],
+    )
+    .await
+    .unwrap();
     let live: Vec<String> = b
         .claims(now + 30)
         .await
@@ -587,6 +598,75 @@ async fn release_only_by_the_owner_and_leases_expire(place: &Place) {
         ["alpha", "bravo"],
         "only node-a's claims were renewed"
     );
+    // A sync drops the node's claims of connections that are gone, and only the node's.
+    a.sync_claims("node-a", now + 40, &[("alpha".into(), u64::MAX)])
+        .await
+        .unwrap();
+    let live: Vec<String> = b
+        .claims(now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.identifier)
+        .collect();
+    assert_eq!(
+        live,
+        ["alpha", "charlie"],
+        "bravo's ended connection dropped"
+    );
+    a.sync_claims("node-a", now, &[]).await.unwrap();
+    let live: Vec<String> = b
+        .claims(now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.node)
+        .collect();
+    assert_eq!(
+        live,
+        ["node-b"],
+        "a host shutting down drops all of its claims"
+    );
+}
+
+both!(a_reclaim_never_takes_a_live_claim_of_another_host);
+async fn a_reclaim_never_takes_a_live_claim_of_another_host(place: &Place) {
+    let a = place.open().await;
+    let other = place.open().await;
+    let b = if place.kind == Kind::File { &a } else { &other };
+    let now = 8_000;
+    let first = a
+        .claim_session(&claim("alpha", "node-a", 1, now, 30), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let newer = b
+        .claim_session(&claim("alpha", "node-b", 2, now, 30), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(newer > first);
+    let reclaimed = a
+        .claim_session(&claim("alpha", "node-a", 1, now, 30), Some(now))
+        .await
+        .unwrap();
+    if place.kind == Kind::File {
+        assert!(reclaimed.is_some(), "one host: nobody else can hold it");
+        return;
+    }
+    assert_eq!(reclaimed, None, "node-b holds a live claim");
+    // Once that lease has run out, the session may be claimed again.
+    let later = a
+        .claim_session(&claim("alpha", "node-a", 1, now + 31, 30), Some(now + 31))
+        .await
+        .unwrap();
+    assert!(later.is_some_and(|e| e > newer), "{later:?}");
+    // Its own claim it may always renew that way.
+    let again = a
+        .claim_session(&claim("alpha", "node-a", 1, now + 31, 30), Some(now + 31))
+        .await
+        .unwrap();
+    assert!(again > later);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,14 +684,16 @@ fn liveness_of_a_follower_is_written_by_the_host_holding_its_session() {
             .unwrap();
         a.get("alpha").await.unwrap();
         b.get("alpha").await.unwrap();
-        a.claim_session(&claim("alpha", "node-a", 1, now, 30))
+        a.claim_session(&claim("alpha", "node-a", 1, now, 30), None)
             .await
+            .unwrap()
             .unwrap();
         a.touch("alpha", |r| r.status = Liveness::Online);
         a.flush().await.unwrap();
         // The follower moves to B; A's late "offline" must not overwrite B's "online".
-        b.claim_session(&claim("alpha", "node-b", 1, now + 1, 30))
+        b.claim_session(&claim("alpha", "node-b", 1, now + 1, 30), None)
             .await
+            .unwrap()
             .unwrap();
         b.touch("alpha", |r| {
             r.status = Liveness::Online;
@@ -819,7 +901,7 @@ fn postgres_down_is_unavailable_quickly_and_the_store_recovers() {
         assert!(a.ping().await.is_err());
         assert!(a.accept_nonce("alpha", "n", 2).await.is_err());
         assert!(a
-            .claim_session(&claim("alpha", "node-a", 1, 2, 30))
+            .claim_session(&claim("alpha", "node-a", 1, 2, 30), None)
             .await
             .is_err());
         assert!(
@@ -937,11 +1019,14 @@ fn trust_json_imports_and_hosts_run_with_a_row_only_role() {
         assert!(host.accept_nonce("alpha", "n", 7).await.unwrap());
         assert_eq!(host.count_event("addr:x", 7, 60).await.unwrap(), Some(1));
         let epoch = host
-            .claim_session(&claim("alpha", "node-a", 1, 7, 30))
+            .claim_session(&claim("alpha", "node-a", 1, 7, 30), None)
             .await
+            .unwrap()
             .unwrap();
         assert!(epoch > 0);
-        host.renew_claims("node-a", 60).await.unwrap();
+        host.sync_claims("node-a", 60, &[("alpha".into(), 1)])
+            .await
+            .unwrap();
         host.release_session("alpha", "node-a", 1).await.unwrap();
         place.psql("DROP OWNED BY yx_host_role; DROP ROLE yx_host_role");
     });
@@ -1136,6 +1221,17 @@ fn migrate_and_check_report_the_database_without_its_password() {
         )),
         "{shown}"
     );
+    // With no host running, the read-only CLI never changes the schema: it says what to do.
+    let out = with_url(&["clients", "--config", &config], &url);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("run `yonexus migrate`"), "{shown}");
+    let out = with_url(&["check", "--config", &config], &url);
+    assert!(
+        text(&out).contains("reachable, schema version 0"),
+        "{}",
+        text(&out)
+    );
     let out = with_url(&["migrate", "--config", &config], &url);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
@@ -1148,6 +1244,14 @@ fn migrate_and_check_report_the_database_without_its_password() {
     );
     let out = with_url(&["migrate", "--config", &config], &url);
     assert!(text(&out).contains("up to date"), "{}", text(&out));
+    let out = with_url(&["clients", "--config", &config], &url);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("alpha"), "{shown}");
+    assert!(
+        shown.contains(&format!("read from PostgreSQL at {location}")),
+        "{shown}"
+    );
     let out = with_url(&["check", "--config", &config], &url);
     assert!(
         text(&out).contains(&format!("reachable, schema version {latest}")),

@@ -87,6 +87,13 @@ pub enum StoreError {
         found: i32,
         known: i32,
     },
+    /// The database's schema is older than this program, which was asked not to upgrade it.
+    #[error("PostgreSQL at {location} has trust store schema version {found}, older than this yonexus ({known}): run `yonexus migrate` (or start a host) first")]
+    SchemaBehind {
+        location: String,
+        found: i32,
+        known: i32,
+    },
 }
 
 /// One host's claim on a follower's session (cluster presence), as stored and as published on
@@ -119,10 +126,27 @@ impl Store {
     /// PostgreSQL (connected, its schema brought up to date; refused when the database cannot
     /// be reached or its schema is newer than this host).
     pub async fn open(config: &StoreConfig, state_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(config, state_dir, true).await
+    }
+
+    /// Like [`Store::open`], but never changes the database's schema (the operator's CLI
+    /// where no host runs): a schema older than this program is refused, with the fix.
+    pub async fn open_without_migrating(
+        config: &StoreConfig,
+        state_dir: &Path,
+    ) -> Result<Store, StoreError> {
+        Self::open_with(config, state_dir, false).await
+    }
+
+    async fn open_with(
+        config: &StoreConfig,
+        state_dir: &Path,
+        migrate: bool,
+    ) -> Result<Store, StoreError> {
         match config {
             StoreConfig::File => Store::open_file(state_dir),
             StoreConfig::Postgres(url) => Ok(Store {
-                backend: Backend::Postgres(Box::new(postgres::PgStore::open(url).await?)),
+                backend: Backend::Postgres(Box::new(postgres::PgStore::open(url, migrate).await?)),
             }),
         }
     }
@@ -266,14 +290,21 @@ impl Store {
     }
 
     /// Claim `claim.identifier`'s session for `claim.node`/`claim.conn_id`, replacing any other
-    /// claim; returns the new claim's epoch (claims are totally ordered: concurrent claims for
-    /// one identifier get different epochs, the higher one is the live session). The embedded
-    /// store counts epochs in memory; PostgreSQL takes them from one sequence, so a claim made
-    /// after a release still has a higher epoch than every earlier one.
-    pub async fn claim_session(&self, claim: &SessionClaim) -> Result<u64, StoreError> {
+    /// claim (`if_free_at: None`: an authentication, the newest session wins) or only when no
+    /// other host holds a live claim at that time (`Some(now)`: re-claiming a session whose
+    /// claim was lost; `None` back when another host holds it). Returns the new claim's epoch
+    /// (claims are totally ordered: concurrent claims for one identifier get different epochs,
+    /// the higher one is the live session). The embedded store counts epochs in memory;
+    /// PostgreSQL takes them from one sequence, so a claim made after a release still has a
+    /// higher epoch than every earlier one.
+    pub async fn claim_session(
+        &self,
+        claim: &SessionClaim,
+        if_free_at: Option<i64>,
+    ) -> Result<Option<u64>, StoreError> {
         match &self.backend {
-            Backend::File(s) => Ok(s.next_epoch(&claim.identifier)),
-            Backend::Postgres(p) => p.claim_session(claim).await,
+            Backend::File(s) => Ok(Some(s.next_epoch(&claim.identifier))),
+            Backend::Postgres(p) => p.claim_session(claim, if_free_at).await,
         }
     }
 
@@ -290,11 +321,18 @@ impl Store {
         }
     }
 
-    /// Extend every claim of `node` until `lease_until`.
-    pub async fn renew_claims(&self, node: &str, lease_until: i64) -> Result<(), StoreError> {
+    /// Extend the claims of `node`'s live sessions (`live`: identifier and connection id) until
+    /// `lease_until`, and drop every other claim of `node` (connections that ended without
+    /// their release reaching the store; with `live` empty, all of them: a host shutting down).
+    pub async fn sync_claims(
+        &self,
+        node: &str,
+        lease_until: i64,
+        live: &[(String, u64)],
+    ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::File(_) => Ok(()),
-            Backend::Postgres(p) => p.renew_claims(node, lease_until).await,
+            Backend::Postgres(p) => p.sync_claims(node, lease_until, live).await,
         }
     }
 

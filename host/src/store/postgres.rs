@@ -113,10 +113,32 @@ ON CONFLICT (identifier) DO UPDATE SET
     remote = excluded.remote,
     lease_until = excluded.lease_until
 RETURNING epoch";
+/// The same claim, made only if nobody else holds a live one (re-claiming a session of this
+/// host whose claim was lost): no row when another host holds it.
+const SQL_RECLAIM: &str = "\
+INSERT INTO sessions AS s (identifier, node, conn_id, epoch, connected_since, remote, lease_until)
+VALUES ($1, $2, $3, nextval('session_epochs'), $4, $5, $6)
+ON CONFLICT (identifier) DO UPDATE SET
+    node = excluded.node,
+    conn_id = excluded.conn_id,
+    epoch = nextval('session_epochs'),
+    connected_since = excluded.connected_since,
+    remote = excluded.remote,
+    lease_until = excluded.lease_until
+WHERE (s.node = excluded.node AND s.conn_id = excluded.conn_id) OR s.lease_until < $7
+RETURNING epoch";
 const SQL_RELEASE: &str =
     "DELETE FROM sessions WHERE identifier = $1 AND node = $2 AND conn_id = $3";
-const SQL_RENEW: &str =
-    "UPDATE sessions SET lease_until = GREATEST(lease_until, $2) WHERE node = $1";
+/// Renew the claims of `node`'s live sessions ($3, $4: identifiers and connection ids) and drop
+/// its other claims (connections that ended without their release reaching the database).
+const SQL_SYNC: &str = "\
+WITH live AS (SELECT * FROM unnest($3::text[], $4::bigint[]) AS l(identifier, conn_id)),
+gone AS (
+    DELETE FROM sessions s WHERE s.node = $1
+      AND NOT EXISTS (SELECT 1 FROM live
+                      WHERE live.identifier = s.identifier AND live.conn_id = s.conn_id))
+UPDATE sessions s SET lease_until = GREATEST(s.lease_until, $2)
+FROM live WHERE s.node = $1 AND s.identifier = live.identifier AND s.conn_id = live.conn_id";
 const SQL_CLAIMS: &str = "SELECT identifier, node, conn_id, epoch, connected_since, remote, \
      lease_until FROM sessions WHERE lease_until >= $1 ORDER BY identifier";
 const SQL_FORGET_NONCES: &str = "DELETE FROM auth_nonces WHERE seen_at < $1";
@@ -133,9 +155,10 @@ fn conn_from_sql(v: i64) -> u64 {
 }
 
 impl PgStore {
-    /// Connect to the database `url` names and bring its schema up to date. Refuses a
-    /// database whose schema is newer than this host's.
-    pub async fn open(url: &PostgresUrl) -> Result<PgStore, StoreError> {
+    /// Connect to the database `url` names and (`migrate`) bring its schema up to date, or
+    /// (not `migrate`) refuse a schema older than this program's. Refuses a database whose
+    /// schema is newer than this host's.
+    pub async fn open(url: &PostgresUrl, migrate: bool) -> Result<PgStore, StoreError> {
         let target = Target::from_config(url)?;
         let manager = Manager::from_config(
             target.config.clone(),
@@ -161,6 +184,28 @@ impl PgStore {
             last_housekeeping: Mutex::new(None),
         };
         let mut client = store.client("connect").await?;
+        if !migrate {
+            let read = tokio::time::timeout(OP_TIMEOUT, migrations::version(&**client)).await;
+            return match read {
+                Err(_) => Err(store.target.unavailable(
+                    "read the schema version",
+                    &format!("no answer within {} s", OP_TIMEOUT.as_secs()),
+                )),
+                Ok(Err(e)) => Err(store.failed("read the schema version", client, Fail::Pg(e))),
+                Ok(Ok(Found::Newer(v))) => Err(store.target.schema_too_new(v)),
+                Ok(Ok(Found::Version(v))) if v < migrations::LATEST => {
+                    Err(StoreError::SchemaBehind {
+                        location: store.target.location.clone(),
+                        found: v,
+                        known: migrations::LATEST,
+                    })
+                }
+                Ok(Ok(Found::Version(_))) => {
+                    drop(client);
+                    Ok(store)
+                }
+            };
+        }
         let migrated =
             tokio::time::timeout(MIGRATE_TIMEOUT, migrations::migrate(&mut client)).await;
         let (before, after) = match migrated {
@@ -554,34 +599,67 @@ impl PgStore {
         Ok(u32::try_from(count).unwrap_or(0))
     }
 
-    /// Upsert the claim; the epoch comes from one sequence, so a later claim on an identifier
-    /// always has a higher epoch than every earlier one, even after a release.
-    pub async fn claim_session(&self, claim: &SessionClaim) -> Result<u64, StoreError> {
+    /// Upsert the claim (`if_free_at`: only if no other host holds a live claim at that time);
+    /// the epoch comes from one sequence, so a later claim on an identifier always has a
+    /// higher epoch than every earlier one, even after a release. `None`: another host holds
+    /// it.
+    pub async fn claim_session(
+        &self,
+        claim: &SessionClaim,
+        if_free_at: Option<i64>,
+    ) -> Result<Option<u64>, StoreError> {
         self.saw(claim.connected_since);
         let what = "claim a session";
-        let row = self
-            .query_one(
-                what,
-                SQL_CLAIM,
-                &[
-                    &claim.identifier,
-                    &claim.node,
-                    &conn_to_sql(claim.conn_id),
-                    &claim.connected_since,
-                    &claim.remote,
-                    &claim.lease_until,
-                ],
-            )
-            .await?;
-        let epoch: i64 = row.try_get(0).map_err(|e| StoreError::Refused {
-            location: self.target.location.clone(),
-            what: what.to_owned(),
-            reason: self.target.describe(&e),
-        })?;
+        let conn = conn_to_sql(claim.conn_id);
+        let mut client = self.client(what).await?;
+        let c = &mut client;
+        let outcome = tokio::time::timeout(OP_TIMEOUT, async {
+            let row = match if_free_at {
+                None => {
+                    let stmt = c.prepare_cached(SQL_CLAIM).await?;
+                    c.query_opt(
+                        &stmt,
+                        &[
+                            &claim.identifier,
+                            &claim.node,
+                            &conn,
+                            &claim.connected_since,
+                            &claim.remote,
+                            &claim.lease_until,
+                        ],
+                    )
+                    .await?
+                }
+                Some(now) => {
+                    let stmt = c.prepare_cached(SQL_RECLAIM).await?;
+                    c.query_opt(
+                        &stmt,
+                        &[
+                            &claim.identifier,
+                            &claim.node,
+                            &conn,
+                            &claim.connected_since,
+                            &claim.remote,
+                            &claim.lease_until,
+                            &now,
+                        ],
+                    )
+                    .await?
+                }
+            };
+            match row {
+                None => Ok(None),
+                Some(row) => Ok(Some(row.try_get::<_, i64>(0)?)),
+            }
+        })
+        .await;
+        let Some(epoch) = self.settle(what, client, outcome)? else {
+            return Ok(None);
+        };
         let epoch = epoch.max(0) as u64;
         self.cache()
             .claimed(&claim.identifier, &claim.node, claim.conn_id, epoch);
-        Ok(epoch)
+        Ok(Some(epoch))
     }
 
     pub async fn release_session(
@@ -600,9 +678,20 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn renew_claims(&self, node: &str, lease_until: i64) -> Result<(), StoreError> {
-        self.execute("renew session leases", SQL_RENEW, &[&node, &lease_until])
-            .await?;
+    pub async fn sync_claims(
+        &self,
+        node: &str,
+        lease_until: i64,
+        live: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
+        let conns: Vec<i64> = live.iter().map(|&(_, c)| conn_to_sql(c)).collect();
+        self.execute(
+            "renew session leases",
+            SQL_SYNC,
+            &[&node, &lease_until, &ids, &conns],
+        )
+        .await?;
         Ok(())
     }
 
