@@ -10,10 +10,12 @@ use super::link::{
     LEASE_SECS, MAX_CONTROL, RECONCILE_EVERY,
 };
 use super::presence::RemoteFollower;
+use crate::events::FollowerEvent;
 use crate::hub::Hub;
 use crate::lifecycle;
 use crate::store::SessionClaim;
 use futures_util::StreamExt;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -46,65 +48,102 @@ fn on_claim(hub: &Hub, link: &Link, claim: SessionClaim) {
         return;
     }
     let identifier: Arc<str> = claim.identifier.as_str().into();
-    lifecycle::replaced_elsewhere(hub, &identifier, claim.epoch);
-    link.presence.claimed(
-        identifier,
-        RemoteFollower {
-            node: claim.node.as_str().into(),
-            conn_id: claim.conn_id,
-            epoch: claim.epoch,
-            connected_since: claim.connected_since,
-            remote: claim.remote,
-            lease_until: claim.lease_until,
-        },
-    );
-}
-
-/// Renew this host's claims, learn the others', and close local sessions that lost theirs.
-async fn reconcile(hub: &Hub, link: &Link) {
-    let now = hub.now();
-    if let Err(e) = hub.store.renew_claims(&link.node, now + LEASE_SECS).await {
-        tracing::warn!(error = %e, "cluster: cannot renew session claims");
+    // An older claim than this host's own session of the follower changes nothing.
+    if hub
+        .registry
+        .get(&identifier)
+        .is_some_and(|p| p.epoch() > claim.epoch)
+    {
         return;
     }
-    let claims = match hub.store.claims(now).await {
+    lifecycle::replaced_elsewhere(hub, &identifier, claim.epoch);
+    link.presence.claimed(identifier, remote_of(&claim));
+}
+
+/// Renew this host's claims (and drop those of connections that ended), learn the others',
+/// tell this host's plugins about followers that vanished from other hosts (crashed), and
+/// close or re-claim local sessions as the store says.
+async fn reconcile(hub: &Hub, link: &Link) {
+    let now = hub.now();
+    let local: Vec<(Arc<str>, Arc<crate::outbound::Peer>)> = hub.registry.sessions();
+    let live: Vec<(String, u64)> = local
+        .iter()
+        .map(|(id, p)| (id.to_string(), p.conn_id))
+        .collect();
+    let synced = hub
+        .store
+        .sync_claims(&link.node, now + LEASE_SECS, &live)
+        .await;
+    let claims = match synced {
+        Ok(()) => hub.store.claims(now).await,
+        Err(e) => Err(e),
+    };
+    let claims = match claims {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "cluster: cannot read session claims");
+            // Nobody can renew a claim while the store is down: keep what is known (disconnect
+            // events still arrive over NATS) instead of letting every lease run out.
+            link.presence.hold(now + LEASE_SECS);
+            tracing::warn!(error = %e, "cluster: cannot reconcile session claims with the store");
             return;
         }
     };
     let mut remote = Vec::new();
+    let mut mine = HashSet::new();
     for c in &claims {
         if c.node == *link.node {
+            mine.insert((c.identifier.as_str(), c.conn_id));
             continue;
         }
         let identifier: Arc<str> = c.identifier.as_str().into();
         lifecycle::replaced_elsewhere(hub, &identifier, c.epoch);
         remote.push((identifier, remote_of(c)));
     }
-    link.presence.reset(remote);
-    // A local session with no claim at all (the store was down when it authenticated, or the
-    // claim expired): claim it again.
-    for (identifier, peer) in hub.registry.sessions() {
-        let claimed = claims.iter().any(|c| {
-            c.identifier == *identifier && c.node == *link.node && c.conn_id == peer.conn_id
-        });
-        if !claimed {
-            let mut claim = SessionClaim {
-                identifier: identifier.to_string(),
-                node: link.node.to_string(),
-                conn_id: peer.conn_id,
-                epoch: 0,
-                connected_since: peer.connected_since,
-                remote: peer.remote.to_string(),
-                lease_until: now + LEASE_SECS,
-            };
-            if let Ok(epoch) = hub.store.claim_session(&claim).await {
+    for (identifier, node) in link.presence.reset(remote, now) {
+        lifecycle::remote_event(hub, &node, now, FollowerEvent::Disconnected { identifier });
+    }
+    // A local session without its claim (it expired while the store was down): claim it
+    // again, unless another host holds a live claim meanwhile — then that session is newer.
+    for (identifier, peer) in local {
+        if mine.contains(&(&*identifier, peer.conn_id)) || hub.registry.get(&identifier).is_none() {
+            continue;
+        }
+        let mut claim = SessionClaim {
+            identifier: identifier.to_string(),
+            node: link.node.to_string(),
+            conn_id: peer.conn_id,
+            epoch: 0,
+            connected_since: peer.connected_since,
+            remote: peer.remote.to_string(),
+            lease_until: now + LEASE_SECS,
+        };
+        match hub.store.claim_session(&claim, Some(now)).await {
+            Ok(Some(epoch)) => {
                 peer.set_epoch(epoch);
                 claim.epoch = epoch;
                 link.publish_claim(&claim);
             }
+            Ok(None) => {
+                tracing::info!(identifier = %identifier, "session replaced by a newer one on another host");
+                peer.close(1000, "session replaced");
+                lifecycle::went_offline(hub, &identifier, peer.conn_id);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: cannot re-claim a session now");
+            }
+        }
+    }
+}
+
+/// Every [`RECONCILE_EVERY`], the reconciliation with the store (in its own task: a slow store never holds up the
+/// delivery of messages from other hosts).
+pub async fn reconcile_loop(hub: Arc<Hub>, link: Arc<Link>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(RECONCILE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => reconcile(&hub, &link).await,
         }
     }
 }
@@ -118,11 +157,9 @@ pub async fn run(hub: Arc<Hub>, link: Arc<Link>, subs: Subscriptions, shutdown: 
         mut claims,
         mut revoke,
     } = subs;
-    let mut every = tokio::time::interval(RECONCILE_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = every.tick() => reconcile(&hub, &link).await,
             Some(msg) = deliver.next() => {
                 let Some(target) = header(&msg, HEADER_TARGET) else { continue };
                 if hub.registry.send_local(target, msg.payload.clone()).is_err() {
@@ -151,10 +188,9 @@ pub async fn run(hub: Arc<Hub>, link: Arc<Link>, subs: Subscriptions, shutdown: 
                 }
             }
             Some(msg) = revoke.next() => {
+                // Not filtered by origin: this host never receives its own messages (no_echo),
+                // and `yonexus revoke` run where no host runs sends with the node's own name.
                 let Some(m) = json::<RevokeMsg>(&msg) else { continue };
-                if m.origin == *link.node {
-                    continue;
-                }
                 hub.guard.forget(&m.identifier);
                 link.presence.gone(&m.identifier, None);
                 lifecycle::disconnect(&hub, &m.identifier, 1008, &m.reason);

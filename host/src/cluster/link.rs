@@ -7,8 +7,9 @@
 //! followers on other hosts answer "offline" at once (never hang, never drop silently), local
 //! delivery goes on, and the client reconnects by itself.
 
-use super::presence::{Presence, RemoteFollower};
+use super::presence::Presence;
 use crate::clock::SharedClock;
+pub use crate::config::cluster::redact_url;
 use crate::events::{FollowerEvent, Recorded};
 use crate::outbound::SendError;
 use crate::registry::Elsewhere;
@@ -127,17 +128,6 @@ pub struct Subscriptions {
 pub enum LinkError {
     #[error("NATS ({servers}): {detail}")]
     Nats { servers: String, detail: String },
-}
-
-/// `nats://user:pass@host:port` → `nats://host:port` (credentials never shown).
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{host}")
-        }
-        None => "<unparsable url>".into(),
-    }
 }
 
 impl Link {
@@ -288,11 +278,6 @@ impl Link {
             },
         );
     }
-
-    /// Where `identifier` is on another host, if anywhere.
-    pub fn locate(&self, identifier: &str) -> Option<RemoteFollower> {
-        self.presence.get(identifier, self.clock.now())
-    }
 }
 
 /// Try each NATS server once (for `yonexus check`): `(server, Ok | why not)`, credentials
@@ -370,11 +355,11 @@ pub async fn announce_revoke(
 
 impl Elsewhere for Link {
     fn send_to(&self, target: &str, frame: Bytes) -> Result<(), SendError> {
-        let Some(at) = self.locate(target) else {
+        let Some(node) = self.presence.node_of(target, self.clock.now()) else {
             return Err(SendError::Offline);
         };
         self.push(Outgoing::Deliver {
-            subject: deliver_subject(&at.node),
+            subject: deliver_subject(&node),
             target: target.to_owned(),
             frame,
         })
@@ -382,12 +367,10 @@ impl Elsewhere for Link {
 
     fn broadcast(&self, frame: &Bytes, except: Option<&str>) -> usize {
         let now = self.clock.now();
-        let reached = self
-            .presence
-            .all(now)
-            .iter()
-            .filter(|(id, _)| Some(&**id) != except)
-            .count();
+        let mut reached = self.presence.count(now);
+        if except.is_some_and(|e| self.presence.node_of(e, now).is_some()) {
+            reached = reached.saturating_sub(1);
+        }
         if reached == 0 {
             return 0;
         }

@@ -54,12 +54,43 @@ impl Presence {
         }
     }
 
+    /// This host's own session of `identifier` (epoch `epoch`) supersedes what is known about
+    /// it elsewhere: forget entries with a lower epoch (a higher one is a newer session).
+    pub fn superseded(&self, identifier: &str, epoch: u64) {
+        let mut map = self.write();
+        if map.get(identifier).is_some_and(|r| r.epoch < epoch) {
+            map.remove(identifier);
+        }
+    }
+
+    /// The epoch of `identifier`'s claim on another host, if one is known (leased or not).
+    pub fn epoch_of(&self, identifier: &str) -> Option<u64> {
+        self.read().get(identifier).map(|r| r.epoch)
+    }
+
+    /// While the shared store cannot be read, keep what is known alive until `lease_until`
+    /// (the hosts cannot renew their claims meanwhile; disconnect events still arrive).
+    pub fn hold(&self, lease_until: i64) {
+        for r in self.write().values_mut() {
+            r.lease_until = r.lease_until.max(lease_until);
+        }
+    }
+
     /// Where `identifier` is, if on another host with a live lease.
     pub fn get(&self, identifier: &str, now: i64) -> Option<RemoteFollower> {
         self.read()
             .get(identifier)
             .filter(|r| r.lease_until >= now)
             .cloned()
+    }
+
+    /// The host `identifier` is connected to, if another one with a live lease (the hot path
+    /// of a send: nothing else is copied).
+    pub fn node_of(&self, identifier: &str, now: i64) -> Option<Arc<str>> {
+        self.read()
+            .get(identifier)
+            .filter(|r| r.lease_until >= now)
+            .map(|r| Arc::clone(&r.node))
     }
 
     /// Every remote follower with a live lease.
@@ -71,13 +102,32 @@ impl Presence {
             .collect()
     }
 
-    /// Replace everything known about other hosts with `claims` (the store's view).
-    pub fn reset(&self, claims: Vec<(Arc<str>, RemoteFollower)>) {
+    /// Replace everything known about other hosts with `claims` (the store's view). Returns
+    /// the followers that were connected elsewhere (with a live lease at `now`) and no longer
+    /// are anywhere else (their host crashed, or their disconnect was missed), with the host
+    /// they were on.
+    pub fn reset(
+        &self,
+        claims: Vec<(Arc<str>, RemoteFollower)>,
+        now: i64,
+    ) -> Vec<(Arc<str>, Arc<str>)> {
         let mut map = self.write();
-        map.clear();
-        for (id, r) in claims {
-            map.insert(id, r);
-        }
+        let fresh: HashMap<Arc<str>, RemoteFollower> = claims.into_iter().collect();
+        let vanished = map
+            .iter()
+            .filter(|(id, r)| r.lease_until >= now && !fresh.contains_key(*id))
+            .map(|(id, r)| (Arc::clone(id), Arc::clone(&r.node)))
+            .collect();
+        *map = fresh;
+        vanished
+    }
+
+    /// How many followers are connected to other hosts (live leases at `now`).
+    pub fn count(&self, now: i64) -> usize {
+        self.read()
+            .values()
+            .filter(|r| r.lease_until >= now)
+            .count()
     }
 }
 
@@ -110,5 +160,29 @@ mod tests {
         assert!(p.get("a", 101).is_none(), "lease expired");
         p.gone("a", Some("b"));
         assert!(p.get("a", 50).is_none());
+    }
+
+    #[test]
+    fn a_local_session_supersedes_only_older_claims() {
+        let p = Presence::default();
+        p.claimed("a".into(), at("b", 5, 100));
+        p.superseded("a", 4);
+        assert_eq!(p.epoch_of("a"), Some(5), "a newer claim elsewhere stays");
+        p.superseded("a", 6);
+        assert_eq!(p.epoch_of("a"), None);
+    }
+
+    #[test]
+    fn reset_reports_who_vanished_and_hold_keeps_leases() {
+        let p = Presence::default();
+        p.claimed("a".into(), at("b", 1, 100));
+        p.claimed("c".into(), at("b", 2, 100));
+        p.claimed("old".into(), at("b", 3, 10));
+        let vanished = p.reset(vec![("c".into(), at("d", 4, 100))], 50);
+        assert_eq!(vanished, vec![("a".into(), "b".into())]);
+        assert_eq!(p.get("c", 50).map(|r| r.node), Some("d".into()));
+        assert_eq!(p.count(50), 1);
+        p.hold(200);
+        assert!(p.get("c", 150).is_some(), "held while the store is down");
     }
 }
