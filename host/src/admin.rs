@@ -6,7 +6,7 @@ use crate::hub::Hub;
 use crate::reload::Reloader;
 use crate::store::{self, Liveness, PairingStatus, SessionClaim, TrustRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -115,8 +115,8 @@ pub struct Whereabouts {
 pub enum Seen<'a> {
     /// The running hub: who is connected here and, in a cluster, on which other host.
     Hub(&'a Hub),
-    /// Session claims read from the shared store (no host runs on this machine).
-    Claims(&'a [SessionClaim]),
+    /// Session claims read from the shared store (no host runs on this machine), by identifier.
+    Claims(HashMap<&'a str, &'a SessionClaim>),
     /// Nothing known (no host runs; file store).
     Nothing,
 }
@@ -139,15 +139,11 @@ impl Seen<'_> {
                     node: Some(r.node.to_string()),
                 })
             }
-            Seen::Claims(claims) => claims
-                .iter()
-                .filter(|c| c.identifier == identifier)
-                .max_by_key(|c| c.epoch)
-                .map(|c| Whereabouts {
-                    connected_since: c.connected_since,
-                    remote: c.remote.clone(),
-                    node: Some(c.node.clone()),
-                }),
+            Seen::Claims(claims) => claims.get(identifier).map(|c| Whereabouts {
+                connected_since: c.connected_since,
+                remote: c.remote.clone(),
+                node: Some(c.node.clone()),
+            }),
             Seen::Nothing => None,
         }
     }
@@ -159,19 +155,23 @@ pub fn client_rows(
     allow: &BTreeSet<String>,
     seen: &Seen<'_>,
 ) -> Vec<ClientRow> {
-    let mut ids: BTreeSet<String> = allow.clone();
-    ids.extend(records.iter().map(|r| r.identifier.clone()));
+    let by_id: HashMap<&str, &TrustRecord> =
+        records.iter().map(|r| (r.identifier.as_str(), r)).collect();
+    let mut ids: BTreeSet<&str> = allow.iter().map(String::as_str).collect();
+    ids.extend(by_id.keys().copied());
     ids.into_iter()
         .map(|id| {
-            let record = records.iter().find(|r| r.identifier == id);
-            let at = seen.locate(&id);
-            let mut liveness = record.map_or(Liveness::Offline, |r| r.status);
-            if at.is_some() && liveness == Liveness::Offline {
-                // Its host writes liveness lazily: connected (here or elsewhere) means online.
-                liveness = Liveness::Online;
-            }
+            let record = by_id.get(id).copied();
+            let at = seen.locate(id);
+            // Liveness is written lazily, and a crashed host never writes it: a follower not
+            // connected anywhere is offline, one connected (here or elsewhere) at least online.
+            let liveness = match (&at, record.map(|r| r.status)) {
+                (None, _) => Liveness::Offline,
+                (Some(_), Some(Liveness::Unstable)) => Liveness::Unstable,
+                (Some(_), _) => Liveness::Online,
+            };
             ClientRow {
-                allowed: allow.contains(&id),
+                allowed: allow.contains(id),
                 pairing_status: record
                     .map_or(PairingStatus::Unpaired, |r| r.pairing_status)
                     .as_str()
@@ -182,7 +182,7 @@ pub fn client_rows(
                 connected_since: at.as_ref().map(|w| w.connected_since),
                 remote: at.as_ref().map(|w| w.remote.clone()),
                 node: at.and_then(|w| w.node),
-                identifier: id,
+                identifier: id.to_owned(),
             }
         })
         .collect()
@@ -357,7 +357,14 @@ pub fn offline_answer(
     let seen = if claims.is_empty() {
         Seen::Nothing
     } else {
-        Seen::Claims(claims)
+        let mut newest: HashMap<&str, &SessionClaim> = HashMap::new();
+        for c in claims {
+            let slot = newest.entry(c.identifier.as_str()).or_insert(c);
+            if c.epoch > slot.epoch {
+                *slot = c;
+            }
+        }
+        Seen::Claims(newest)
     };
     match req {
         Request::Clients => Some(Response {

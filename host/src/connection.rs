@@ -1,10 +1,11 @@
 //! One follower's connection, as one task that owns its socket, its session and its outbound
 //! queue (the mini-redis way): it reads frames, hands them to the session, and writes what the
 //! queue holds — replies, plugin messages, broadcasts — in batches (one vectored write and one
-//! flush for everything queued since the last wake). Slow work (`hello` waiting on the store
-//! or the admin notifier, deliberately slowed answers) runs as the session's pending operation:
-//! meanwhile the task keeps writing, pinging, and honouring shutdown and deadlines, and reads
-//! nothing more from that peer.
+//! flush for everything queued since the last wake). Control messages that wait (on the
+//! trust store, or a deliberately slowed answer) run as the session's pending operation:
+//! meanwhile the task keeps writing, pinging, and honouring shutdown and the authentication
+//! deadline, and reads nothing more from that peer. Slower work (the admin's pairing
+//! notification, releasing a session claim) is spawned and never waited for here.
 //!
 //! Memory: nothing is buffered while the connection is idle. Reads go through a stack buffer;
 //! only a frame split across reads is kept on the heap, until it is complete.
@@ -360,7 +361,6 @@ async fn serve<S>(
 {
     let settings = hub.settings();
     let limits = settings.limits;
-    let pairing_ttl = u64::try_from(settings.pairing.ttl_secs).unwrap_or(0);
     let conn_id = hub.next_conn_id();
     let peer = Arc::new(Peer::new(
         conn_id,
@@ -390,7 +390,10 @@ async fn serve<S>(
     let mut op: Option<Operation> = None;
     let mut backlog: VecDeque<codec::Message> = VecDeque::new();
     let mut authenticated = false;
-    let mut in_pairing = false;
+    // Until authenticated: the connection's deadline, or the later one its session grants
+    // (while a pairing is awaited, and for the authentication right after it).
+    let auth_timeout = Duration::from_secs(limits.auth_timeout_secs);
+    let mut auth_deadline = Instant::now() + auth_timeout;
 
     let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
     let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
@@ -434,7 +437,9 @@ async fn serve<S>(
                         metrics::rate_limited();
                         limited_in_a_row += 1;
                         if limited_in_a_row >= limits.rate_abuse_close_after {
-                            tracing::warn!(remote = %remote, conn = conn_id, "persistent rate-limit abuse: closing");
+                            if authenticated || hub.may_log_refusal() {
+                                tracing::warn!(remote = %remote, conn = conn_id, identifier = peer.identity().map_or("-", |i| &**i), "persistent rate-limit abuse: closing");
+                            }
                             Flow::Close {
                                 code: 1008,
                                 reason: "rate limit exceeded".into(),
@@ -494,7 +499,9 @@ async fn serve<S>(
         // Authenticated now? Raise the size limit, release the unauthenticated slot.
         if !authenticated {
             if let Some(s) = &session {
-                in_pairing = s.in_pairing();
+                auth_deadline = s
+                    .deadline()
+                    .map_or(opened + auth_timeout, |d| d.max(opened + auth_timeout));
                 if s.authenticated_as().is_some() {
                     authenticated = true;
                     ticket = None;
@@ -514,13 +521,7 @@ async fn serve<S>(
         // The next timer: closing grace, authentication deadline, or the next ping.
         let wake = match closing_since {
             Some(since) => since + CLOSE_GRACE,
-            None if !authenticated => {
-                let mut secs = limits.auth_timeout_secs;
-                if in_pairing {
-                    secs += pairing_ttl;
-                }
-                next_ping.min(opened + Duration::from_secs(secs))
-            }
+            None if !authenticated => next_ping.min(auth_deadline),
             None => next_ping,
         };
         if timer.deadline() != wake {
@@ -573,7 +574,7 @@ async fn serve<S>(
                     if now >= since + CLOSE_GRACE {
                         break;
                     }
-                } else if !authenticated && now >= opened + Duration::from_secs(limits.auth_timeout_secs + if in_pairing { pairing_ttl } else { 0 }) {
+                } else if !authenticated && now >= auth_deadline {
                     metrics::connection_rejected("auth_timeout");
                     if hub.may_log_refusal() {
                         tracing::info!(remote = %remote, conn = conn_id, "authentication deadline passed: closing");
@@ -594,11 +595,7 @@ async fn serve<S>(
     }
     drop(op);
     drop(ticket);
-    if let Some(identifier) = peer.identity().cloned() {
-        if crate::lifecycle::went_offline(&hub, &identifier, conn_id) {
-            tracing::info!(remote = %remote, identifier = %identifier, "disconnected");
-        }
-    }
+    crate::lifecycle::connection_closed(&hub, &peer);
     metrics::connection_state(
         Some(if authenticated {
             ConnectionState::Authenticated

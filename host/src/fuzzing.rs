@@ -140,14 +140,16 @@ async fn run(data: &[u8]) -> Reached {
     let clock = ManualClock::new(T0);
     let shared: SharedClock = Arc::new(clock.clone());
     let notices: Arc<Mutex<Vec<PairingNotice>>> = Arc::default();
-    let hub = Hub::new(
-        Settings::from_config(&config),
-        Notifier::memory(Arc::clone(&notices)),
-        Store::memory(),
-        Arc::new(Router::default()),
-        shared,
-    )
-    .without_delays();
+    let hub = Arc::new(
+        Hub::new(
+            Settings::from_config(&config),
+            Notifier::memory(Arc::clone(&notices)),
+            Store::memory(),
+            Arc::new(Router::default()),
+            shared,
+        )
+        .without_delays(),
+    );
     let keys: Vec<SigningKey> = (0..IDS.len())
         .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
         .collect();
@@ -252,7 +254,7 @@ async fn run(data: &[u8]) -> Reached {
                 continue;
             }
             8 => {
-                conns[c].session.on_close(&hub);
+                crate::lifecycle::connection_closed(&hub, &conns[c].peer);
                 conns[c] = new_conn(&hub, c as u8);
                 continue;
             }
@@ -267,6 +269,11 @@ async fn run(data: &[u8]) -> Reached {
         }
         let was_authenticated = conns[c].session.authenticated_as().is_some();
         let flow = conns[c].session.on_text(&hub, text).await;
+        // Pairing notifications run in the background: let them finish (the notifier here
+        // answers at once) before looking at what the step did.
+        while !hub.background.is_empty() {
+            tokio::task::yield_now().await;
+        }
         if let Flow::Close { .. } = flow {
             conns[c].closed = true;
         }
@@ -344,7 +351,7 @@ async fn run(data: &[u8]) -> Reached {
         }
     }
     for conn in &mut conns {
-        conn.session.on_close(&hub);
+        crate::lifecycle::connection_closed(&hub, &conn.peer);
     }
     reached
 }

@@ -11,7 +11,7 @@
 //!   authentications (a follower that reconnects too fast is slowed, not revoked).
 //!
 //! Both maps are bounded: entries expire with their window, empty ones are removed by
-//! [`Guard::sweep`], and a full address map forgets its oldest entry first.
+//! [`Guard::sweep`], and a full address map forgets its older half first.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -183,10 +183,12 @@ impl Guard {
         if !map.contains_key(&addr) && map.len() >= MAX_ADDRESSES {
             map.retain(|_, w| !w.expired(now, policy.window_secs));
             if map.len() >= MAX_ADDRESSES {
-                // Still full of live entries: forget the oldest one.
-                if let Some(oldest) = map.iter().min_by_key(|(_, w)| w.start).map(|(k, _)| *k) {
-                    map.remove(&oldest);
-                }
+                // Still full of live entries: forget the older half in one pass, so the cost of
+                // a full map is paid once per many new addresses, not per failure.
+                let mut starts: Vec<i64> = map.values().map(|w| w.start).collect();
+                let mid = starts.len() / 2;
+                let (_, &mut cut, _) = starts.select_nth_unstable(mid);
+                map.retain(|_, w| w.start > cut);
             }
         }
         let n = map
@@ -218,27 +220,38 @@ impl Guard {
         }
     }
 
-    /// Like [`Guard::accepted`], with the login count shared by every host when the store keeps
-    /// shared counts.
-    pub async fn accepted_anywhere(
+    /// Accept the nonce of a verified proof for `identifier`, on this host and (PostgreSQL) for
+    /// every host, and count the login: `Ok(None)` when the nonce was already accepted (a
+    /// replay, also one racing on another connection), else how long to wait before answering
+    /// (non-zero only for a follower reconnecting too fast; the larger of this host's and the
+    /// shared count decides).
+    pub async fn accept_proof(
         &self,
         store: &crate::store::Store,
         identifier: &Arc<str>,
         nonce: &str,
         now: i64,
-    ) -> Duration {
-        let local = self.accepted(identifier, nonce, now);
+    ) -> Result<Option<Duration>, crate::store::StoreError> {
+        let Some(local) = self.accepted(identifier, nonce, now) else {
+            return Ok(None);
+        };
+        if !store.accept_nonce(identifier, nonce, now).await? {
+            return Ok(None);
+        }
         let policy = self.policy();
         match store
             .count_event(&format!("login:{identifier}"), now, policy.window_secs)
             .await
         {
-            Ok(Some(n)) => local.max(policy.delay(n, policy.free_logins_per_identifier)),
-            _ => local,
+            Ok(Some(n)) => Ok(Some(
+                local.max(policy.delay(n, policy.free_logins_per_identifier)),
+            )),
+            _ => Ok(Some(local)),
         }
     }
 
-    /// Whether `nonce` was accepted for `identifier` recently (a replay).
+    /// Whether `nonce` was accepted for `identifier` recently (a replay): a cheap early refusal
+    /// before the signature is checked. [`Guard::accepted`] decides, atomically.
     pub fn replayed(&self, identifier: &str, nonce: &str, now: i64) -> bool {
         let policy = self.policy();
         let mut map = self.identities.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,13 +262,17 @@ impl Guard {
         id.nonces.iter().any(|(n, _)| &**n == nonce)
     }
 
-    /// Record a successful authentication of `identifier` with `nonce`; returns how long to
-    /// wait before answering it (non-zero only for a follower reconnecting too fast).
-    pub fn accepted(&self, identifier: &Arc<str>, nonce: &str, now: i64) -> Duration {
+    /// Record a successful authentication of `identifier` with `nonce`, checking and recording
+    /// the nonce in one step: `None` when it was already accepted (a replay), else how long to
+    /// wait before answering (non-zero only for a follower reconnecting too fast).
+    pub fn accepted(&self, identifier: &Arc<str>, nonce: &str, now: i64) -> Option<Duration> {
         let policy = self.policy();
         let mut map = self.identities.lock().unwrap_or_else(|p| p.into_inner());
         let id = map.entry(Arc::clone(identifier)).or_default();
         id.prune(now, policy.window_secs);
+        if id.nonces.iter().any(|(n, _)| &**n == nonce) {
+            return None;
+        }
         id.nonces.push_back((nonce.into(), now));
         let n = id
             .logins
@@ -264,7 +281,7 @@ impl Guard {
                 count: 0,
             })
             .hit(now, policy.window_secs);
-        policy.delay(n, policy.free_logins_per_identifier)
+        Some(policy.delay(n, policy.free_logins_per_identifier))
     }
 
     /// Forget everything about `identifier` (paired anew, revoked).
@@ -354,13 +371,20 @@ mod tests {
         let g = Guard::default();
         let alpha: Arc<str> = "alpha".into();
         assert!(!g.replayed("alpha", "n1", 100));
-        assert_eq!(g.accepted(&alpha, "n1", 100), Duration::ZERO);
+        assert_eq!(g.accepted(&alpha, "n1", 100), Some(Duration::ZERO));
         assert!(g.replayed("alpha", "n1", 105));
+        assert_eq!(g.accepted(&alpha, "n1", 105), None, "accepted once");
         assert!(!g.replayed("alpha", "n1", 100 + NONCE_MEMORY_SECS + 1));
         for i in 0..9 {
-            assert_eq!(g.accepted(&alpha, &format!("x{i}"), 110), Duration::ZERO);
+            assert_eq!(
+                g.accepted(&alpha, &format!("x{i}"), 110),
+                Some(Duration::ZERO)
+            );
         }
-        assert!(g.accepted(&alpha, "y", 110) > Duration::ZERO, "too fast");
+        assert!(
+            g.accepted(&alpha, "y", 110) > Some(Duration::ZERO),
+            "too fast"
+        );
         g.sweep(110 + 3600);
         assert_eq!(g.sizes(), (0, 0));
     }
@@ -369,8 +393,15 @@ mod tests {
     fn the_address_map_is_bounded() {
         let g = Guard::default();
         for i in 0..(MAX_ADDRESSES as u32 + 10) {
-            g.failure(AddressKey::V4(i), 100);
+            g.failure(AddressKey::V4(i), 100 + i64::from(i / 1000));
         }
-        assert_eq!(g.sizes().0, MAX_ADDRESSES);
+        let kept = g.sizes().0;
+        assert!(
+            kept <= MAX_ADDRESSES && kept > MAX_ADDRESSES / 4,
+            "{kept} addresses kept"
+        );
+        // The newest addresses are the ones kept.
+        let newest = AddressKey::V4(MAX_ADDRESSES as u32 + 9);
+        assert!(g.addresses.lock().unwrap().contains_key(&newest));
     }
 }

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 /// Pairing notifications in flight at once, across every notifier.
 pub const NOTIFICATIONS_IN_FLIGHT: usize = 4;
@@ -73,6 +74,9 @@ pub struct Hub {
     pub events: EventBus,
     /// Pairing notifications in flight (one permit each), shared by every notifier.
     pub notifications: Semaphore,
+    /// Slow work a connection hands off instead of waiting for it (pairing notifications,
+    /// releasing a session claim); waited for, within the grace period, at shutdown.
+    pub background: TaskTracker,
     /// Lines about refused peers.
     pub log_limit: LogLimiter,
     next_conn_id: AtomicU64,
@@ -102,6 +106,7 @@ impl Hub {
             guard,
             events: EventBus::default(),
             notifications: Semaphore::new(NOTIFICATIONS_IN_FLIGHT),
+            background: TaskTracker::new(),
             log_limit: LogLimiter::new(20),
             next_conn_id: AtomicU64::new(1),
             delays: true,

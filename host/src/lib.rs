@@ -10,45 +10,49 @@
 //! target's outbound side ([`outbound`], found through the [`registry`] or carried with the
 //! message), and written by that connection's task in one batch.
 //!
-//! Layout (leaves first; no module imports one listed after it except through [`hub`]):
-//! - [`clock`]: the injectable wall clock. [`fanout`]: recent items plus a broadcast of new ones.
-//! - [`trust`]: trust records and their enums. [`liveness`]: the pure liveness rule.
-//! - [`events`]: lifecycle events and their bus. [`outbound`]: a connection's outbound queue.
-//! - [`ws`]: WebSocket upgrade and frame codec (server side).
-//! - [`file_trust`]: refuse config and plugin files others could have written.
+//! Layout, leaves first (a module uses only modules above it, with two knots kept acyclic at
+//! the level of submodules: `config::limits` builds the [`guard`] policy while the guard counts
+//! in the [`store`], which reads `config::store`; [`hub`] holds the `cluster::link` while
+//! `cluster::inbound` drives the hub).
+//! - [`clock`]: the injectable wall clock. [`trust`]: trust records and their enums.
+//!   [`metrics`]: every metric's name and labels, cached handles, the recorder. [`ws`]: WebSocket
+//!   upgrade and frame codec (server side). [`fanout`]: recent items plus a broadcast of new
+//!   ones. [`file_trust`]: refuse config and plugin files others could have written.
+//!   [`atomic_file`]: write-then-rename. [`timefmt`]: times for people. [`systemd`]: the service
+//!   manager's notify protocol.
+//! - [`liveness`]: the pure liveness rule. [`events`]: lifecycle events and their bus.
+//!   [`outbound`]: a connection's outbound queue. [`reply`]: every control frame the host sends.
+//!   [`loglimit`]: rate-limited logging of refused peers. [`pairing`]: the pairing rules, as
+//!   plain functions. [`notify`]: delivering pairing codes to the admin (log, command, Discord).
+//! - [`registry`]: who is connected (identifier → outbound side). [`router`]: rule id →
+//!   handler, swapped atomically; rule messages and their sender.
 //! - [`config`]: the operator's TOML file, validated, errors naming file and key.
 //! - [`store`]: the trust store (the embedded `trust.json` file, or PostgreSQL shared by several
 //!   hosts), durable changes and lazy liveness.
-//! - [`registry`]: who is connected (identifier → outbound side).
-//! - [`router`]: rule id → handler, swapped atomically; rule messages and their sender.
-//! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, workers).
-//! - [`notify`]: delivering pairing codes to the admin (log, command, Discord).
 //! - [`guard`]: what strangers can make the host remember, bounded; failure delays.
-//! - [`admission`]: caps on unauthenticated connections (total and per address).
-//! - [`loglimit`]: rate-limited logging of refused peers.
-//! - [`pairing`], [`auth`]: the protocol rules, as plain functions.
-//! - [`reply`]: every control frame the host sends, one builder per message kind.
-//! - [`hub`]: the shared context (settings, store, registry, router, notifier, guard, events).
+//!   [`auth`]: the authentication rule, a plain function. [`admission`]: caps on
+//!   unauthenticated connections (total and per address).
+//! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, workers).
+//! - [`cluster`]: several hosts as one hub — the NATS link and where remote followers are
+//!   (`link`, `presence`), and applying what other hosts publish (`inbound`).
+//! - [`hub`]: the shared context (settings, store, registry, router, notifier, guard, events,
+//!   the cluster link, background work).
 //! - [`lifecycle`]: authenticated, went offline, liveness changed, revoked — registry, store
 //!   and events changed together, in one place.
-//! - [`cluster`]: several hosts as one hub — the NATS link, where remote followers are, and
-//!   applying what other hosts publish.
 //! - [`session`]: the protocol state machine of one connection (no sockets inside).
 //! - [`connection`]: one connection's task: socket, session, outbound queue.
-//! - [`tasks`]: background tasks (liveness sweep, lazy writes).
+//! - [`tasks`]: background tasks (liveness sweep, lazy writes, store health).
 //! - [`reload`]: hot reload of config and plugins; [`watch`]: file watching that triggers it.
-//! - [`server`]: start (bind, state dir lock, store, plugins), accept loop, shutdown.
 //! - [`admin`]: the admin socket and the CLI's client side.
-//! - [`metrics`]: every metric's name and labels, cached handles, the recorder.
 //! - [`dashboard`]: the admin HTTP port (axum): the operator dashboard, its JSON API,
 //!   `/metrics`, `/healthz`, `/readyz`.
-//! - [`tls`]: the rustls acceptor for `wss://`.
-//! - [`systemd`]: the service manager's notify protocol (ready, reloading, stopping, watchdog).
-//! - [`init`]: `yonexus init`, the starter config; [`timefmt`]: times for people in the CLI.
+//! - [`tls`]: the rustls acceptor for `wss://`. [`init`]: `yonexus init`, the starter config.
+//! - [`server`]: start (bind, state dir lock, store, plugins), accept loop, shutdown.
 //! - `fuzzing` (hidden): the session fuzzer's driver, also replayed by the test suite.
 
 pub mod admin;
 pub mod admission;
+pub mod atomic_file;
 pub mod auth;
 pub mod clock;
 pub mod cluster;

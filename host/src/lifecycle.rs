@@ -8,7 +8,7 @@ use crate::liveness::{evaluate, Thresholds, Transition};
 use crate::outbound::Peer;
 use crate::reply;
 use crate::store::{SessionClaim, StoreError};
-use crate::trust::Liveness;
+use crate::trust::{Liveness, TrustRecord};
 use std::sync::Arc;
 
 /// Publish an event to the bus (dashboard), to the plugins that handle events and, in a
@@ -50,43 +50,61 @@ pub fn replaced_elsewhere(hub: &Hub, identifier: &Arc<str>, epoch: u64) {
     }
 }
 
-/// `identifier` authenticated on `peer`: bind its key if it was paired without one (durably,
-/// before anything else), record it online, make `peer` its connection (closing the one it
-/// replaces with `session replaced`), and tell everyone.
+/// Why [`authenticated`] did not make a connection the follower's session.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthenticateError {
+    /// Revoked (or paired anew) while its proof was being checked: the proof is void.
+    #[error("the follower is no longer paired with the secret its proof used")]
+    NoLongerPaired,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `identifier` proved it holds `secret` on `peer`: bind its key if it was paired without one
+/// (durably, before anything else), claim its session for every host (the newest claim wins),
+/// make `peer` its connection (closing the one it replaces with `session replaced`), record it
+/// online, and tell everyone.
+///
+/// A revocation that lands while this runs is not lost: after `peer` is in the registry (where
+/// a revocation from now on finds and closes it) the trust record is read again, and a
+/// connection whose secret is gone is taken back out.
 pub async fn authenticated(
     hub: &Hub,
     identifier: &Arc<str>,
     peer: &Arc<Peer>,
     bind_key: Option<String>,
-) -> Result<(), StoreError> {
+    secret: &str,
+) -> Result<(), AuthenticateError> {
     let now = hub.now();
+    let still_paired = |r: &TrustRecord| r.is_paired() && r.secret.as_deref() == Some(secret);
     if let Some(key) = bind_key {
-        hub.store
-            .apply(identifier, now, |r| {
+        let bound = hub
+            .store
+            .apply_existing(identifier, |r| {
+                if !still_paired(r) {
+                    return false;
+                }
                 if r.public_key.is_none() {
                     r.public_key = Some(key);
                 }
                 r.updated_at = now;
+                true
             })
             .await?;
+        if bound != Some(true) {
+            return Err(AuthenticateError::NoLongerPaired);
+        }
     }
-    hub.store.touch(identifier, |r| {
-        r.status = Liveness::Online;
-        r.last_authenticated_at = Some(now);
-        r.last_heartbeat_at = Some(now);
-    });
-    // The session is claimed for this connection, for every host: the newest claim wins.
-    let node = hub.node().unwrap_or("").to_owned();
     let mut claim = SessionClaim {
         identifier: identifier.to_string(),
-        node,
+        node: hub.node().unwrap_or("").to_owned(),
         conn_id: peer.conn_id,
         epoch: 0,
         connected_since: peer.connected_since,
         remote: peer.remote.to_string(),
         lease_until: now + crate::cluster::link::LEASE_SECS,
     };
-    claim.epoch = hub.store.claim_session(&claim).await?;
+    claim.epoch = hub.store.claim_session(&claim, None).await?.unwrap_or(0);
     peer.set_epoch(claim.epoch);
     peer.set_identity(identifier);
     if let Some(old) = hub
@@ -98,8 +116,27 @@ pub async fn authenticated(
             old.close(1000, "session replaced");
         }
     }
+    let current = hub.store.get(identifier).await;
+    if !matches!(&current, Ok(Some(r)) if still_paired(r)) {
+        hub.registry.remove(identifier, peer.conn_id);
+        release_claim(hub, identifier, peer.conn_id);
+        return Err(match current {
+            Err(e) => e.into(),
+            Ok(_) => AuthenticateError::NoLongerPaired,
+        });
+    }
+    hub.store.touch(identifier, |r| {
+        r.status = Liveness::Online;
+        r.last_authenticated_at = Some(now);
+        r.last_heartbeat_at = Some(now);
+    });
+    // A newer claim from another host that arrived while this one was being made.
+    let newer_elsewhere = hub
+        .link()
+        .and_then(|link| link.presence.epoch_of(identifier))
+        .filter(|&epoch| epoch > claim.epoch);
     if let Some(link) = hub.link() {
-        link.presence.gone(identifier, None);
+        link.presence.superseded(identifier, claim.epoch);
         link.publish_claim(&claim);
     }
     emit(
@@ -115,7 +152,35 @@ pub async fn authenticated(
             status: Liveness::Online,
         },
     );
+    if let Some(epoch) = newer_elsewhere {
+        replaced_elsewhere(hub, identifier, epoch);
+    }
     Ok(())
+}
+
+/// In a cluster, drop this connection's session claim in the background (a follower that
+/// left must not stay "connected here" for the other hosts).
+fn release_claim(hub: &Hub, identifier: &Arc<str>, conn_id: u64) {
+    let Some(node) = hub.node().map(str::to_owned) else {
+        return;
+    };
+    let store = Arc::clone(&hub.store);
+    let identifier = Arc::clone(identifier);
+    hub.background.spawn(async move {
+        if let Err(e) = store.release_session(&identifier, &node, conn_id).await {
+            // The reconciliation drops it later (claims of closed connections are not renewed).
+            tracing::debug!(error = %e, "cannot release a session claim now");
+        }
+    });
+}
+
+/// A connection ended: take its follower offline if this was its session.
+pub fn connection_closed(hub: &Hub, peer: &Peer) {
+    if let Some(identifier) = peer.identity() {
+        if went_offline(hub, identifier, peer.conn_id) {
+            tracing::info!(remote = %peer.remote, identifier = %identifier, "disconnected");
+        }
+    }
 }
 
 /// Connection `conn_id` of `identifier` is gone (closed by either side, dropped, timed out).
@@ -125,6 +190,7 @@ pub fn went_offline(hub: &Hub, identifier: &Arc<str>, conn_id: u64) -> bool {
     if !hub.registry.remove(identifier, conn_id) {
         return false;
     }
+    release_claim(hub, identifier, conn_id);
     hub.store
         .touch(identifier, |r| r.status = Liveness::Offline);
     emit(
@@ -232,19 +298,20 @@ pub fn disconnect(hub: &Hub, identifier: &str, code: u16, reason: &str) {
     }
 }
 
-/// Revoke trust in `identifier`: its connection is closed at once (whatever the disk says
-/// afterwards), then the secret is forgotten durably. Returns whether a record existed.
+/// Revoke trust in `identifier`: the secret is forgotten durably first (so a proof checked
+/// from now on, on any host, fails), then its connection is closed wherever it is. Returns
+/// whether a record existed.
 pub async fn revoke(hub: &Hub, identifier: &str, close_reason: &str) -> Result<bool, StoreError> {
-    disconnect(hub, identifier, 1008, close_reason);
-    if let Some(link) = hub.link() {
-        link.publish_revoke(identifier, close_reason);
-    }
-    hub.guard.forget(identifier);
     let now = hub.now();
     let existed = hub
         .store
         .apply_existing(identifier, |r| r.revoke(now))
         .await?
         .is_some();
+    hub.guard.forget(identifier);
+    disconnect(hub, identifier, 1008, close_reason);
+    if let Some(link) = hub.link() {
+        link.publish_revoke(identifier, close_reason);
+    }
     Ok(existed)
 }

@@ -1,6 +1,6 @@
 //! The outbound side of one connection: a bounded queue of encoded frames that anything may
 //! fill (session replies, plugins, broadcasts, liveness notices) and only the connection's own
-//! task drains. A leaf module.
+//! task drains. It uses only [`crate::metrics`] and the frame codec.
 //!
 //! Frames are pre-encoded WebSocket frames (`Bytes`), so a broadcast encodes once and every
 //! recipient's queue holds a reference to the same bytes. Senders never wait: a full queue means
@@ -36,6 +36,22 @@ impl QueueLimits {
         frames: usize::MAX,
         bytes: usize::MAX,
     };
+
+    /// Before a connection authenticates: enough for every reply of the handshake (a few
+    /// short control frames), far too little for a stranger who does not read to make the host
+    /// hold much for it (SECURITY.md).
+    pub const UNAUTHENTICATED: QueueLimits = QueueLimits {
+        frames: 32,
+        bytes: 64 * 1024,
+    };
+
+    /// The smaller of two limits.
+    pub fn min(self, other: QueueLimits) -> QueueLimits {
+        QueueLimits {
+            frames: self.frames.min(other.frames),
+            bytes: self.bytes.min(other.bytes),
+        }
+    }
 }
 
 /// How the connection should end.
@@ -74,7 +90,8 @@ pub struct Peer {
     limits: QueueLimits,
     queue: Mutex<Queue>,
     waker: AtomicWaker,
-    /// Set once the connection authenticated (by [`crate::lifecycle`]).
+    /// Set once the connection authenticated (by [`crate::lifecycle`]); until then the queue
+    /// has the [`QueueLimits::UNAUTHENTICATED`] bounds.
     identity: OnceLock<Arc<str>>,
     /// The epoch of this connection's session claim (a newer claim elsewhere replaces it).
     epoch: std::sync::atomic::AtomicU64,
@@ -135,11 +152,19 @@ impl Peer {
         if q.close.is_some() || q.closed {
             return Err(SendError::Offline);
         }
-        if q.frames.len() >= self.limits.frames
-            || q.bytes.saturating_add(frame.len()) > self.limits.bytes
-        {
+        // A connection that has not authenticated gets the small stranger limits.
+        let limits = match self.identity.get() {
+            Some(_) => self.limits,
+            None => self.limits.min(QueueLimits::UNAUTHENTICATED),
+        };
+        if q.frames.len() >= limits.frames || q.bytes.saturating_add(frame.len()) > limits.bytes {
             drop(q);
-            tracing::warn!(conn = self.conn_id, remote = %self.remote, "slow consumer: outbound queue full, closing connection");
+            if let Some(identifier) = self.identity.get() {
+                tracing::warn!(conn = self.conn_id, remote = %self.remote, identifier = %identifier, "slow consumer: outbound queue full, closing connection");
+            } else {
+                // A stranger can cause this at will: not worth an operator's attention.
+                tracing::debug!(conn = self.conn_id, remote = %self.remote, "slow consumer before authentication: closing connection");
+            }
             crate::metrics::slow_consumer_closed();
             self.abort(1008, "slow consumer");
             return Err(SendError::QueueFull);
@@ -283,5 +308,23 @@ mod tests {
             p.take(&Context::from_waker(&waker), true).close.is_none(),
             "taken once"
         );
+    }
+
+    #[test]
+    fn a_connection_that_has_not_authenticated_gets_small_limits() {
+        let big = QueueLimits {
+            frames: 1000,
+            bytes: 1 << 20,
+        };
+        let stranger = peer(big);
+        for _ in 0..QueueLimits::UNAUTHENTICATED.frames {
+            stranger.send(codec::text("x")).unwrap();
+        }
+        assert_eq!(stranger.send(codec::text("x")), Err(SendError::QueueFull));
+        let follower = peer(big);
+        follower.set_identity(&Arc::from("alpha"));
+        for _ in 0..QueueLimits::UNAUTHENTICATED.frames * 2 {
+            follower.send(codec::text("x")).unwrap();
+        }
     }
 }

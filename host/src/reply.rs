@@ -28,15 +28,25 @@ pub fn error(
     now: i64,
     request_id: Option<&str>,
 ) -> Bytes {
+    let mut message = message.into();
+    // Messages may quote what the peer sent (a parse error names the bad value): bounded.
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
     frame(
-        Message::Error(ErrorPayload {
-            code,
-            message: message.into(),
-        }),
+        Message::Error(ErrorPayload { code, message }),
         now,
         request_id,
     )
 }
+
+/// The longest `error.message` the host sends, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 240;
 
 pub fn hello_ack(identifier: &str, next_action: NextAction, now: i64, rid: Option<&str>) -> Bytes {
     frame(
@@ -123,22 +133,6 @@ pub fn auth_failed(identifier: &str, reason: AuthFailReason, now: i64, rid: Opti
     )
 }
 
-pub fn re_pair_required(
-    identifier: &str,
-    reason: RePairReason,
-    now: i64,
-    rid: Option<&str>,
-) -> Bytes {
-    frame(
-        Message::RePairRequired(RePairRequired {
-            identifier: identifier.into(),
-            reason,
-        }),
-        now,
-        rid,
-    )
-}
-
 pub fn heartbeat_ack(identifier: &str, status: &str, now: i64, rid: Option<&str>) -> Bytes {
     frame(
         Message::HeartbeatAck(HeartbeatAck {
@@ -171,4 +165,18 @@ pub fn disconnect_notice(identifier: &str, reason: &str, now: i64) -> Bytes {
         now,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_bounded() {
+        let quoted = format!("invalid type: string \"{}\"", "é".repeat(30_000));
+        let f = error(ErrorCode::MalformedMessage, quoted, 0, None);
+        let text = crate::ws::codec::server_text(&f).unwrap_or_default();
+        assert!(text.len() < MAX_ERROR_MESSAGE + 200, "{} bytes", text.len());
+        assert!(text.contains('…'));
+    }
 }

@@ -124,8 +124,13 @@ impl Host {
             hub.set_link(Arc::clone(&link));
             tracker.spawn(crate::cluster::inbound::run(
                 Arc::clone(&hub),
-                link,
+                Arc::clone(&link),
                 subscriptions,
+                shutdown.clone(),
+            ));
+            tracker.spawn(crate::cluster::inbound::reconcile_loop(
+                Arc::clone(&hub),
+                link,
                 shutdown.clone(),
             ));
             tracing::info!(node = %cluster.node, "joined the cluster");
@@ -344,6 +349,20 @@ async fn accept_loop(
     let grace = Duration::from_millis(hub.settings().limits.shutdown_grace_ms);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close within the shutdown grace period");
+    }
+    // Work the connections handed off (notifications in flight, claim releases).
+    hub.background.close();
+    if tokio::time::timeout(grace, hub.background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some pairing notifications or claim releases did not finish within the shutdown grace period");
+    }
+    if let Some(node) = hub.node() {
+        // No session of this host is left: its followers are free to be claimed elsewhere now.
+        if let Err(e) = hub.store.sync_claims(node, hub.now(), &[]).await {
+            tracing::warn!(error = %e, "cannot drop this host's session claims; they expire with their lease");
+        }
     }
     reloader.shutdown(grace).await;
     if let Err(e) = hub.store.flush().await {

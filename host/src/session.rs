@@ -14,7 +14,7 @@
 use crate::auth::{self, AuthOutcome};
 use crate::guard::AddressKey;
 use crate::hub::Hub;
-use crate::lifecycle;
+use crate::lifecycle::{self, AuthenticateError};
 use crate::metrics;
 use crate::notify::PairingNotice;
 use crate::outbound::Peer;
@@ -27,6 +27,7 @@ use bytes::Bytes;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use yonexus_protocol::envelope::*;
 use yonexus_protocol::{frame, signing, validate, Envelope, Frame};
 
@@ -64,8 +65,6 @@ struct Greeted {
     identifier: Arc<str>,
     /// The key from this connection's `hello`, in canonical form (bound if it confirms a code).
     public_key: Option<String>,
-    /// A pairing was started or is awaited (the connection's deadline is extended).
-    pairing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +84,9 @@ pub struct Session {
     auth_failures: u32,
     /// Wrong pairing codes on this connection.
     wrong_codes: u32,
+    /// A later authentication deadline than the connection's own: while a pairing is awaited
+    /// (a human relays the code), then for the authentication right after `pair_success`.
+    deadline: Option<Instant>,
 }
 
 /// An identifier from the wire as it may appear in a log line: allowlisted ones as they are,
@@ -106,6 +108,7 @@ impl Session {
             phase: Phase::Connected,
             auth_failures: 0,
             wrong_codes: 0,
+            deadline: None,
         }
     }
 
@@ -117,9 +120,15 @@ impl Session {
         }
     }
 
-    /// Whether a pairing is in progress on this connection.
-    pub fn in_pairing(&self) -> bool {
-        matches!(&self.phase, Phase::Greeted(g) if g.pairing)
+    /// The authentication deadline this session grants beyond the connection's own, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Let the connection live `secs` more before it must have authenticated.
+    fn extend_deadline(&mut self, secs: u64) {
+        let until = Instant::now() + Duration::from_secs(secs);
+        self.deadline = Some(self.deadline.map_or(until, |d| d.max(until)));
     }
 
     fn greeted_as(&self) -> Option<&Arc<str>> {
@@ -165,7 +174,7 @@ impl Session {
 
     /// One inbound text frame, all the way (tests and the fuzzer; the connection uses
     /// [`Session::on_text_now`] and [`Session::on_control`]).
-    pub async fn on_text(&mut self, hub: &Hub, text: String) -> Flow {
+    pub async fn on_text(&mut self, hub: &Arc<Hub>, text: String) -> Flow {
         match self.on_text_now(hub, text) {
             Step::Done(flow) => flow,
             Step::Control(env) => self.on_control(hub, env).await,
@@ -223,7 +232,7 @@ impl Session {
     }
 
     /// `hello`, `pair_confirm`, `auth_request` (and host-only types, which are refused).
-    pub async fn on_control(&mut self, hub: &Hub, env: Envelope) -> Flow {
+    pub async fn on_control(&mut self, hub: &Arc<Hub>, env: Envelope) -> Flow {
         // The type only: payloads may carry codes and secrets.
         tracing::trace!(
             conn = self.peer.conn_id,
@@ -249,7 +258,7 @@ impl Session {
         }
     }
 
-    async fn on_hello(&mut self, hub: &Hub, hello: Hello, rid: Option<&str>) -> Flow {
+    async fn on_hello(&mut self, hub: &Arc<Hub>, hello: Hello, rid: Option<&str>) -> Flow {
         if self.authenticated_as().is_some() {
             self.error(
                 hub,
@@ -342,50 +351,27 @@ impl Session {
         self.phase = Phase::Greeted(Greeted {
             identifier: Arc::clone(&identifier),
             public_key,
-            pairing: matches!(
-                action,
-                NextAction::PairRequired | NextAction::WaitingPairConfirm
-            ),
         });
-        self.send(reply::hello_ack(&identifier, action, now, rid));
-        let Some(started) = started else {
-            return Flow::Continue;
-        };
-        // The pending pairing is durable; now tell the admin (bounded, never more than one
-        // notification per identifier per TTL: a new pairing starts only when none is live).
-        let delivered = notify_admin(hub, &identifier, &started).await;
-        let notified_at = hub.now();
-        let expires_at = started.expires_at;
-        let status = if delivered {
-            NotifyStatus::Sent
-        } else {
-            NotifyStatus::Failed
-        };
-        let recorded = hub
-            .store
-            .apply_existing(&identifier, |r| {
-                if r.pairing_expires_at == Some(expires_at) {
-                    r.pairing_notify_status = Some(status);
-                    r.pairing_notified_at = Some(notified_at);
-                }
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "cannot persist the notification status (it is informational)");
+        if matches!(
+            action,
+            NextAction::PairRequired | NextAction::WaitingPairConfirm
+        ) {
+            let ttl = u64::try_from(settings.pairing.ttl_secs).unwrap_or(0);
+            self.extend_deadline(settings.limits.auth_timeout_secs.saturating_add(ttl));
         }
-        let admin = if delivered {
-            AdminNotification::Sent
-        } else {
-            AdminNotification::Failed
-        };
-        self.send(reply::pair_request(
-            &identifier,
-            expires_at,
-            expires_at - now,
-            admin,
-            notified_at,
-            rid,
-        ));
+        self.send(reply::hello_ack(&identifier, action, now, rid));
+        if let Some(started) = started {
+            // The pending pairing is durable; the admin is told in the background (never more
+            // than one notification per identifier per TTL: a new pairing starts only when
+            // none is live), and `pair_request` follows on this connection when told.
+            hub.background.spawn(notify_admin(
+                Arc::clone(hub),
+                identifier,
+                started,
+                Arc::clone(&self.peer),
+                rid.map(str::to_owned),
+            ));
+        }
         Flow::Continue
     }
 
@@ -509,15 +495,12 @@ impl Session {
                 hub.guard.forget(&greeted);
                 metrics::pairing_result("paired");
                 tracing::info!(remote = %self.peer.remote, identifier = %greeted, "paired");
-                let public_key = match hub.store.get(&greeted).await {
-                    Ok(r) => r.and_then(|r| r.public_key),
-                    Err(_) => None,
-                };
+                // The key is bound now; the follower authenticates next, on this connection.
                 self.phase = Phase::Greeted(Greeted {
                     identifier: Arc::clone(&greeted),
-                    public_key,
-                    pairing: false,
+                    public_key: None,
                 });
+                self.extend_deadline(hub.settings().limits.auth_timeout_secs);
                 self.send(reply::pair_success(&greeted, &secret, paired_at, rid));
             }
             Ok(Completed::Lost(reason)) => {
@@ -556,7 +539,12 @@ impl Session {
         Flow::Continue
     }
 
-    async fn on_auth_request(&mut self, hub: &Hub, req: AuthRequest, rid: Option<&str>) -> Flow {
+    async fn on_auth_request(
+        &mut self,
+        hub: &Arc<Hub>,
+        req: AuthRequest,
+        rid: Option<&str>,
+    ) -> Flow {
         let now = hub.now();
         let identifier = req.identifier.trim();
         let allowed = validate::identifier(identifier).is_ok() && hub.is_allowed(identifier);
@@ -575,70 +563,62 @@ impl Session {
         let bind_key = match outcome {
             AuthOutcome::Accepted { bind_key } => bind_key,
             AuthOutcome::Refused(refusal) => {
-                self.auth_failures += 1;
-                metrics::auth_refused(refusal.kind);
-                metrics::auth_result(refusal.reason.label());
-                if hub.may_log_refusal() {
-                    tracing::warn!(remote = %self.peer.remote, identifier = %logged(hub, identifier), reason = refusal.kind, "authentication refused");
-                }
-                let delay = hub
-                    .guard
-                    .failure_anywhere(&hub.store, self.address, now)
+                // Only a well-formed identifier is echoed (a stranger's text is not sent back).
+                let shown = if validate::identifier(identifier).is_ok() {
+                    identifier
+                } else {
+                    ""
+                };
+                return self
+                    .refuse_auth(hub, shown, refusal.kind, refusal.reason, rid)
                     .await;
-                if !delay.is_zero() {
-                    metrics::throttled("address");
-                    hub.delay(delay).await;
-                }
-                self.send(reply::auth_failed(
-                    identifier,
-                    refusal.reason,
-                    hub.now(),
-                    rid,
-                ));
-                if self.auth_failures >= hub.settings().limits.auth_failures_per_connection {
-                    metrics::abuser_closed("auth");
-                    return Flow::close(1008, "too many failed authentication attempts");
-                }
-                return Flow::Continue;
             }
         };
-        let Some(greeted) = self.greeted_as().cloned() else {
+        let (Some(greeted), Some(secret)) =
+            (self.greeted_as().cloned(), record.and_then(|r| r.secret))
+        else {
             return Flow::Continue;
         };
-        // Every host refuses a nonce any host accepted (a replay across hosts).
-        match hub.store.accept_nonce(&greeted, &req.nonce, now).await {
-            Ok(true) => {}
-            Ok(false) => {
-                self.auth_failures += 1;
-                metrics::auth_refused("replayed");
-                self.send(reply::auth_failed(
-                    &greeted,
-                    AuthFailReason::InvalidSignature,
-                    hub.now(),
-                    rid,
-                ));
-                return Flow::Continue;
+        // The nonce is accepted once, on every host (a replay, also one racing on another
+        // connection, is refused); a follower that reconnects too fast is slowed, not refused.
+        match hub
+            .guard
+            .accept_proof(&hub.store, &greeted, &req.nonce, now)
+            .await
+        {
+            Ok(Some(delay)) => {
+                if !delay.is_zero() {
+                    metrics::throttled("identifier");
+                    hub.delay(delay).await;
+                }
+            }
+            Ok(None) => {
+                return self
+                    .refuse_auth(
+                        hub,
+                        &greeted,
+                        "replayed",
+                        AuthFailReason::InvalidSignature,
+                        rid,
+                    )
+                    .await
             }
             Err(e) => return self.unavailable(hub, &e, rid),
         }
-        // A follower that reconnects too fast is slowed, not refused.
-        let delay = hub
-            .guard
-            .accepted_anywhere(&hub.store, &greeted, &req.nonce, now)
-            .await;
-        if !delay.is_zero() {
-            metrics::throttled("identifier");
-            hub.delay(delay).await;
-        }
-        if let Err(e) = lifecycle::authenticated(hub, &greeted, &self.peer, bind_key).await {
-            tracing::error!(error = %e, identifier = %greeted, "cannot persist the bound public key");
-            self.send(reply::auth_failed(
-                &greeted,
-                AuthFailReason::NotPaired,
-                hub.now(),
-                rid,
-            ));
-            return Flow::Continue;
+        match lifecycle::authenticated(hub, &greeted, &self.peer, bind_key, &secret).await {
+            Ok(()) => {}
+            Err(AuthenticateError::Store(e)) => return self.unavailable(hub, &e, rid),
+            Err(AuthenticateError::NoLongerPaired) => {
+                metrics::auth_result(AuthFailReason::NotPaired.label());
+                tracing::info!(remote = %self.peer.remote, identifier = %greeted, "authentication void: trust was revoked meanwhile");
+                self.send(reply::auth_failed(
+                    &greeted,
+                    AuthFailReason::NotPaired,
+                    hub.now(),
+                    rid,
+                ));
+                return Flow::close(1008, "trust revoked");
+            }
         }
         self.phase = Phase::Authenticated(Sender {
             id: Arc::clone(&greeted),
@@ -647,6 +627,38 @@ impl Session {
         metrics::auth_result("success");
         tracing::info!(remote = %self.peer.remote, identifier = %greeted, "authenticated");
         self.send(reply::auth_success(&greeted, hub.now(), rid));
+        Flow::Continue
+    }
+
+    /// A refused proof: counted on this connection and for its address, answered after the
+    /// address's delay, the connection closed past its allowance.
+    async fn refuse_auth(
+        &mut self,
+        hub: &Hub,
+        identifier: &str,
+        kind: &'static str,
+        reason: AuthFailReason,
+        rid: Option<&str>,
+    ) -> Flow {
+        self.auth_failures += 1;
+        metrics::auth_refused(kind);
+        metrics::auth_result(reason.label());
+        if hub.may_log_refusal() {
+            tracing::warn!(remote = %self.peer.remote, identifier = %logged(hub, identifier), reason = kind, "authentication refused");
+        }
+        let delay = hub
+            .guard
+            .failure_anywhere(&hub.store, self.address, hub.now())
+            .await;
+        if !delay.is_zero() {
+            metrics::throttled("address");
+            hub.delay(delay).await;
+        }
+        self.send(reply::auth_failed(identifier, reason, hub.now(), rid));
+        if self.auth_failures >= hub.settings().limits.auth_failures_per_connection {
+            metrics::abuser_closed("auth");
+            return Flow::close(1008, "too many failed authentication attempts");
+        }
         Flow::Continue
     }
 
@@ -679,53 +691,85 @@ impl Session {
         ));
         Flow::Continue
     }
-
-    /// The connection ended: take the follower offline if this was its connection.
-    pub fn on_close(&mut self, hub: &Hub) {
-        if let Phase::Authenticated(sender) = &self.phase {
-            if lifecycle::went_offline(hub, &sender.id, self.peer.conn_id) {
-                tracing::info!(remote = %self.peer.remote, identifier = %sender.id, "disconnected");
-            }
-        }
-    }
 }
 
-/// Deliver a new pairing code to the admin: at most [`NOTIFICATIONS_IN_FLIGHT`] at once across
-/// every notifier. Returns whether it was delivered.
+/// Deliver a new pairing code to the admin (at most [`NOTIFICATIONS_IN_FLIGHT`] at once across
+/// every notifier), record how that went, then send `pair_request` on the connection that
+/// started the pairing (if it is still open). Runs in the background: a slow notifier never
+/// holds up the connection, and a connection that closes meanwhile does not cancel it.
 ///
 /// [`NOTIFICATIONS_IN_FLIGHT`]: crate::hub::NOTIFICATIONS_IN_FLIGHT
-async fn notify_admin(hub: &Hub, identifier: &str, started: &pairing::Started) -> bool {
+async fn notify_admin(
+    hub: Arc<Hub>,
+    identifier: Arc<str>,
+    started: pairing::Started,
+    peer: Arc<Peer>,
+    rid: Option<String>,
+) {
     let notice = PairingNotice {
-        identifier: identifier.to_owned(),
+        identifier: identifier.to_string(),
         code: started.code.clone(),
         expires_at: started.expires_at,
     };
     let notifier = hub.notifier();
-    let permit = match tokio::time::timeout(
+    let delivered = match tokio::time::timeout(
         crate::notify::DEFAULT_TIMEOUT,
         hub.notifications.acquire(),
     )
     .await
     {
-        Ok(Ok(p)) => p,
+        Ok(Ok(permit)) => {
+            let result = notifier.notify(&notice).await;
+            drop(permit);
+            match result {
+                Ok(()) => {
+                    metrics::pairing_result("started");
+                    tracing::info!(identifier = %identifier, notifier = notifier.kind(), expires_at = started.expires_at, "pairing started; code delivered to the admin");
+                    true
+                }
+                Err(e) => {
+                    metrics::pairing_result("notify_failed");
+                    tracing::warn!(identifier = %identifier, notifier = notifier.kind(), error = %e, "pairing notification failed; the code stays available through `yonexus pairing`");
+                    false
+                }
+            }
+        }
         _ => {
             metrics::pairing_result("notify_failed");
             tracing::warn!(identifier = %identifier, "too many pairing notifications in flight; the code stays available through `yonexus pairing`");
-            return false;
-        }
-    };
-    let result = notifier.notify(&notice).await;
-    drop(permit);
-    match result {
-        Ok(()) => {
-            metrics::pairing_result("started");
-            tracing::info!(identifier = %identifier, notifier = notifier.kind(), expires_at = started.expires_at, "pairing started; code delivered to the admin");
-            true
-        }
-        Err(e) => {
-            metrics::pairing_result("notify_failed");
-            tracing::warn!(identifier = %identifier, notifier = notifier.kind(), error = %e, "pairing notification failed; the code stays available through `yonexus pairing`");
             false
         }
+    };
+    let notified_at = hub.now();
+    let expires_at = started.expires_at;
+    let status = if delivered {
+        NotifyStatus::Sent
+    } else {
+        NotifyStatus::Failed
+    };
+    let recorded = hub
+        .store
+        .apply_existing(&identifier, |r| {
+            if r.pairing_expires_at == Some(expires_at) {
+                r.pairing_notify_status = Some(status);
+                r.pairing_notified_at = Some(notified_at);
+            }
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "cannot persist the notification status (it is informational)");
     }
+    let admin = if delivered {
+        AdminNotification::Sent
+    } else {
+        AdminNotification::Failed
+    };
+    let _ = peer.send(reply::pair_request(
+        &identifier,
+        expires_at,
+        expires_at - notified_at,
+        admin,
+        notified_at,
+        rid.as_deref(),
+    ));
 }

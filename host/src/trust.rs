@@ -62,7 +62,8 @@ pub struct TrustRecord {
     /// drives the per-identifier backoff. Wrong codes never cancel a pairing.
     #[serde(default)]
     pub pairing_attempts: u32,
-    /// Unix seconds of the last wrong code (backoff is measured from it).
+    /// Unix seconds of the last wrong code (for the operator reading the record; the delays
+    /// themselves come from `pairing_attempts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairing_last_failure_at: Option<i64>,
     /// Read from files written by earlier versions and dropped: only the connection that

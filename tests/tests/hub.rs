@@ -526,3 +526,101 @@ async fn wrong_path_is_404_and_config_errors_name_the_key() {
         "{stderr}"
     );
 }
+
+/// The authentication deadline (here 1 s) never cuts off a pairing: not while the admin's
+/// notifier is slow (2 s), not while the human relays the code, and after `pair_success` the
+/// follower has a whole deadline for its `auth_request`.
+#[tokio::test]
+async fn a_slow_notifier_and_a_slow_human_do_not_cut_off_a_pairing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = config_text(dir, 0, &["alpha"], "\n[limits]\nauth_timeout_secs = 1\n");
+    // The notifier takes 2 s (config_text wrote notify.sh; make it slow).
+    let script = dir.join("notify.sh");
+    let body = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(
+        &script,
+        body.replacen("#!/bin/sh\n", "#!/bin/sh\nsleep 2\n", 1),
+    )
+    .unwrap();
+    let host = HostProc::start(dir, &config).expect("host starts");
+    let mut raw = Raw::connect(&host.url()).await.unwrap();
+    let mut ident = Identity::new("alpha");
+    assert_eq!(ident.hello(&mut raw).await.unwrap(), "pair_required");
+    match raw
+        .recv_within(std::time::Duration::from_secs(15))
+        .await
+        .unwrap()
+    {
+        Incoming::Control(env) => assert!(
+            matches!(env.message, Msg::PairRequest(_)),
+            "{:?}",
+            env.message
+        ),
+        other => panic!("expected pair_request after the slow notifier, got {other:?}"),
+    }
+    // The human takes a while to relay the code.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let code = codes_for(dir, "alpha").pop().expect("code delivered");
+    raw.send(
+        "pair_confirm",
+        json!({"identifier": "alpha", "pairingCode": code}),
+    )
+    .await
+    .unwrap();
+    match raw.control().await.unwrap() {
+        Msg::PairSuccess(s) => ident.secret = Some(s.secret),
+        other => panic!("expected pair_success, got {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    match ident.auth(&mut raw).await.unwrap() {
+        Msg::AuthSuccess(_) => {}
+        other => panic!("expected auth_success on the pairing connection, got {other:?}"),
+    }
+}
+
+/// A revocation that lands while an authentication is in flight (here: slowed because the
+/// follower logs in too often) voids it: the proof was checked against trust that is gone.
+#[tokio::test]
+async fn a_revocation_during_an_authentication_voids_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_text(
+        tmp.path(),
+        0,
+        &["alpha"],
+        "\n[limits]\nfree_logins_per_identifier = 0\nmax_failure_delay_ms = 4000\n",
+    );
+    let host = HostProc::start(tmp.path(), &config).expect("host starts");
+    let (first, ident) = paired_session(&host, "alpha").await.unwrap();
+    first.close().await;
+    // Each further login waits longer (0.5 s, 1 s, 2 s …).
+    let mut waited = std::time::Duration::ZERO;
+    let mut raw = Raw::connect(&host.url()).await.unwrap();
+    while waited < std::time::Duration::from_millis(900) {
+        raw.close().await;
+        raw = Raw::connect(&host.url()).await.unwrap();
+        let started = std::time::Instant::now();
+        ident.login(&mut raw).await.unwrap();
+        waited = started.elapsed();
+    }
+    raw.close().await;
+    let mut raw = Raw::connect(&host.url()).await.unwrap();
+    assert_eq!(ident.hello(&mut raw).await.unwrap(), "auth_required");
+    raw.send(
+        "auth_request",
+        ident.auth_payload(&validate::generate_nonce(), now()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, out, err) = cli(&host.config, &["revoke", "alpha"]);
+    assert_eq!(status, 0, "{out}{err}");
+    match raw.control().await.unwrap() {
+        Msg::AuthFailed(f) => assert_eq!(f.reason.as_str(), "not_paired"),
+        other => panic!("an authentication checked before the revocation went on: {other:?}"),
+    }
+    assert_eq!(raw.closed().await.unwrap().0, 1008);
+    let (_, out, _) = cli(&host.config, &["clients", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["liveness"], "offline", "{out}");
+}
