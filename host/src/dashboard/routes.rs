@@ -11,7 +11,7 @@
 //! `Content-Security-Policy` (own scripts and styles only, no framing) and no referrer.
 
 use super::auth;
-use super::view::ActionError;
+use super::view::{ActionError, StoreUnavailable, TrustLists};
 use super::Dashboard;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -129,12 +129,23 @@ async fn status(State(dash): Dash) -> Response {
     .into_response()
 }
 
-async fn followers(State(dash): Dash) -> Response {
-    Json(dash.view.followers().await).into_response()
+async fn followers(State(dash): Dash) -> Result<Response, ApiError> {
+    let TrustLists { followers, .. } = dash.view.trust().await.map_err(unavailable)?;
+    Ok(Json(followers).into_response())
 }
 
-async fn pairings(State(dash): Dash) -> Response {
-    Json(dash.view.pairings().await).into_response()
+async fn pairings(State(dash): Dash) -> Result<Response, ApiError> {
+    let TrustLists { pairings, .. } = dash.view.trust().await.map_err(unavailable)?;
+    Ok(Json(pairings).into_response())
+}
+
+/// 503 for a list that cannot be read (never an empty list that looks like "nobody").
+fn unavailable(e: StoreUnavailable) -> ApiError {
+    tracing::debug!(error = %e, "admin HTTP: trust store unavailable");
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("trust store unavailable: {e}; try again when it answers"),
+    }
 }
 
 async fn plugins(State(dash): Dash) -> Response {
@@ -182,6 +193,7 @@ impl From<ActionError> for ApiError {
             ActionError::NotFound(_) => StatusCode::NOT_FOUND,
             ActionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ActionError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,
@@ -238,7 +250,7 @@ async fn reveal(
     let code = dash
         .view
         .reveal_code(id.to_owned())
-        .await
+        .await?
         .ok_or_else(|| ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!(
