@@ -719,3 +719,118 @@ mod sampling {
         shutdown.cancel();
     }
 }
+
+/// `GET path` with `Host: host` (or none); returns the status line.
+async fn get_as(addr: SocketAddr, path: &str, host: Option<&str>) -> String {
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+    let r = exchange(addr, req.as_bytes()).await.expect("response");
+    status(&r).to_owned()
+}
+
+#[tokio::test]
+async fn a_loopback_port_answers_only_loopback_host_names() {
+    let srv = start().await;
+    let port = srv.addr.port();
+    let ok = "HTTP/1.1 200 OK";
+    let refused = "HTTP/1.1 421 Misdirected Request";
+    for path in [
+        "/",
+        "/app.js",
+        "/api/status",
+        "/api/followers",
+        "/api/events",
+    ] {
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "localhost".to_owned(),
+        ] {
+            assert_eq!(
+                get_as(srv.addr, path, Some(&host)).await,
+                ok,
+                "{path} {host}"
+            );
+        }
+        for host in [
+            format!("rebind.example:{port}"),
+            "rebind.example".to_owned(),
+            format!("192.168.1.10:{port}"),
+            format!("localhost.rebind.example:{port}"),
+        ] {
+            assert_eq!(
+                get_as(srv.addr, path, Some(&host)).await,
+                refused,
+                "{path} {host}"
+            );
+        }
+    }
+    // The refusal says why and what to do; the stream and actions are refused alike.
+    let r = exchange(
+        srv.addr,
+        format!("GET /api/followers HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("response");
+    assert!(!body(&r).contains("alpha"), "{r}");
+    let v: serde_json::Value = serde_json::from_str(body(&r)).expect("json");
+    let message = v["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("DNS rebinding") && message.contains("reverse proxy"),
+        "{message}"
+    );
+    assert_eq!(
+        get_as(srv.addr, "/api/stream", Some("rebind.example")).await,
+        refused
+    );
+    let action = format!(
+        "POST /api/reload HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    );
+    let r = exchange(srv.addr, action.as_bytes())
+        .await
+        .expect("response");
+    assert_eq!(status(&r), refused, "{r}");
+    // No Host at all (HTTP/1.0 tools; never a browser): served.
+    let r = exchange(srv.addr, b"GET /api/status HTTP/1.0\r\n\r\n")
+        .await
+        .expect("response");
+    assert!(r.contains(" 200 OK"), "{r}");
+    // Probes answer under any name (they carry no follower data); unknown paths stay 404.
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(
+            get_as(srv.addr, path, Some("prometheus.internal")).await,
+            ok,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        get_as(srv.addr, "/nope", Some("rebind.example")).await,
+        "HTTP/1.1 404 Not Found"
+    );
+    srv.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_non_loopback_port_answers_any_host_name() {
+    // Bound to every interface (reached here over loopback): protected by its token instead.
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let view: Arc<dyn AdminView> = Arc::new(FixedView::new());
+    let token = AdminToken::parse("TEST_TOKEN", Some(TOKEN.into())).expect("token");
+    let shutdown = CancellationToken::new();
+    spawn(
+        listener,
+        token,
+        "TEST_TOKEN",
+        view,
+        shutdown.clone(),
+        LIMITS,
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(
+        get_as(addr, "/api/followers", Some("dashboard.example.org")).await,
+        "HTTP/1.1 200 OK"
+    );
+    shutdown.cancel();
+}
