@@ -276,7 +276,8 @@ function eventItem(e) {
     el("time", { datetime: new Date(e.at * 1000).toISOString(), title: localTime(e.at) }, clockTime(e.at)),
     el("span", { class: `kind ${e.kind}` }, e.kind),
     who,
-    e.detail ? el("span", { class: "detail" }, e.detail) : null);
+    e.detail ? el("span", { class: "detail" }, e.detail) : null,
+    e.node ? el("span", { class: "sub", title: "on another host of the cluster" }, `on ${e.node}`) : null);
 }
 
 function renderEvents() {
