@@ -10,6 +10,10 @@
 //! The recorder is process-global: several hosts started in one process (tests) share one set
 //! of values.
 //!
+//! Besides the recorder, two plain process-wide totals count every frame received and sent
+//! ([`frame_totals`]), bumped wherever `frames_received` / `frames_sent` are: the dashboard's
+//! messages-per-second chart reads them every second without rendering the exposition text.
+//!
 //! Naming: every metric starts with `yonexus_`, counters end in `_total`, durations are
 //! histograms in seconds ending in `_seconds`. Label values are bounded:
 //! - `kind`, `reason`, `result`, `outcome`, `state`, `liveness` take `&'static str` or enums, so
@@ -18,12 +22,14 @@
 //! - `rule` is a configured rule id or [`UNKNOWN_RULE`] (see [`frame_in`]); at most
 //!   [`MAX_RULE_LABELS`] distinct values are ever recorded.
 
+use metrics::CounterFn;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Histogram buckets for every `*_seconds` metric: 50 µs … 5 s.
@@ -334,10 +340,25 @@ fn hot(slot: &'static OnceLock<Counter>, make: fn() -> Counter) -> Counter {
     slot.get_or_init(make).clone()
 }
 
+/// Frames received from followers, every kind, since the process started (the sum of
+/// `frames_received`, also counted before [`install`]).
+static FRAMES_IN_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Frames handed to followers' sockets since the process started (the sum of `frames_sent`).
+static FRAMES_OUT_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// The process-wide frame totals: (received, sent). Two atomic loads.
+pub fn frame_totals() -> (u64, u64) {
+    (
+        FRAMES_IN_TOTAL.load(Ordering::Relaxed),
+        FRAMES_OUT_TOTAL.load(Ordering::Relaxed),
+    )
+}
+
 /// One non-rule frame received. `kind`: `"builtin"` (a protocol message the host handles),
 /// `"binary"`, `"malformed"`. `bytes`: the frame's payload length. Rule frames are counted by
 /// the router (per configured rule, see [`rule_frames_counter`]) and [`rule_bytes_in`].
 pub fn frame_in(kind: &'static str, bytes: usize) {
+    FRAMES_IN_TOTAL.fetch_add(1, Ordering::Relaxed);
     counter!(FRAMES_RECEIVED, "kind" => kind).increment(1);
     counter!(RECEIVED_BYTES, "kind" => kind).increment(bytes as u64);
 }
@@ -351,26 +372,37 @@ pub fn rule_bytes_in(bytes: usize) {
 /// A rule frame whose rule id is not routed (`rule="_unknown"`).
 pub fn unknown_rule_frame() {
     static SLOT: OnceLock<Counter> = OnceLock::new();
+    FRAMES_IN_TOTAL.fetch_add(1, Ordering::Relaxed);
     hot(&SLOT, || make_rule_counter(UNKNOWN_RULE)).increment(1);
 }
 
-/// The counter of rule frames for a configured `rule` (resolved once per routing table).
+/// The counter of rule frames for a configured `rule` (resolved once per routing table). Its
+/// increments also count in [`frame_totals`].
 pub fn rule_frames_counter(rule: &str) -> Counter {
-    rule_frame_counter(rule)
+    Counter::from_arc(Arc::new(AlsoTotal(rule_frame_counter(rule))))
+}
+
+/// A `frames_received` counter whose increments also go to [`FRAMES_IN_TOTAL`].
+struct AlsoTotal(Counter);
+
+impl CounterFn for AlsoTotal {
+    fn increment(&self, value: u64) {
+        FRAMES_IN_TOTAL.fetch_add(value, Ordering::Relaxed);
+        self.0.increment(value);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.absolute(value);
+    }
 }
 
 /// `n` text frames of `bytes` payload+header bytes handed to a socket (one batch).
 pub fn frames_out(n: usize, bytes: usize) {
     static FRAMES: OnceLock<Counter> = OnceLock::new();
     static BYTES: OnceLock<Counter> = OnceLock::new();
+    FRAMES_OUT_TOTAL.fetch_add(n as u64, Ordering::Relaxed);
     hot(&FRAMES, || counter!(FRAMES_SENT, "kind" => "text")).increment(n as u64);
     hot(&BYTES, || counter!(SENT_BYTES, "kind" => "text")).increment(bytes as u64);
-}
-
-/// One frame sent, by kind (tests and tools; connections count with [`frames_out`]).
-pub fn frame_out(kind: &'static str, bytes: usize) {
-    counter!(FRAMES_SENT, "kind" => kind).increment(1);
-    counter!(SENT_BYTES, "kind" => kind).increment(bytes as u64);
 }
 
 /// Counter handles for `frames_received{kind="rule",rule=…}`, so the hot path does one map
@@ -725,7 +757,7 @@ pub(crate) mod tests {
         rule_bytes_in(22);
         unknown_rule_frame();
         frame_in("malformed", 3);
-        frame_out("builtin", 42);
+        frames_out(2, 42);
         auth_result("metrics_test_reason");
         pairing_result("metrics_test_paired");
         plugin_call("metrics_test_plugin", "ok", 0.000_3);
@@ -756,8 +788,8 @@ pub(crate) mod tests {
         assert!(get(FRAMES_RECEIVED, &[("kind", "rule"), ("rule", "_unknown")]) >= 1.0);
         assert!(get(FRAMES_RECEIVED, &[("kind", "malformed")]) >= 1.0);
         assert!(get(RECEIVED_BYTES, &[("kind", "rule")]) >= 22.0);
-        assert!(get(FRAMES_SENT, &[("kind", "builtin")]) >= 1.0);
-        assert!(get(SENT_BYTES, &[("kind", "builtin")]) >= 42.0);
+        assert!(get(FRAMES_SENT, &[("kind", "text")]) >= 2.0);
+        assert!(get(SENT_BYTES, &[("kind", "text")]) >= 42.0);
         assert_eq!(get(AUTH_RESULTS, &[("result", "metrics_test_reason")]), 1.0);
         assert_eq!(
             get(PAIRING_RESULTS, &[("result", "metrics_test_paired")]),
@@ -830,6 +862,42 @@ pub(crate) mod tests {
         assert_eq!(
             sample(&s, CONNECTIONS, &[("state", "authenticated")]),
             Some(5.0)
+        );
+    }
+
+    #[test]
+    fn frame_totals_follow_every_frame_counter() {
+        // The totals are process-wide and other tests count frames too: move each one by far
+        // more than they could in the meantime, and check it moved at least that much.
+        const N: u64 = 10_000;
+        let (in0, out0) = frame_totals();
+        for _ in 0..N {
+            frame_in("builtin", 1);
+        }
+        let (in1, _) = frame_totals();
+        assert!(in1 - in0 >= N, "frame_in: {}", in1 - in0);
+        rule_frames_counter("totals_test_rule").increment(N);
+        let (in2, _) = frame_totals();
+        assert!(in2 - in1 >= N, "rule frames: {}", in2 - in1);
+        for _ in 0..N {
+            unknown_rule_frame();
+        }
+        let (in3, _) = frame_totals();
+        assert!(in3 - in2 >= N, "unknown rule: {}", in3 - in2);
+        frames_out(N as usize, 1);
+        let (_, out1) = frame_totals();
+        assert!(out1 - out0 >= N, "frames_out: {}", out1 - out0);
+        // The rule counter still records into the recorder once installed.
+        let m = install().expect("install");
+        rule_frames_counter("totals_test_rule_2").increment(3);
+        let s = parse_prometheus_text(&m.render()).unwrap();
+        assert_eq!(
+            sample(
+                &s,
+                FRAMES_RECEIVED,
+                &[("kind", "rule"), ("rule", "totals_test_rule_2")]
+            ),
+            Some(3.0)
         );
     }
 

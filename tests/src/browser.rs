@@ -2,7 +2,8 @@
 //! WebSocket, for tests that check what a person sees in a real browser.
 //!
 //! [`Browser::launch`] starts `/usr/bin/chromium` (or `$YONEXUS_CHROMIUM`) headless with a
-//! fresh profile in a temporary directory and `--remote-debugging-port=0`, reads the DevTools
+//! fresh profile in a temporary directory and `--remote-debugging-port=0` ([`Browser::launch_with`]
+//! adds switches, e.g. `--host-resolver-rules` to point a name at 127.0.0.1), reads the DevTools
 //! URL from its stderr, opens one page and attaches to it (flat session). Then:
 //! [`Browser::goto`], [`Browser::eval`] (`Runtime.evaluate` with `awaitPromise` and
 //! `returnByValue`), [`Browser::wait_until`], [`Browser::click`], [`Browser::type_text`]
@@ -61,6 +62,11 @@ pub struct Browser {
 impl Browser {
     /// Start Chromium and open a blank page.
     pub async fn launch() -> Result<Browser> {
+        Self::launch_with(&[]).await
+    }
+
+    /// [`Browser::launch`] with `extra` command-line switches.
+    pub async fn launch_with(extra: &[&str]) -> Result<Browser> {
         let path = chromium_path();
         if !path.exists() {
             bail!(
@@ -87,6 +93,7 @@ impl Browser {
                 &format!("--window-size={},{}", VIEWPORT.0, VIEWPORT.1),
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -2,7 +2,8 @@
 //! against the real `yonexus` binary with real followers: it lists who connected, shows a
 //! follower going offline without a reload, revokes from the page (the follower's socket gets
 //! the close), reveals a pending code only after the token is typed in, is read-only without a
-//! token, refuses cross-site actions, and a public admin port without a token does not start.
+//! token, refuses cross-site actions, refuses to serve a page loaded under another name (DNS
+//! rebinding), and a public admin port without a token does not start.
 //!
 //! `YONEXUS_DASHBOARD_SCREENSHOT=<path>` also writes the populated dashboard's screenshot there
 //! (the README's `docs/dashboard.png` is made that way).
@@ -85,8 +86,13 @@ fn http(
     Ok((status, body))
 }
 
+/// `GET path` addressed to `addr` (a loopback `Host`, as the admin port requires).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, &[], "").unwrap()
+}
+
 fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = http_get(addr, path).unwrap();
+    let (status, body) = get(addr, path);
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
@@ -156,6 +162,12 @@ async fn the_page_follows_followers_live_and_acts_with_the_token() {
         browser.eval(&row("gamma", "pairing")).await.unwrap(),
         "pending"
     );
+    // `/api/followers` rows are exactly `yonexus clients --json` rows (nothing moves meanwhile).
+    let (code, out, err) = cli(&host.config, &["clients", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cli_rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(get_json(admin, "/api/followers"), cli_rows);
+    assert!(cli_rows[0].get("host").is_none(), "{cli_rows}");
     // The pending pairing is listed with its code hidden, and no action is offered yet.
     browser
         .wait_until(
@@ -176,16 +188,43 @@ async fn the_page_follows_followers_live_and_acts_with_the_token() {
         true
     );
     assert_eq!(browser.eval(&is_visible("#readonly")).await.unwrap(), false);
+    // The store answers: no outage notice. (An outage's notice, as the stream's `store` event
+    // would set it: shown over the kept lists, then gone again.)
+    assert_eq!(
+        browser.eval(&is_visible("#store-notice")).await.unwrap(),
+        false
+    );
+    let notice = browser
+        .eval("setStore({available: false, error: 'the trust store is unavailable: timeout', since: 1795842000, listsAt: 1795841990}); document.getElementById('store-notice').textContent")
+        .await
+        .unwrap();
+    let notice = notice.as_str().unwrap_or_default();
+    assert!(
+        notice.starts_with("Trust store unavailable") && notice.contains("may be stale"),
+        "{notice}"
+    );
+    assert_eq!(
+        browser.eval(&is_visible("#store-notice")).await.unwrap(),
+        true
+    );
+    assert!(browser
+        .eval(&format!("{} === 'online'", row("alpha", "liveness")))
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap_or(false));
+    browser.eval("setStore({available: true})").await.unwrap();
+    assert_eq!(
+        browser.eval(&is_visible("#store-notice")).await.unwrap(),
+        false
+    );
     // The API never carries codes outside the reveal action.
     let pairings = get_json(admin, "/api/pairings");
     assert_eq!(pairings[0]["identifier"], "gamma");
     assert!(pairings[0].get("code").is_none(), "{pairings}");
     let gamma_code = codes_for(&host.dir, "gamma").pop().unwrap();
     for path in ["/api/pairings", "/api/followers", "/api/events", "/"] {
-        assert!(
-            !http_get(admin, path).unwrap().1.contains(&gamma_code),
-            "{path}"
-        );
+        assert!(!get(admin, path).1.contains(&gamma_code), "{path}");
     }
 
     // Traffic: the chart and the plugin's counters move.
@@ -503,6 +542,45 @@ async fn cross_site_actions_are_refused() {
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["revoked"], true);
     assert_eq!(alpha.closed().await.unwrap().0, 1008);
+}
+
+#[tokio::test]
+async fn a_page_loaded_under_another_name_reads_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = start(tmp.path(), &["alpha"], TOKEN_ENV);
+    let admin = host.admin.unwrap();
+    let (mut alpha, _) = paired_session(&host, "alpha").await.unwrap();
+    // DNS rebinding: a name the attacker controls, answered with 127.0.0.1 (here by the
+    // browser's own resolver rules), so that its page is "same-origin" with the admin port.
+    let browser = Browser::launch_with(&["--host-resolver-rules=MAP rebind.test 127.0.0.1"])
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("http://rebind.test:{}/", admin.port()))
+        .await
+        .unwrap();
+    let text = browser.eval("document.body.innerText").await.unwrap();
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        text.contains("DNS rebinding") && !text.contains("Followers"),
+        "{text}"
+    );
+    let api = browser
+        .eval("fetch('/api/followers').then(async r => `${r.status} ${await r.text()}`)")
+        .await
+        .unwrap();
+    let api = api.as_str().unwrap_or_default();
+    assert!(api.starts_with("421 ") && !api.contains("alpha"), "{api}");
+    // The same browser under a loopback name gets the dashboard.
+    browser
+        .goto(&format!("http://localhost:{}/", admin.port()))
+        .await
+        .unwrap();
+    browser
+        .wait_until(&format!("{} === 'online'", row("alpha", "liveness")), WAIT)
+        .await
+        .unwrap();
+    echo_ok(&mut alpha, "still here").await;
 }
 
 #[test]

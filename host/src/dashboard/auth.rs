@@ -8,9 +8,14 @@
 //! CORS preflight, and this server answers no preflight), and carry
 //! `Authorization: Bearer <token>`. Without a configured token every action is refused (the
 //! dashboard is read-only).
+//!
+//! Reads have no token, so on a loopback `listen` the page and the API also check `Host`
+//! ([`check_loopback_host`]): a web page can point a DNS name it controls at 127.0.0.1 ("DNS
+//! rebinding") and read same-origin from this port under that name, but its requests then
+//! carry that name in `Host`.
 
-use axum::http::{header, HeaderMap, StatusCode};
-use std::net::SocketAddr;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use subtle::ConstantTimeEq;
 
 /// Shortest admin token accepted at start.
@@ -168,6 +173,59 @@ fn check_same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// On a loopback `listen`: refuse a request addressed (by `Host`, or an absolute request URI)
+/// to anything but a loopback name — `localhost`, `127.x.y.z`, `[::1]`, with any port. A request
+/// without `Host` (HTTP/1.0 tools; browsers always send it) passes.
+pub fn check_loopback_host(headers: &HeaderMap, uri: &Uri) -> Result<(), Refusal> {
+    let refuse = || {
+        Refusal::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "refused: this admin port listens on a loopback address and answers only requests addressed to localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding); behind a reverse proxy, pass a loopback Host header, or listen on a non-loopback address with an admin token",
+        )
+    };
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        let host = host.to_str().map_err(|_| refuse())?;
+        if hosts.next().is_some() || !is_loopback_authority(host) {
+            return Err(refuse());
+        }
+    }
+    if let Some(authority) = uri.authority() {
+        if !is_loopback_authority(authority.as_str()) {
+            return Err(refuse());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `authority` (`host[:port]`, as in `Host`) names this machine's loopback interface:
+/// `localhost`, an IPv4 address in 127.0.0.0/8 or `[::1]`, with an optional numeric port.
+pub fn is_loopback_authority(authority: &str) -> bool {
+    let authority = authority.trim();
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port)) => (
+                ip.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback()),
+                port,
+            ),
+            None => return false,
+        },
+        None => {
+            let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+            let ok = host.eq_ignore_ascii_case("localhost")
+                || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+            (ok, port)
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        }
+    };
+    host_ok && port_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +345,62 @@ mod tests {
         let r = authorize(&with(&[]), None, "MY_TOKEN_VAR").expect_err("read-only");
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.message.contains("MY_TOKEN_VAR"), "{}", r.message);
+    }
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for ok in [
+            "localhost",
+            "LocalHost:9787",
+            "127.0.0.1",
+            "127.0.0.1:9787",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:9787",
+        ] {
+            assert!(is_loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:9787",
+            "localhost.evil.example",
+            "evil.localhost.example:9787",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:9787",
+            "0.0.0.0:9787",
+            "[::2]:9787",
+            "[::1",
+            "[::1]x",
+            "[::ffff:7f00:1]:9787",
+            "localhost:",
+            "localhost:port",
+            "localhost:9787:1",
+            "localhost:123456",
+            "::1",
+            "user@localhost",
+        ] {
+            assert!(!is_loopback_authority(bad), "{bad}");
+        }
+        let uri = Uri::from_static("/api/followers");
+        let host = |h: &str| headers(&[("host", h)]);
+        assert_eq!(check_loopback_host(&host("localhost:9787"), &uri), Ok(()));
+        assert_eq!(check_loopback_host(&HeaderMap::new(), &uri), Ok(()));
+        let refused =
+            check_loopback_host(&host("rebind.example:9787"), &uri).expect_err("a foreign name");
+        assert_eq!(refused.status, StatusCode::MISDIRECTED_REQUEST);
+        assert!(
+            refused.message.contains("DNS rebinding"),
+            "{}",
+            refused.message
+        );
+        // An absolute request URI naming another host is refused too.
+        let absolute = Uri::from_static("http://rebind.example/api/followers");
+        assert!(check_loopback_host(&host("localhost"), &absolute).is_err());
+        // Two Host headers: refused.
+        let mut two = host("localhost");
+        two.append(header::HOST, HeaderValue::from_static("evil.example"));
+        assert!(check_loopback_host(&two, &uri).is_err());
     }
 
     #[test]

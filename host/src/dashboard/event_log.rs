@@ -29,6 +29,7 @@ mod tests {
             kind: EventKind::Authenticated,
             identifier: Some(format!("f{i}")),
             detail: None,
+            node: None,
         }
     }
 

@@ -4,22 +4,19 @@
 
 use super::event_log::EventLog;
 use super::view::{
-    ActionError, AdminView, Breaker, EventKind, FollowerRow, LifecycleEvent, MessageCounters,
-    PendingPairing, PluginRow, RevealedCode,
+    ActionError, AdminView, Breaker, EventKind, LifecycleEvent, MessageCounters, PendingPairing,
+    PluginRow, RevealedCode, StoreUnavailable, TrustLists,
 };
 use crate::events::{FollowerEvent, Recorded};
 use crate::hub::Hub;
-use crate::metrics::{names, Metrics};
+use crate::metrics::Metrics;
 use crate::reload::{ReloadReport, Reloader};
+use crate::store::StoreError;
 use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-
-/// A metrics rendering is reused for this long (the sampler reads it twice per second).
-const RENDER_REUSE: Duration = Duration::from_millis(200);
 
 /// The running host, as the dashboard sees it.
 pub struct HostView {
@@ -33,7 +30,6 @@ pub struct HostView {
     generations: Mutex<HashMap<String, (Weak<crate::plugins::PluginHandler>, u64)>>,
     /// The plugin rows last built, served while a reload holds the plugin table.
     last_plugins: Mutex<Vec<PluginRow>>,
-    rendered: Mutex<Option<(Instant, Arc<str>)>>,
 }
 
 impl HostView {
@@ -58,21 +54,7 @@ impl HostView {
             log,
             generations: Mutex::new(HashMap::new()),
             last_plugins: Mutex::new(Vec::new()),
-            rendered: Mutex::new(None),
         }
-    }
-
-    /// The metrics text, rendered at most every [`RENDER_REUSE`].
-    fn rendered(&self) -> Arc<str> {
-        let mut cached = lock(&self.rendered);
-        if let Some((at, text)) = cached.as_ref() {
-            if at.elapsed() < RENDER_REUSE {
-                return Arc::clone(text);
-            }
-        }
-        let text: Arc<str> = self.metrics.render().into();
-        *cached = Some((Instant::now(), Arc::clone(&text)));
-        text
     }
 
     /// The generation of `handler` under `name`: 1 for the first instance seen, +1 per new one.
@@ -108,6 +90,7 @@ fn lifecycle_event(recorded: Recorded) -> LifecycleEvent {
         kind,
         identifier: Some(identifier.to_string()),
         detail,
+        node: recorded.node.map(|n| n.to_string()),
     }
 }
 
@@ -126,22 +109,13 @@ async fn forward_events(mut rx: broadcast::Receiver<Recorded>, log: Weak<EventLo
     }
 }
 
-/// Sample lines of `family` in Prometheus text: (the labels inside `{}`, value).
-fn samples<'a>(text: &'a str, family: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(move |line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let labels = match series.strip_prefix(family)? {
-                "" => "",
-                rest => rest.strip_prefix('{')?.strip_suffix('}')?,
-            };
-            Some((labels, value.trim().parse().ok()?))
-        })
-}
-
-fn sum(text: &str, family: &str) -> u64 {
-    samples(text, family).map(|(_, v)| v).sum::<f64>().max(0.0) as u64
+/// A store error as the dashboard reports it: unavailable (503) when the store cannot be
+/// reached, else failed.
+fn action_error(e: StoreError) -> ActionError {
+    match e {
+        StoreError::Unavailable(_) => ActionError::Unavailable(e.to_string()),
+        _ => ActionError::Failed(e.to_string()),
+    }
 }
 
 impl AdminView for HostView {
@@ -149,30 +123,21 @@ impl AdminView for HostView {
         self.hub.now()
     }
 
-    fn followers(&self) -> BoxFuture<'static, Vec<FollowerRow>> {
+    fn trust(&self) -> BoxFuture<'static, Result<TrustLists, StoreUnavailable>> {
         let hub = Arc::clone(&self.hub);
         Box::pin(async move {
-            let records = hub.store.snapshot().await.unwrap_or_default();
-            crate::admin::client_rows(
+            let records = hub
+                .store
+                .snapshot()
+                .await
+                .map_err(|e| StoreUnavailable(e.to_string()))?;
+            let now = hub.now();
+            let followers = crate::admin::client_rows(
                 &records,
                 &hub.settings().allow,
                 &crate::admin::Seen::Hub(&hub),
-            )
-            .into_iter()
-            .map(|client| FollowerRow {
-                host: client.node.clone(),
-                client,
-            })
-            .collect()
-        })
-    }
-
-    fn pairings(&self) -> BoxFuture<'static, Vec<PendingPairing>> {
-        let hub = Arc::clone(&self.hub);
-        Box::pin(async move {
-            let now = hub.now();
-            let records = hub.store.snapshot().await.unwrap_or_default();
-            crate::admin::pairing_rows(&records, now)
+            );
+            let pairings = crate::admin::pairing_rows(&records, now)
                 .into_iter()
                 .map(|r| PendingPairing {
                     expires_in: (r.expires_at - now).max(0),
@@ -181,23 +146,35 @@ impl AdminView for HostView {
                     notify_status: r.notify_status,
                     wrong_attempts: r.wrong_attempts,
                 })
-                .collect()
+                .collect();
+            Ok(TrustLists {
+                followers,
+                pairings,
+            })
         })
     }
 
-    fn reveal_code(&self, identifier: String) -> BoxFuture<'static, Option<RevealedCode>> {
+    fn reveal_code(
+        &self,
+        identifier: String,
+    ) -> BoxFuture<'static, Result<Option<RevealedCode>, ActionError>> {
         let hub = Arc::clone(&self.hub);
         Box::pin(async move {
             let now = hub.now();
-            let r = hub.store.get(&identifier).await.ok().flatten()?;
+            let Some(r) = hub.store.get(&identifier).await.map_err(action_error)? else {
+                return Ok(None);
+            };
             if !r.live_pending(now) {
-                return None;
+                return Ok(None);
             }
-            Some(RevealedCode {
-                code: r.pairing_code?,
-                expires_at: r.pairing_expires_at?,
+            let (Some(code), Some(expires_at)) = (r.pairing_code, r.pairing_expires_at) else {
+                return Ok(None);
+            };
+            Ok(Some(RevealedCode {
+                code,
+                expires_at,
                 identifier: r.identifier,
-            })
+            }))
         })
     }
 
@@ -244,11 +221,8 @@ impl AdminView for HostView {
     }
 
     fn counters(&self) -> MessageCounters {
-        let text = self.rendered();
-        MessageCounters {
-            received: sum(&text, names::FRAMES_RECEIVED),
-            sent: sum(&text, names::FRAMES_SENT),
-        }
+        let (received, sent) = crate::metrics::frame_totals();
+        MessageCounters { received, sent }
     }
 
     fn ready(&self) -> bool {
@@ -266,13 +240,14 @@ impl AdminView for HostView {
             let existed =
                 crate::lifecycle::revoke(&hub, &identifier, "trust revoked by the operator")
                     .await
-                    .map_err(|e| ActionError::Failed(e.to_string()))?;
+                    .map_err(action_error)?;
             if existed {
                 log.publish(LifecycleEvent {
                     at: hub.now(),
                     kind: EventKind::Revoked,
                     identifier: Some(identifier),
                     detail: None,
+                    node: None,
                 });
             }
             Ok(existed)
@@ -297,30 +272,9 @@ impl AdminView for HostView {
                 kind: EventKind::Reload,
                 identifier: None,
                 detail: Some(detail),
+                node: None,
             });
             result.map_err(|e| ActionError::Refused(format!("reload refused: {e}")))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_samples_from_prometheus_text() {
-        let text = "# TYPE yonexus_frames_received_total counter\n\
-            yonexus_frames_received_total{kind=\"rule\",rule=\"echo\"} 3\n\
-            yonexus_frames_received_total{kind=\"builtin\"} 4\n\
-            yonexus_frames_received_totalx 100\n\
-            yonexus_plugin_queue_depth{plugin=\"a\\\"b\"} 7\n\
-            yonexus_connections_opened_total 2\n";
-        assert_eq!(sum(text, names::FRAMES_RECEIVED), 7);
-        assert_eq!(sum(text, names::CONNECTIONS_OPENED), 2);
-        assert_eq!(sum(text, names::FRAMES_SENT), 0);
-        assert_eq!(
-            samples(text, names::PLUGIN_QUEUE_DEPTH).next(),
-            Some(("plugin=\"a\\\"b\"", 7.0))
-        );
     }
 }

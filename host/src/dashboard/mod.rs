@@ -7,7 +7,8 @@
 //! - [`host_view`]: [`HostView`], `AdminView` for the running host (hub, reloader, metrics);
 //! - [`event_log`]: recent lifecycle events and their broadcast, for an `AdminView`;
 //! - [`routes`]: the axum router: static assets, probes, API, actions;
-//! - [`auth`]: the admin token and the cross-site checks actions pass;
+//! - [`auth`]: the admin token, the cross-site checks actions pass, and the `Host` check of a
+//!   loopback port (DNS rebinding);
 //! - [`sampler`]: once a second, rates (messages/s, plugin calls/s) and a snapshot for
 //!   [`stream`], the server-sent events that keep a page current;
 //! - [`listener`]: the hyper connection loop with the hostile-input bounds;
@@ -52,6 +53,9 @@ pub struct Dashboard {
     pub token_env: String,
     pub sampler: Arc<sampler::Sampler>,
     pub shutdown: CancellationToken,
+    /// The port listens on a loopback address: the page and the API answer only requests
+    /// addressed to a loopback name (see [`auth::check_loopback_host`]).
+    pub loopback_only: bool,
 }
 
 /// The admin port, bound and with its token read, not serving yet (the host binds its ports
@@ -126,6 +130,8 @@ pub fn spawn(
     shutdown: CancellationToken,
     limits: listener::Limits,
 ) -> tokio::task::JoinHandle<()> {
+    // Unknown address (cannot happen for a bound socket): check, the safe side.
+    let loopback_only = listener.local_addr().map_or(true, |a| a.ip().is_loopback());
     let sampler = Arc::new(sampler::Sampler::new());
     tokio::spawn(Arc::clone(&sampler).run(Arc::clone(&view), shutdown.clone()));
     let dash = Arc::new(Dashboard {
@@ -134,6 +140,7 @@ pub fn spawn(
         token_env: token_env.to_owned(),
         sampler,
         shutdown: shutdown.clone(),
+        loopback_only,
     });
     tokio::spawn(listener::run(
         listener,

@@ -8,14 +8,17 @@
 //!   `POST /api/pairings/{identifier}/reveal`, `POST /api/reload`.
 //!
 //! Every answer carries `Cache-Control: no-store`, `X-Content-Type-Options: nosniff`, a strict
-//! `Content-Security-Policy` (own scripts and styles only, no framing) and no referrer.
+//! `Content-Security-Policy` (own scripts and styles only, no framing) and no referrer. On a
+//! loopback port the page and the API (not the probes, which carry no follower data and are
+//! scraped under whatever name) answer 421 to a request whose `Host` is not a loopback name
+//! ([`auth::check_loopback_host`]).
 
 use super::auth;
-use super::view::ActionError;
+use super::view::{ActionError, StoreUnavailable, TrustLists};
 use super::Dashboard;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,7 +40,7 @@ type Dash = State<Arc<Dashboard>>;
 
 /// The admin port's routes over `dash`.
 pub fn router(dash: Arc<Dashboard>) -> Router {
-    Router::new()
+    let mut page_and_api = Router::new()
         .route(
             "/",
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
@@ -50,9 +53,6 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { text(StatusCode::OK, "ok\n") }))
-        .route("/readyz", get(readyz))
         .route("/api/status", get(status))
         .route("/api/followers", get(followers))
         .route("/api/pairings", get(pairings))
@@ -62,11 +62,33 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .route("/api/stream", get(stream))
         .route("/api/followers/{identifier}/revoke", post(revoke))
         .route("/api/pairings/{identifier}/reveal", post(reveal))
-        .route("/api/reload", post(reload))
+        .route("/api/reload", post(reload));
+    if dash.loopback_only {
+        page_and_api = page_and_api.route_layer(middleware::from_fn(loopback_host));
+    }
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { text(StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .merge(page_and_api)
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found\n") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(security_headers))
         .with_state(dash)
+}
+
+/// Refuse a request not addressed to a loopback name (see [`auth::check_loopback_host`]).
+async fn loopback_host(request: Request, next: Next) -> Response {
+    match auth::check_loopback_host(request.headers(), request.uri()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            tracing::debug!(
+                path = %request.uri().path(),
+                "admin HTTP: request for another host name refused (DNS rebinding guard)"
+            );
+            error(refusal.status, refusal.message)
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {
@@ -129,12 +151,23 @@ async fn status(State(dash): Dash) -> Response {
     .into_response()
 }
 
-async fn followers(State(dash): Dash) -> Response {
-    Json(dash.view.followers().await).into_response()
+async fn followers(State(dash): Dash) -> Result<Response, ApiError> {
+    let TrustLists { followers, .. } = dash.view.trust().await.map_err(unavailable)?;
+    Ok(Json(followers).into_response())
 }
 
-async fn pairings(State(dash): Dash) -> Response {
-    Json(dash.view.pairings().await).into_response()
+async fn pairings(State(dash): Dash) -> Result<Response, ApiError> {
+    let TrustLists { pairings, .. } = dash.view.trust().await.map_err(unavailable)?;
+    Ok(Json(pairings).into_response())
+}
+
+/// 503 for a list that cannot be read (never an empty list that looks like "nobody").
+fn unavailable(e: StoreUnavailable) -> ApiError {
+    tracing::debug!(error = %e, "admin HTTP: trust store unavailable");
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("trust store unavailable: {e}; try again when it answers"),
+    }
 }
 
 async fn plugins(State(dash): Dash) -> Response {
@@ -182,6 +215,7 @@ impl From<ActionError> for ApiError {
             ActionError::NotFound(_) => StatusCode::NOT_FOUND,
             ActionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ActionError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,
@@ -238,7 +272,7 @@ async fn reveal(
     let code = dash
         .view
         .reveal_code(id.to_owned())
-        .await
+        .await?
         .ok_or_else(|| ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!(

@@ -1,22 +1,33 @@
-//! The sampler: once a second it reads the [`AdminView`], turns counters into rates
-//! (messages/s, plugin calls/s) and keeps the recent rate history for the chart. While event
-//! streams are open it also reads the followers and pairings (every second, at once after a
-//! lifecycle event, and when a stream opens) and publishes one [`Snapshot`] that every stream
-//! diffs against what it already sent. Work per second is the same however many pages are
-//! open, and the follower list is not built at all while none is.
+//! The sampler: once a second it reads the [`AdminView`]'s frame totals and plugins, turns
+//! counters into rates (messages/s, plugin calls/s) and keeps the recent rate history for the
+//! chart. While event streams are open it also reads the trust lists (followers and pairings,
+//! from one store read) and publishes one [`Snapshot`] that every stream diffs against what it
+//! already sent. Work is the same however many pages are open, and the trust store is not read
+//! at all while none is.
+//!
+//! Trust reads are coalesced: one every tick, one soon after lifecycle events (a burst of
+//! events within [`SETTLE`] costs one read), one when a stream opens, but never two within
+//! [`LIST_GAP`]. A failed read keeps the last good lists and publishes the outage instead
+//! (the `store` part), so a page never shows every follower vanishing during a database outage.
 
-use super::view::{AdminView, MessageCounters, PluginRow};
+use super::view::{AdminView, MessageCounters, PluginRow, TrustLists};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{broadcast::error::RecvError, watch, Notify};
+// The runtime's clock (the same as the system's, except in tests with paused time).
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often counters are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Rate samples kept for `GET /api/rates` (the chart's width).
 pub const HISTORY: usize = 120;
+/// At most one read of the trust store per this, however many events arrive.
+pub const LIST_GAP: Duration = Duration::from_millis(250);
+/// After a lifecycle event, wait this long for the rest of a burst before reading.
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// Message rates over one sample interval (`GET /api/rates`, SSE `rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -30,6 +41,22 @@ pub struct RateSample {
     /// Frames per second over the interval.
     pub in_per_sec: f64,
     pub out_per_sec: f64,
+}
+
+/// Whether the trust store answered the last read (SSE `store`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStatus {
+    pub available: bool,
+    /// Why it cannot be read (while unavailable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix seconds: since when reads fail (while unavailable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// Unix seconds: when the lists last sent were read (while unavailable; `None`: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lists_at: Option<i64>,
 }
 
 /// One JSON document and a number that changes whenever the document does.
@@ -59,6 +86,8 @@ pub struct Snapshot {
     pub followers: Part,
     pub pairings: Part,
     pub plugins: Part,
+    /// A [`StoreStatus`].
+    pub store: Part,
 }
 
 /// The sampler's shared state.
@@ -66,7 +95,7 @@ pub struct Sampler {
     history: Mutex<VecDeque<RateSample>>,
     plugins: Mutex<Vec<PluginRow>>,
     tx: watch::Sender<Arc<Snapshot>>,
-    /// A stream opened: publish a complete snapshot now.
+    /// A stream opened: publish a complete snapshot soon.
     wake: Notify,
 }
 
@@ -96,12 +125,16 @@ impl Sampler {
         lock(&self.plugins).clone()
     }
 
-    /// Follow the published snapshots. A fresh, complete one is published right after (the
+    /// Follow the published snapshots. A fresh, complete one is published soon after (the
     /// receiver sees it as a change).
     pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
         let rx = self.tx.subscribe();
         self.wake.notify_one();
         rx
+    }
+
+    fn watched(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
 
     /// Sample until `shutdown`.
@@ -112,31 +145,50 @@ impl Sampler {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut state = State::default();
         loop {
+            let due = state.due;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = every.tick() => self.sample(&*view, &mut state, Sample::Tick).await,
-                _ = self.wake.notified() => self.sample(&*view, &mut state, Sample::Opened).await,
-                event = events.recv(), if events_open => {
-                    match event {
-                        Ok(_) | Err(RecvError::Lagged(_)) => {
-                            self.sample(&*view, &mut state, Sample::Event).await
-                        }
-                        Err(RecvError::Closed) => events_open = false,
+                _ = every.tick() => {
+                    let now = Instant::now();
+                    let lists = self.watched() && state.may_read(now);
+                    if self.watched() && !lists {
+                        state.request(now);
                     }
+                    self.sample(&*view, &mut state, true, lists).await;
+                }
+                _ = self.wake.notified() => {
+                    state.publish = true;
+                    state.request(Instant::now());
+                }
+                event = events.recv(), if events_open => match event {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if self.watched() {
+                            state.request(Instant::now() + SETTLE);
+                        }
+                    }
+                    Err(RecvError::Closed) => events_open = false,
+                },
+                _ = sleep_until(due), if due.is_some() => {
+                    self.sample(&*view, &mut state, false, true).await;
                 }
             }
         }
     }
 
-    /// Take one sample.
-    async fn sample(&self, view: &dyn AdminView, state: &mut State, why: Sample) {
+    /// Take one sample: the counters and plugins (`tick`), the trust lists (`lists`).
+    async fn sample(&self, view: &dyn AdminView, state: &mut State, tick: bool, lists: bool) {
         let mut snapshot = Snapshot::clone(&self.tx.borrow());
-        let mut changed = why == Sample::Opened;
-        if self.tx.receiver_count() > 0 {
-            changed |= snapshot.followers.update(to_json(&view.followers().await));
-            changed |= snapshot.pairings.update(to_json(&view.pairings().await));
+        let mut changed = false;
+        if lists {
+            state.due = None;
+            state.last_read = Some(Instant::now());
+            changed |= std::mem::take(&mut state.publish);
+            if self.watched() {
+                let read = view.trust().await;
+                changed |= state.apply(&mut snapshot, read, view.now());
+            }
         }
-        if why == Sample::Tick {
+        if tick {
             let now = Instant::now();
             let counters = view.counters();
             if let Some((then, before)) = state.counters.replace((now, counters)) {
@@ -159,15 +211,10 @@ impl Sampler {
     }
 }
 
-/// Why a sample is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sample {
-    /// The once-a-second sample: counters, plugins, lists.
-    Tick,
-    /// A lifecycle event: the lists only.
-    Event,
-    /// A stream opened: the lists, published even if unchanged.
-    Opened,
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 /// What the sampler remembers between samples.
@@ -176,6 +223,73 @@ struct State {
     counters: Option<(Instant, MessageCounters)>,
     /// Per plugin: (generation, calls, when).
     calls: HashMap<String, (u64, u64, Instant)>,
+    /// When the trust lists are to be read next (`None`: not requested).
+    due: Option<Instant>,
+    /// When the trust lists were last read.
+    last_read: Option<Instant>,
+    /// Publish after the next read even if nothing changed (a stream opened).
+    publish: bool,
+    /// While reads fail: since when (Unix seconds).
+    outage: Option<i64>,
+    /// When the lists were last read successfully (Unix seconds).
+    lists_at: Option<i64>,
+}
+
+impl State {
+    /// Whether a read now keeps to [`LIST_GAP`].
+    fn may_read(&self, now: Instant) -> bool {
+        self.last_read.is_none_or(|t| now >= t + LIST_GAP)
+    }
+
+    /// Ask for a read at `at`, or as soon after as [`LIST_GAP`] allows (an earlier request
+    /// already pending stands).
+    fn request(&mut self, at: Instant) {
+        let at = match self.last_read {
+            Some(t) => at.max(t + LIST_GAP),
+            None => at,
+        };
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+    }
+
+    /// Put the outcome of a trust read into `snapshot` (`now`: Unix seconds); returns whether
+    /// it changed. A failed read leaves the lists as they were.
+    fn apply(
+        &mut self,
+        snapshot: &mut Snapshot,
+        read: Result<TrustLists, super::view::StoreUnavailable>,
+        now: i64,
+    ) -> bool {
+        let mut changed = false;
+        let status = match read {
+            Ok(lists) => {
+                changed |= snapshot.followers.update(to_json(&lists.followers));
+                changed |= snapshot.pairings.update(to_json(&lists.pairings));
+                self.lists_at = Some(now);
+                if self.outage.take().is_some() {
+                    tracing::info!("dashboard: the trust store answers again");
+                }
+                StoreStatus {
+                    available: true,
+                    error: None,
+                    since: None,
+                    lists_at: None,
+                }
+            }
+            Err(e) => {
+                if self.outage.is_none() {
+                    tracing::warn!(error = %e, "dashboard: cannot read the trust store; open pages keep the last lists and say so");
+                }
+                let since = *self.outage.get_or_insert(now);
+                StoreStatus {
+                    available: false,
+                    error: Some(e.to_string()),
+                    since: Some(since),
+                    lists_at: self.lists_at,
+                }
+            }
+        };
+        changed | snapshot.store.update(to_json(&status))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

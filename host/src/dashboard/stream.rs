@@ -2,8 +2,10 @@
 //!
 //! Events (each `data:` is JSON in the shape of the matching `GET /api/…` answer):
 //! - `followers`, `pairings`, `plugins`: the whole list, sent on connect and whenever it
-//!   changes (checked every second and right after each lifecycle event; `plugins` every
-//!   second);
+//!   changes (checked every second and soon after lifecycle events; `plugins` every second);
+//! - `store`: whether the trust store answered ([`StoreStatus`](super::sampler::StoreStatus)),
+//!   on connect and when that changes; while it does not, the lists are not re-sent (the page
+//!   keeps the last ones and says they may be stale);
 //! - `rate`: one [`RateSample`](super::sampler::RateSample) per second (also a heartbeat);
 //! - `lifecycle`: one [`LifecycleEvent`](super::view::LifecycleEvent) as it happens;
 //! - `resync`: the stream fell behind and skipped events; re-read `/api/events`.
@@ -28,8 +30,8 @@ struct State {
     events: broadcast::Receiver<LifecycleEvent>,
     events_open: bool,
     shutdown: CancellationToken,
-    /// Versions of followers, pairings, plugins already sent.
-    sent: [u64; 3],
+    /// Versions of followers, pairings, plugins, store already sent.
+    sent: [u64; 4],
     /// The last rate sample sent.
     rate: Option<super::sampler::RateSample>,
     queue: VecDeque<Event>,
@@ -39,7 +41,8 @@ impl State {
     /// Queue what changed in the latest snapshot since the last one sent.
     fn queue_snapshot(&mut self) {
         let snapshot = Arc::clone(&self.snapshots.borrow_and_update());
-        let parts: [(&str, &Part); 3] = [
+        let parts: [(&str, &Part); 4] = [
+            ("store", &snapshot.store),
             ("followers", &snapshot.followers),
             ("pairings", &snapshot.pairings),
             ("plugins", &snapshot.plugins),
@@ -67,7 +70,7 @@ pub fn open(dash: &Arc<Dashboard>) -> Sse<impl Stream<Item = Result<Event, Infal
         events: dash.view.subscribe(),
         events_open: true,
         shutdown: dash.shutdown.clone(),
-        sent: [0; 3],
+        sent: [0; 4],
         rate: None,
         queue: VecDeque::new(),
     };

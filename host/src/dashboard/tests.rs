@@ -11,7 +11,7 @@ use crate::metrics::{self, tests::parse_prometheus_text, tests::sample};
 use crate::reload::ReloadReport;
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,20 +21,54 @@ use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "unit-test-token-0123456789";
 
-/// A host with one follower (`alpha`) and one pending pairing (`gamma`, code `123456`).
+/// A realistic pairing code (8 characters of the protocol's alphabet).
+const CODE: &str = "K7WQ9M2P";
+
+/// A host with one follower (`alpha`) and one pending pairing (`gamma`, code [`CODE`]); its
+/// trust store can be "down" and counts how often it is read.
 struct FixedView {
     ready: AtomicBool,
     log: EventLog,
     revoked: Mutex<Vec<String>>,
+    store_down: AtomicBool,
+    trust_reads: AtomicUsize,
+}
+
+impl FixedView {
+    fn new() -> Self {
+        FixedView {
+            ready: AtomicBool::new(false),
+            log: EventLog::default(),
+            revoked: Mutex::new(Vec::new()),
+            store_down: AtomicBool::new(false),
+            trust_reads: AtomicUsize::new(0),
+        }
+    }
+
+    fn event(&self, at: i64, kind: EventKind) {
+        self.log.publish(LifecycleEvent {
+            at,
+            kind,
+            identifier: Some("alpha".into()),
+            detail: None,
+            node: None,
+        });
+    }
 }
 
 impl AdminView for FixedView {
     fn now(&self) -> i64 {
         1_000
     }
-    fn followers(&self) -> BoxFuture<'static, Vec<FollowerRow>> {
-        Box::pin(std::future::ready(vec![FollowerRow {
-            client: ClientRow {
+    fn trust(&self) -> BoxFuture<'static, Result<TrustLists, StoreUnavailable>> {
+        self.trust_reads.fetch_add(1, Ordering::SeqCst);
+        if self.store_down.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Err(StoreUnavailable(
+                "the trust store is unavailable: connection refused".into(),
+            ))));
+        }
+        Box::pin(std::future::ready(Ok(TrustLists {
+            followers: vec![ClientRow {
                 identifier: "alpha".into(),
                 allowed: true,
                 pairing_status: "paired".into(),
@@ -44,27 +78,32 @@ impl AdminView for FixedView {
                 connected_since: Some(900),
                 remote: Some("127.0.0.1:5000".into()),
                 node: None,
-            },
-            host: None,
-        }]))
+            }],
+            pairings: vec![PendingPairing {
+                identifier: "gamma".into(),
+                expires_at: 1_300,
+                expires_in: 300,
+                notify_status: Some("sent".into()),
+                wrong_attempts: 0,
+            }],
+        })))
     }
-    fn pairings(&self) -> BoxFuture<'static, Vec<PendingPairing>> {
-        Box::pin(std::future::ready(vec![PendingPairing {
-            identifier: "gamma".into(),
-            expires_at: 1_300,
-            expires_in: 300,
-            notify_status: Some("sent".into()),
-            wrong_attempts: 0,
-        }]))
-    }
-    fn reveal_code(&self, identifier: String) -> BoxFuture<'static, Option<RevealedCode>> {
-        Box::pin(std::future::ready((identifier == "gamma").then(|| {
+    fn reveal_code(
+        &self,
+        identifier: String,
+    ) -> BoxFuture<'static, Result<Option<RevealedCode>, ActionError>> {
+        if self.store_down.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Err(ActionError::Unavailable(
+                "the trust store is unavailable: connection refused".into(),
+            ))));
+        }
+        Box::pin(std::future::ready(Ok((identifier == "gamma").then(|| {
             RevealedCode {
                 identifier: "gamma".into(),
-                code: "123456".into(),
+                code: CODE.into(),
                 expires_at: 1_300,
             }
-        })))
+        }))))
     }
     fn plugins(&self) -> Vec<PluginRow> {
         Vec::new()
@@ -107,11 +146,7 @@ struct Server {
 async fn start_with(limits: Limits, token: Option<&str>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let view = Arc::new(FixedView {
-        ready: AtomicBool::new(false),
-        log: EventLog::default(),
-        revoked: Mutex::new(Vec::new()),
-    });
+    let view = Arc::new(FixedView::new());
     let token = AdminToken::parse("TEST_TOKEN", token.map(Into::into)).expect("token");
     let shutdown = CancellationToken::new();
     let dyn_view: Arc<dyn AdminView> = view.clone();
@@ -299,24 +334,30 @@ async fn the_api_answers_json_without_codes() {
     assert_eq!(followers[0]["pairingStatus"], "paired");
     assert_eq!(followers[0]["lastHeartbeatAt"], 990);
     assert_eq!(followers[0]["connectedSince"], 900);
-    assert!(
-        followers[0].get("host").is_none(),
-        "no host key outside a cluster"
-    );
+    // Exactly the CLI's `clients --json` row: `node` only in a cluster, no other key.
+    let cli = serde_json::to_value(ClientRow {
+        identifier: "alpha".into(),
+        allowed: true,
+        pairing_status: "paired".into(),
+        liveness: "online".into(),
+        last_heartbeat_at: Some(990),
+        last_authenticated_at: Some(900),
+        connected_since: Some(900),
+        remote: Some("127.0.0.1:5000".into()),
+        node: None,
+    })
+    .expect("json");
+    assert_eq!(followers[0], cli);
+    assert!(followers[0].get("host").is_none() && followers[0].get("node").is_none());
     let pairings = get(srv.addr, "/api/pairings").await;
-    assert!(!pairings.contains("123456") && !pairings.contains("\"code\""));
+    assert!(!pairings.contains(CODE) && !pairings.contains("\"code\""));
     assert_eq!(json(&pairings)[0]["expiresIn"], 300);
     let status = json(&get(srv.addr, "/api/status").await);
     assert_eq!(status["actions"], true);
     assert_eq!(status["tokenEnv"], "TEST_TOKEN");
     assert!(json(&get(srv.addr, "/api/plugins").await).is_array());
     assert!(json(&get(srv.addr, "/api/rates").await).is_array());
-    srv.view.log.publish(LifecycleEvent {
-        at: 5,
-        kind: EventKind::Revoked,
-        identifier: Some("alpha".into()),
-        detail: None,
-    });
+    srv.view.event(5, EventKind::Revoked);
     let events = json(&get(srv.addr, "/api/events").await);
     assert_eq!(events[0]["kind"], "revoked");
     assert_eq!(events[0]["at"], 5);
@@ -332,7 +373,7 @@ async fn actions_need_the_token_json_and_the_same_origin() {
     assert_eq!(body(&r), r#"{"identifier":"alpha","revoked":true}"#);
     let r = request(srv.addr, "POST", "/api/pairings/gamma/reveal", &auth).await;
     assert_eq!(status(&r), "HTTP/1.1 200 OK", "{r}");
-    assert!(body(&r).contains(r#""code":"123456""#), "{r}");
+    assert!(body(&r).contains(&format!(r#""code":"{CODE}""#)), "{r}");
     let r = request(srv.addr, "POST", "/api/pairings/nobody/reveal", &auth).await;
     assert_eq!(status(&r), "HTTP/1.1 404 Not Found", "{r}");
     let r = request(srv.addr, "POST", "/api/reload", &auth).await;
@@ -381,7 +422,7 @@ async fn actions_need_the_token_json_and_the_same_origin() {
 async fn the_event_stream_sends_lists_and_lifecycle_events() {
     let srv = start().await;
     let mut s = TcpStream::connect(srv.addr).await.expect("connect");
-    s.write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET /api/stream HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).as_bytes())
         .await
         .expect("write");
     let mut seen = String::new();
@@ -393,12 +434,7 @@ async fn the_event_stream_sends_lists_and_lifecycle_events() {
             assert!(n > 0, "stream ended: {seen}");
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             if !pushed && seen.contains("event: pairings") {
-                srv.view.log.publish(LifecycleEvent {
-                    at: 7,
-                    kind: EventKind::Disconnected,
-                    identifier: Some("alpha".into()),
-                    detail: None,
-                });
+                srv.view.event(7, EventKind::Disconnected);
                 pushed = true;
             }
             if seen.contains("event: lifecycle") && seen.contains("event: rate") {
@@ -414,7 +450,7 @@ async fn the_event_stream_sends_lists_and_lifecycle_events() {
         "{seen}"
     );
     assert!(seen.contains(r#""kind":"disconnected""#), "{seen}");
-    assert!(!seen.contains("123456"));
+    assert!(!seen.contains(CODE));
     // Shutdown ends the stream.
     srv.shutdown.cancel();
     let mut rest = Vec::new();
@@ -504,4 +540,297 @@ async fn slow_clients_time_out_and_extra_connections_are_closed() {
         .await
         .expect("serve returns on shutdown")
         .expect("serve task");
+}
+
+#[tokio::test]
+async fn an_unreadable_trust_store_answers_503_not_an_empty_list() {
+    let srv = start().await;
+    srv.view.store_down.store(true, Ordering::SeqCst);
+    for path in ["/api/followers", "/api/pairings"] {
+        let r = get(srv.addr, path).await;
+        assert_eq!(
+            status(&r),
+            "HTTP/1.1 503 Service Unavailable",
+            "{path}: {r}"
+        );
+        assert!(header(&r, "content-type").is_some_and(|c| c.starts_with("application/json")));
+        let v: serde_json::Value = serde_json::from_str(body(&r)).expect("json error");
+        let message = v["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("trust store unavailable") && message.contains("connection refused"),
+            "{path}: {message}"
+        );
+    }
+    let auth = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
+    let r = request(srv.addr, "POST", "/api/pairings/gamma/reveal", &auth).await;
+    assert_eq!(status(&r), "HTTP/1.1 503 Service Unavailable", "{r}");
+    // Back up: the lists again.
+    srv.view.store_down.store(false, Ordering::SeqCst);
+    let r = get(srv.addr, "/api/followers").await;
+    assert_eq!(status(&r), "HTTP/1.1 200 OK", "{r}");
+    assert!(body(&r).contains("\"identifier\":\"alpha\""), "{r}");
+    srv.shutdown.cancel();
+}
+
+fn view_reads(srv: &Server) -> usize {
+    srv.view.trust_reads.load(Ordering::SeqCst)
+}
+
+/// Read the event stream on `s` into `seen` until `done(seen)`, within 10 s.
+async fn read_stream_until(s: &mut TcpStream, seen: &mut String, done: impl Fn(&str) -> bool) {
+    let mut buf = [0u8; 4096];
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(seen) {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{seen}");
+}
+
+#[tokio::test]
+async fn during_a_store_outage_the_stream_keeps_the_lists_and_says_so() {
+    let srv = start().await;
+    let mut s = TcpStream::connect(srv.addr).await.expect("connect");
+    let req = format!("GET /api/stream HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr);
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut seen = String::new();
+    read_stream_until(&mut s, &mut seen, |t| {
+        t.contains("event: followers\n") && t.contains("event: store\ndata: {\"available\":true}")
+    })
+    .await;
+    srv.view.store_down.store(true, Ordering::SeqCst);
+    srv.view.event(8, EventKind::Disconnected);
+    let mut outage = String::new();
+    read_stream_until(&mut s, &mut outage, |t| {
+        t.contains("event: store\ndata: {\"available\":false")
+    })
+    .await;
+    assert!(outage.contains("connection refused"), "{outage}");
+    assert!(outage.contains("\"listsAt\":1000"), "{outage}");
+    // Let a few more reads fail: the lists are never re-sent (let alone empty).
+    let more = tokio::time::timeout(Duration::from_millis(2_500), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "stream ended: {outage}");
+            outage.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(more.is_err(), "the stream ended");
+    assert!(view_reads(&srv) >= 3, "the sampler kept trying");
+    assert!(!outage.contains("event: followers"), "{outage}");
+    assert!(!outage.contains("event: pairings"), "{outage}");
+    srv.view.store_down.store(false, Ordering::SeqCst);
+    let mut back = String::new();
+    read_stream_until(&mut s, &mut back, |t| {
+        t.contains("event: store\ndata: {\"available\":true}")
+    })
+    .await;
+    srv.shutdown.cancel();
+}
+
+mod sampling {
+    //! The sampler alone, in paused time (deterministic: the runtime advances the clock only
+    //! when every task waits).
+    use super::*;
+    use crate::dashboard::sampler::{Sampler, LIST_GAP, SAMPLE_EVERY};
+
+    fn reads(view: &FixedView) -> usize {
+        view.trust_reads.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_events_costs_one_store_read() {
+        let view = Arc::new(FixedView::new());
+        let sampler = Arc::new(Sampler::new());
+        let shutdown = CancellationToken::new();
+        let mut rx = sampler.watch();
+        let dyn_view: Arc<dyn AdminView> = view.clone();
+        tokio::spawn(Arc::clone(&sampler).run(dyn_view, shutdown.clone()));
+        // Settle into the steady state, half-way between two ticks.
+        tokio::time::sleep(SAMPLE_EVERY * 2 + SAMPLE_EVERY / 2).await;
+        assert!(rx.borrow_and_update().followers.version > 0);
+        let before = reads(&view);
+        // A burst (more than the event channel holds: the sampler also sees "lagged").
+        for i in 0..1_000 {
+            view.event(i, EventKind::Liveness);
+        }
+        tokio::time::sleep(LIST_GAP + LIST_GAP / 2).await;
+        assert_eq!(reads(&view) - before, 1, "one read for the whole burst");
+        // Then once per tick, and never more than one per LIST_GAP however events trickle in.
+        let before = reads(&view);
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < SAMPLE_EVERY * 2 {
+            view.event(1, EventKind::Liveness);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let n = reads(&view) - before;
+        let most = (SAMPLE_EVERY * 2).as_millis() / LIST_GAP.as_millis() + 1;
+        assert!(n >= 2 && n as u128 <= most, "{n} reads in 2 s of events");
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_reads_the_store_while_no_page_is_open() {
+        let view = Arc::new(FixedView::new());
+        let sampler = Arc::new(Sampler::new());
+        let shutdown = CancellationToken::new();
+        let dyn_view: Arc<dyn AdminView> = view.clone();
+        tokio::spawn(Arc::clone(&sampler).run(dyn_view, shutdown.clone()));
+        for i in 0..10 {
+            view.event(i, EventKind::Authenticated);
+            tokio::time::sleep(SAMPLE_EVERY / 2).await;
+        }
+        assert_eq!(reads(&view), 0);
+        // The rate history still fills (for a page opened later).
+        assert!(sampler.history().len() >= 4, "{:?}", sampler.history());
+        let rx = sampler.watch();
+        tokio::time::sleep(SAMPLE_EVERY / 2).await;
+        assert!(reads(&view) >= 1);
+        drop(rx);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_keeps_the_last_lists() {
+        let view = Arc::new(FixedView::new());
+        let sampler = Arc::new(Sampler::new());
+        let shutdown = CancellationToken::new();
+        let mut rx = sampler.watch();
+        let dyn_view: Arc<dyn AdminView> = view.clone();
+        tokio::spawn(Arc::clone(&sampler).run(dyn_view, shutdown.clone()));
+        tokio::time::sleep(SAMPLE_EVERY * 2).await;
+        let good = Arc::clone(&rx.borrow_and_update());
+        assert!(good.followers.json.contains("alpha"));
+        view.store_down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(SAMPLE_EVERY * 3).await;
+        let down = Arc::clone(&rx.borrow_and_update());
+        assert_eq!(down.followers, good.followers);
+        assert_eq!(down.pairings, good.pairings);
+        assert!(
+            down.store.json.starts_with("{\"available\":false"),
+            "{}",
+            down.store.json
+        );
+        shutdown.cancel();
+    }
+}
+
+/// `GET path` with `Host: host` (or none); returns the status line.
+async fn get_as(addr: SocketAddr, path: &str, host: Option<&str>) -> String {
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+    let r = exchange(addr, req.as_bytes()).await.expect("response");
+    status(&r).to_owned()
+}
+
+#[tokio::test]
+async fn a_loopback_port_answers_only_loopback_host_names() {
+    let srv = start().await;
+    let port = srv.addr.port();
+    let ok = "HTTP/1.1 200 OK";
+    let refused = "HTTP/1.1 421 Misdirected Request";
+    for path in [
+        "/",
+        "/app.js",
+        "/api/status",
+        "/api/followers",
+        "/api/events",
+    ] {
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "localhost".to_owned(),
+        ] {
+            assert_eq!(
+                get_as(srv.addr, path, Some(&host)).await,
+                ok,
+                "{path} {host}"
+            );
+        }
+        for host in [
+            format!("rebind.example:{port}"),
+            "rebind.example".to_owned(),
+            format!("192.168.1.10:{port}"),
+            format!("localhost.rebind.example:{port}"),
+        ] {
+            assert_eq!(
+                get_as(srv.addr, path, Some(&host)).await,
+                refused,
+                "{path} {host}"
+            );
+        }
+    }
+    // The refusal says why and what to do; the stream and actions are refused alike.
+    let r = exchange(
+        srv.addr,
+        format!("GET /api/followers HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("response");
+    assert!(!body(&r).contains("alpha"), "{r}");
+    let v: serde_json::Value = serde_json::from_str(body(&r)).expect("json");
+    let message = v["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("DNS rebinding") && message.contains("reverse proxy"),
+        "{message}"
+    );
+    assert_eq!(
+        get_as(srv.addr, "/api/stream", Some("rebind.example")).await,
+        refused
+    );
+    let action = format!(
+        "POST /api/reload HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    );
+    let r = exchange(srv.addr, action.as_bytes())
+        .await
+        .expect("response");
+    assert_eq!(status(&r), refused, "{r}");
+    // No Host at all (HTTP/1.0 tools; never a browser): served.
+    let r = exchange(srv.addr, b"GET /api/status HTTP/1.0\r\n\r\n")
+        .await
+        .expect("response");
+    assert!(r.contains(" 200 OK"), "{r}");
+    // Probes answer under any name (they carry no follower data); unknown paths stay 404.
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(
+            get_as(srv.addr, path, Some("prometheus.internal")).await,
+            ok,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        get_as(srv.addr, "/nope", Some("rebind.example")).await,
+        "HTTP/1.1 404 Not Found"
+    );
+    srv.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_non_loopback_port_answers_any_host_name() {
+    // Bound to every interface (reached here over loopback): protected by its token instead.
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let view: Arc<dyn AdminView> = Arc::new(FixedView::new());
+    let token = AdminToken::parse("TEST_TOKEN", Some(TOKEN.into())).expect("token");
+    let shutdown = CancellationToken::new();
+    spawn(
+        listener,
+        token,
+        "TEST_TOKEN",
+        view,
+        shutdown.clone(),
+        LIMITS,
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(
+        get_as(addr, "/api/followers", Some("dashboard.example.org")).await,
+        "HTTP/1.1 200 OK"
+    );
+    shutdown.cancel();
 }

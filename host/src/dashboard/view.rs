@@ -9,16 +9,22 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-/// One follower (`GET /api/followers`): the CLI's `yonexus clients --json` row, plus the host
-/// node serving it in a cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FollowerRow {
-    #[serde(flatten)]
-    pub client: ClientRow,
-    /// The cluster node the follower is connected to; `None` for a single host (not serialised).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+/// One follower (`GET /api/followers`): exactly the CLI's `yonexus clients --json` row (in a
+/// cluster, `node` names the host it is connected to).
+pub type FollowerRow = ClientRow;
+
+/// The followers and the pending pairings, both made from one read of the trust store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustLists {
+    pub followers: Vec<FollowerRow>,
+    pub pairings: Vec<PendingPairing>,
 }
+
+/// The trust store could not be read (e.g. a database outage): the store's error, safe to show
+/// (store errors never hold the URL or password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreUnavailable(pub String);
 
 /// One pending pairing (`GET /api/pairings`): the CLI's `yonexus pairing --json` row without
 /// the code, which only [`AdminView::reveal_code`] gives out.
@@ -113,6 +119,9 @@ pub struct LifecycleEvent {
     /// The follower, or `None` for host-wide events.
     pub identifier: Option<String>,
     pub detail: Option<String>,
+    /// In a cluster: the other host it happened on (`None`, not serialised: this host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Running totals of frames through the host, for the messages-per-second chart.
@@ -138,6 +147,9 @@ pub enum ActionError {
     /// Something failed inside the host.
     #[error("{0}")]
     Failed(String),
+    /// The trust store cannot be reached right now; try again later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The host as the dashboard sees it. Every method is cheap and never blocks on a reload in
@@ -146,14 +158,16 @@ pub enum ActionError {
 pub trait AdminView: Send + Sync + 'static {
     /// Unix seconds now, by the host's clock.
     fn now(&self) -> i64;
-    /// Every known follower (allowlisted or with a trust record), sorted by identifier. (Read
-    /// from the trust store, which may be a database: hence a future.)
-    fn followers(&self) -> BoxFuture<'static, Vec<FollowerRow>>;
-    /// Live pending pairings, without their codes.
-    fn pairings(&self) -> BoxFuture<'static, Vec<PendingPairing>>;
+    /// Every known follower (allowlisted or with a trust record), sorted by identifier, and
+    /// the live pending pairings without their codes — from one read of the trust store (which
+    /// may be a database: hence a future, and an error while it cannot be read).
+    fn trust(&self) -> BoxFuture<'static, Result<TrustLists, StoreUnavailable>>;
     /// The code of `identifier`'s live pending pairing, if there is one. An action: only
     /// called for an authorised admin.
-    fn reveal_code(&self, identifier: String) -> BoxFuture<'static, Option<RevealedCode>>;
+    fn reveal_code(
+        &self,
+        identifier: String,
+    ) -> BoxFuture<'static, Result<Option<RevealedCode>, ActionError>>;
     /// The configured plugins (`calls_per_sec` may be left 0; the dashboard fills it in).
     fn plugins(&self) -> Vec<PluginRow>;
     /// The most recent lifecycle events, oldest first.

@@ -1,6 +1,8 @@
 // Yonexus dashboard: plain JS, no framework, no network beyond this host's own /api.
 // Reads /api/* once, then follows /api/stream (server-sent events). Actions (revoke, reload,
-// reveal a pairing code) send the admin token kept in this tab's sessionStorage.
+// reveal a pairing code) send the admin token kept in this tab's sessionStorage. While the
+// host cannot read its trust store, the follower and pairing lists keep their last contents
+// and a notice says they may be stale.
 "use strict";
 
 const TOKEN_KEY = "yonexus.adminToken";
@@ -16,6 +18,7 @@ const state = {
   events: [],
   rates: [],
   revealed: new Map(),     // identifier -> {code, hideAt}
+  store: { available: true }, // the last /api/stream `store` event (or a 503 at load)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -151,7 +154,7 @@ function revokeButton(id) {
 
 function renderFollowers() {
   const body = $("followers").tBodies[0];
-  const withHost = state.followers.some((f) => f.host);
+  const withHost = state.followers.some((f) => f.node);
   document.querySelectorAll("#followers .col-host").forEach((c) => { c.hidden = !withHost; });
   document.querySelectorAll("#followers .col-actions").forEach((c) => { c.hidden = !unlocked(); });
   const rows = state.followers.map((f) => {
@@ -164,7 +167,7 @@ function renderFollowers() {
       timeCell(f.lastHeartbeatAt, "heartbeat"),
       f.connectedSince ? timeCell(f.connectedSince, "connected") : el("td", { class: "muted", dataset: { field: "connected" } }, "—"),
       el("td", { class: "mono", dataset: { field: "remote" } }, f.remote || "—"),
-      withHost ? el("td", { class: "mono" }, f.host || "—") : null,
+      withHost ? el("td", { class: "mono", dataset: { field: "node" } }, f.node || "—") : null,
       unlocked() ? el("td", { class: "col-actions" },
         f.pairingStatus === "paired" || f.remote ? revokeButton(f.identifier) : null) : null,
     );
@@ -224,6 +227,24 @@ function setPairings(list) {
   renderPairings();
 }
 
+// ---- trust store outage ----------------------------------------------------------------------
+
+// `s`: {available: true} or {available: false, error, since, listsAt} (Unix seconds).
+function setStore(s) {
+  state.store = s;
+  const n = $("store-notice");
+  const down = !s.available;
+  n.hidden = !down;
+  $("followers-section").classList.toggle("stale", down);
+  $("pairings-section").classList.toggle("stale", down);
+  if (!down) return;
+  const lists = s.listsAt
+    ? `The follower and pairing lists below are from ${clockTime(s.listsAt)} and may be stale.`
+    : "The follower and pairing lists cannot be shown until it answers.";
+  const since = s.since ? ` since ${clockTime(s.since)}` : "";
+  n.textContent = `Trust store unavailable${since}: ${lists} (${s.error || "no answer"})`;
+}
+
 // ---- plugins -------------------------------------------------------------------------------
 
 function renderPlugins() {
@@ -255,7 +276,8 @@ function eventItem(e) {
     el("time", { datetime: new Date(e.at * 1000).toISOString(), title: localTime(e.at) }, clockTime(e.at)),
     el("span", { class: `kind ${e.kind}` }, e.kind),
     who,
-    e.detail ? el("span", { class: "detail" }, e.detail) : null);
+    e.detail ? el("span", { class: "detail" }, e.detail) : null,
+    e.node ? el("span", { class: "sub", title: "on another host of the cluster" }, `on ${e.node}`) : null);
 }
 
 function renderEvents() {
@@ -327,6 +349,19 @@ async function getJSON(path) {
   return r.json();
 }
 
+// A trust-store list: its rows, or null (and the outage notice) when the host answers 503.
+async function getList(path) {
+  const r = await fetch(path, { cache: "no-store", credentials: "omit" });
+  if (r.status === 503) {
+    let body = null;
+    try { body = await r.json(); } catch (_) { body = null; }
+    if (state.store.available) setStore({ available: false, error: (body && body.error) || "HTTP 503" });
+    return null;
+  }
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
 function setStatus(s) {
   state.skew = s.now - Date.now() / 1000;
   state.actions = !!s.actions;
@@ -338,12 +373,13 @@ function setStatus(s) {
 }
 
 async function loadAll() {
-  const [status, followers, pairings, plugins, events, rates] = await Promise.all(
-    ["/api/status", "/api/followers", "/api/pairings", "/api/plugins", "/api/events", "/api/rates"].map(getJSON));
+  const [status, followers, pairings, plugins, events, rates] = await Promise.all([
+    getJSON("/api/status"), getList("/api/followers"), getList("/api/pairings"),
+    getJSON("/api/plugins"), getJSON("/api/events"), getJSON("/api/rates")]);
   setStatus(status);
-  state.followers = followers;
+  if (followers) state.followers = followers;
   renderFollowers();
-  setPairings(pairings);
+  if (pairings) setPairings(pairings); else renderPairings();
   state.plugins = plugins;
   renderPlugins();
   state.events = events;
@@ -383,6 +419,7 @@ function connect() {
     live.textContent = "reconnecting…";
     live.className = "badge bad";
   };
+  on("store", (d) => setStore(d));
   on("followers", (d) => { state.followers = d; renderFollowers(); });
   on("pairings", (d) => setPairings(d));
   on("plugins", (d) => { state.plugins = d; renderPlugins(); });
