@@ -165,7 +165,7 @@ fn describe_all() {
     );
     describe_counter!(
         AUTH_RESULTS,
-        "Authentication attempts by result (success, or the auth_failed / re_pair_required reason)."
+        "Authentication attempts by result (success, or the auth_failed reason)."
     );
     describe_counter!(
         PAIRING_RESULTS,
@@ -454,8 +454,8 @@ fn cached_rule_counter(
 // ---------------------------------------------------------------------------------------------
 // Protocol outcomes
 
-/// One authentication attempt. `result`: `"success"`, or the `auth_failed` / `re_pair_required`
-/// reason (`AuthFailReason::as_str`, `RePairReason::as_str`).
+/// One authentication attempt. `result`: `"success"`, or the `auth_failed`
+/// reason (`AuthFailReason::as_str`; this host never sends `re_pair_required`).
 pub fn auth_result(result: &'static str) {
     counter!(AUTH_RESULTS, "result" => result).increment(1);
 }
