@@ -68,13 +68,17 @@ pub enum AuthenticateError {
 /// A revocation that lands while this runs is not lost: after `peer` is in the registry (where
 /// a revocation from now on finds and closes it) the trust record is read again, and a
 /// connection whose secret is gone is taken back out.
+///
+/// Returns the epoch of a newer session on another host whose claim arrived while this one
+/// was being made, if any: the caller confirms the authentication, then hands that epoch to
+/// [`replaced_elsewhere`] (so the follower learns it authenticated, then that it was replaced).
 pub async fn authenticated(
     hub: &Hub,
     identifier: &Arc<str>,
     peer: &Arc<Peer>,
     bind_key: Option<String>,
     secret: &str,
-) -> Result<(), AuthenticateError> {
+) -> Result<Option<u64>, AuthenticateError> {
     let now = hub.now();
     let still_paired = |r: &TrustRecord| r.is_paired() && r.secret.as_deref() == Some(secret);
     if let Some(key) = bind_key {
@@ -152,10 +156,7 @@ pub async fn authenticated(
             status: Liveness::Online,
         },
     );
-    if let Some(epoch) = newer_elsewhere {
-        replaced_elsewhere(hub, identifier, epoch);
-    }
-    Ok(())
+    Ok(newer_elsewhere)
 }
 
 /// In a cluster, drop this connection's session claim in the background (a follower that

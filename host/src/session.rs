@@ -605,8 +605,12 @@ impl Session {
             }
             Err(e) => return self.unavailable(hub, &e, rid),
         }
-        match lifecycle::authenticated(hub, &greeted, &self.peer, bind_key, &secret).await {
-            Ok(()) => {}
+        let newer_elsewhere = match lifecycle::authenticated(
+            hub, &greeted, &self.peer, bind_key, &secret,
+        )
+        .await
+        {
+            Ok(newer) => newer,
             Err(AuthenticateError::Store(e)) => return self.unavailable(hub, &e, rid),
             Err(AuthenticateError::NoLongerPaired) => {
                 metrics::auth_result(AuthFailReason::NotPaired.label());
@@ -619,7 +623,7 @@ impl Session {
                 ));
                 return Flow::close(1008, "trust revoked");
             }
-        }
+        };
         self.phase = Phase::Authenticated(Sender {
             id: Arc::clone(&greeted),
             peer: Arc::clone(&self.peer),
@@ -627,6 +631,9 @@ impl Session {
         metrics::auth_result("success");
         tracing::info!(remote = %self.peer.remote, identifier = %greeted, "authenticated");
         self.send(reply::auth_success(&greeted, hub.now(), rid));
+        if let Some(epoch) = newer_elsewhere {
+            lifecycle::replaced_elsewhere(hub, &greeted, epoch);
+        }
         Flow::Continue
     }
 

@@ -270,17 +270,17 @@ async fn concurrent_logins_on_two_hosts_leave_one_session() {
         assert!(matches!(on_a.control().await.unwrap(), Msg::AuthSuccess(_)));
         assert!(matches!(on_b.control().await.unwrap(), Msg::AuthSuccess(_)));
         // Exactly one of the two is closed as replaced; the other keeps working.
-        let (ca, cb) = tokio::join!(
-            on_a.recv_within(Duration::from_secs(15)),
-            on_b.recv_within(Duration::from_secs(15))
-        );
-        let closed_a = matches!(ca, Ok(Incoming::Closed(Some((1000, _)))));
-        let closed_b = matches!(cb, Ok(Incoming::Closed(Some((1000, _)))));
+        let (closed_a, first) = tokio::select! {
+            r = on_a.recv_within(Duration::from_secs(15)) => (true, r),
+            r = on_b.recv_within(Duration::from_secs(15)) => (false, r),
+        };
         assert!(
-            closed_a ^ closed_b,
-            "one session must survive: {ca:?} / {cb:?}"
+            matches!(first, Ok(Incoming::Closed(Some((1000, _))))),
+            "one session is replaced: {first:?}"
         );
         let survivor = if closed_a { &mut on_b } else { &mut on_a };
+        let more = survivor.recv_within(Duration::from_secs(1)).await;
+        assert!(more.is_err(), "the other session survives: {more:?}");
         survivor
             .send("heartbeat", json!({"identifier": "epsilon"}))
             .await
@@ -290,6 +290,44 @@ async fn concurrent_logins_on_two_hosts_leave_one_session() {
             Msg::HeartbeatAck(_)
         ));
     }
+
+    // A follower that leaves is gone from every host's view, and stays gone across a
+    // reconciliation (its host released its claim): a send to it answers TARGET_OFFLINE.
+    let (mut gamma_a, _gamma) = pair_on(&a, "gamma").await;
+    let (mut delta_b, _delta) = pair_on(&b, "delta").await;
+    until_delivered(
+        &mut gamma_a,
+        &mut delta_b,
+        "relay::delta::hi",
+        "relay::gamma::hi",
+    )
+    .await;
+    delta_b.close().await;
+    let node_on_a = |id: &str| {
+        let (_, out, err) = cli(&a.host.config, &["clients", "--json"]);
+        let rows: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        rows.as_array()
+            .and_then(|r| r.iter().find(|r| r["identifier"] == id))
+            .map(|r| (r["node"].clone(), r["liveness"].clone()))
+    };
+    assert_eq!(
+        wait_for(Duration::from_secs(10), || {
+            (node_on_a("delta") == Some((json!(null), json!("offline")))).then_some(())
+        }),
+        Some(()),
+        "A sees delta leave B"
+    );
+    // Longer than one reconciliation (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        node_on_a("delta"),
+        Some((json!(null), json!("offline"))),
+        "still gone after a reconciliation"
+    );
+    gamma_a.send_text("relay::delta::anyone").await.unwrap();
+    let (code, _) = gamma_a.error().await.unwrap();
+    assert_eq!(code, "TARGET_OFFLINE");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
