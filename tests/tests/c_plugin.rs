@@ -89,7 +89,13 @@ fn build_as_the_readme_says(dir: &Path) -> PathBuf {
         .map(str::to_owned)
         .collect();
     println!("the README's rebuild: {line}");
-    make_example(&dir.join("readme"), &args)
+    let so = make_example(&dir.join("readme"), &args);
+    let bytes = std::fs::read(&so).unwrap();
+    assert!(
+        bytes.windows(12).any(|w| w == b"c-echo 2.0.0"),
+        "the README's `{line}` did not build a plugin reporting 2.0.0: README and Makefile disagree"
+    );
+    so
 }
 
 /// The example with a sabotaged header, built in `dir/<name>/`: `redefine` is force-included
@@ -133,11 +139,7 @@ async fn the_c_plugin_answers_logs_events_and_hot_reloads() {
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let so = plugins.join("libc_echo.so");
-    std::fs::write(
-        &so,
-        std::fs::read(build_example(&build, "1.0.0")).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&so, std::fs::read(build_example(&build, "1.0.0")).unwrap()).unwrap();
     let text = format!(
         "{}{}[reload]\ndebounce_ms = 100\n",
         c_plugin_config(&so),
