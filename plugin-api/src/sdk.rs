@@ -8,10 +8,11 @@ use std::fmt;
 /// A rule-handler plugin, exported with `export_plugin!(Type)`.
 ///
 /// Calls to one instance are serialized by the host (never concurrent), but may come from
-/// different threads over its life, hence `Send`. Every call must return promptly: the host runs
-/// each plugin on its own worker thread with a bounded queue, and a slow call delays that
-/// plugin's next messages. For an instance that may be called from several threads at once, see
-/// [`SharedPlugin`].
+/// different threads over its life, hence `Send`. The host runs such a plugin on one worker
+/// thread of its own (`plugin-<name>`), fed by a bounded queue: that thread makes every call
+/// (`create`, `on_message`, `on_event`, `drop`), so a slow call delays only this plugin's next
+/// messages, and a full queue answers `HANDLER_BUSY`. Every call must still return promptly. For
+/// an instance that may be called from several threads at once, see [`SharedPlugin`].
 pub trait Plugin: Send + Sized + 'static {
     /// Short plugin name, shown in host logs and `yonexus check`.
     const NAME: &'static str;
@@ -29,11 +30,14 @@ pub trait Plugin: Send + Sized + 'static {
     const HANDLES_EVENTS: bool = true;
 
     /// Promise that `on_message` and `on_event` are short and never block (no sleeping, no
-    /// blocking I/O, no waiting on a lock held for long): the host may then call them directly
-    /// on its async I/O threads instead of hopping to this plugin's worker thread. A call that
-    /// overruns the host's budget demotes the instance to its worker thread until it is
-    /// reloaded. Calling [`Host`] methods is fine (they only queue). See
-    /// [`abi::FLAG_NON_BLOCKING`].
+    /// blocking I/O, no waiting on a lock held for long). Calling [`Host`] methods is fine (they
+    /// only queue). Sets [`abi::FLAG_NON_BLOCKING`].
+    ///
+    /// On a `Plugin` this changes nothing in how the Yonexus host runs it (`yonexus check` shows
+    /// the flag): its calls are serialized, so they always go to its worker thread. The host
+    /// calls a plugin inline — `on_message` directly on the async I/O thread that read the
+    /// message, without a thread hop — only when it is non-blocking *and* thread-safe, i.e. a
+    /// [`SharedPlugin`] with `NON_BLOCKING = true`; see [`SharedPlugin::NON_BLOCKING`].
     const NON_BLOCKING: bool = false;
 
     /// A follower lifecycle event. The default ignores it.
@@ -47,11 +51,13 @@ pub trait Plugin: Send + Sized + 'static {
 /// with `export_plugin!(shared Type)` (which sets [`abi::FLAG_THREAD_SAFE`]).
 ///
 /// The methods take `&self` and the type must be `Sync`: keep mutable state behind your own
-/// `Mutex`, atomics or sharded maps. The host may then run the instance on several worker threads,
-/// sharded by sender: one sender's messages still arrive in order (on one thread at a time),
-/// while different senders are handled in parallel, and events may run concurrently with
-/// messages. Use it when a busy rule should use more than one core; a [`Plugin`] is simpler
-/// and always serialized.
+/// `Mutex`, atomics or sharded maps. The Yonexus host then runs the instance on one worker thread
+/// per core, each with its own bounded queue: messages are sharded by sender (connection), so
+/// one sender's messages still arrive in order (on one thread at a time) while different
+/// senders are handled in parallel; events are sharded by follower identifier and may run
+/// concurrently with messages. `create` runs on the first worker and `drop` after every worker
+/// has finished, never concurrently with anything. Use it when a busy rule should use more than
+/// one core; a [`Plugin`] is simpler and always serialized.
 ///
 /// (There is no `THREAD_SAFE` switch on [`Plugin`]: its `&mut self` methods cannot soundly be
 /// called concurrently, so thread safety is a different trait, checked by the compiler.)
@@ -62,7 +68,19 @@ pub trait SharedPlugin: Send + Sync + Sized + 'static {
     /// As [`Plugin::HANDLES_EVENTS`].
     const HANDLES_EVENTS: bool = true;
 
-    /// As [`Plugin::NON_BLOCKING`].
+    /// Promise that `on_message` and `on_event` are short and never block, as for
+    /// [`Plugin::NON_BLOCKING`]. Together with thread safety it lets the Yonexus host call
+    /// `on_message` inline, on the async I/O thread that read the message, instead of queueing
+    /// it for a worker — when none of this plugin's messages are still queued (so each
+    /// sender's order holds) and fewer inline calls than the host has cores are running across
+    /// all plugins (one I/O thread always stays free). `on_event`, `create` and `drop` always
+    /// run on a worker.
+    ///
+    /// The promise is checked: a watchdog times every inline call, and one that runs longer
+    /// than 2 ms demotes the instance until it is reloaded — a warning is logged and all its
+    /// later messages go to its worker threads. The overrunning call itself is not interrupted:
+    /// it holds that I/O thread, and every follower served by it, until it returns. So a broken
+    /// promise costs latency once, not forever.
     const NON_BLOCKING: bool = false;
 
     /// As [`Plugin::create`] (never concurrent with anything).

@@ -9,7 +9,9 @@
 //! - a C plugin built against it (`tests/c/roundtrip.c`) is loaded and called through the Rust
 //!   function types with the SDK's in-memory host: every callback, both buffer directions.
 //!
-//! Needs a C compiler (`$CC`, else `cc`); without one the tests print SKIPPED and pass.
+//! Needs a C compiler (`$CC`, else `cc`) and a C++ compiler (`$CXX`, else `c++`); a missing one
+//! fails the test with the Debian package to install (`.ci/run` installs both). The workspace
+//! needs `cc` to build anyway, and the suite's tests are not optional.
 
 use core::mem::{align_of, offset_of, size_of};
 use std::path::PathBuf;
@@ -29,16 +31,27 @@ fn work_dir(name: &str) -> PathBuf {
     d
 }
 
-/// The C compiler, or None (and a SKIPPED line) when there is none.
-fn compiler(var: &str, default: &str) -> Option<String> {
+/// The compiler named by `$var`, else `default`; fails the test when it does not run, naming
+/// the Debian `package` that provides it. (tests/src/tools.rs of the end-to-end crate has the
+/// same check; this crate's tests cannot depend on that crate.)
+fn compiler(var: &str, default: &str, package: &str) -> String {
     let cc = std::env::var(var).unwrap_or_else(|_| default.to_owned());
     match Command::new(&cc).arg("--version").output() {
-        Ok(o) if o.status.success() => Some(cc),
-        _ => {
-            println!("SKIPPED: no C compiler `{cc}` (install gcc or set {var})");
-            None
-        }
+        Ok(o) if o.status.success() => cc,
+        Ok(o) => panic!(
+            "`{cc} --version` failed ({}): these tests need a working compiler; install the \
+             Debian package `{package}` (`apt-get install {package}`) or set {var}",
+            o.status
+        ),
+        Err(e) => panic!(
+            "cannot run `{cc}` ({e}): these tests need it; install the Debian package \
+             `{package}` (`apt-get install {package}`) or set {var} to another compiler"
+        ),
     }
+}
+
+fn c_compiler() -> String {
+    compiler("CC", "cc", "gcc")
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -226,9 +239,7 @@ fn c_program() -> String {
 
 #[test]
 fn every_size_offset_and_constant_matches_the_rust_definitions() {
-    let Some(cc) = compiler("CC", "cc") else {
-        return;
-    };
+    let cc = c_compiler();
     let dir = work_dir("layout");
     let src = dir.join("layout.c");
     std::fs::write(&src, c_program()).unwrap();
@@ -331,17 +342,13 @@ fn every_rust_constant_type_and_struct_has_a_c_counterpart_in_the_checks() {
 #[test]
 fn the_header_compiles_as_strict_c99_and_as_cpp_keeping_the_c_symbol_name() {
     let include = crate_dir().join("include");
-    if let Some(cc) = compiler("CC", "cc") {
-        run(Command::new(&cc)
-            .args(["-std=c99", "-fsyntax-only"])
-            .args(STRICT)
-            .arg("-I")
-            .arg(&include)
-            .arg(crate_dir().join("tests/c/roundtrip.c")));
-    }
-    let Some(cxx) = compiler("CXX", "c++") else {
-        return;
-    };
+    run(Command::new(c_compiler())
+        .args(["-std=c99", "-fsyntax-only"])
+        .args(STRICT)
+        .arg("-I")
+        .arg(&include)
+        .arg(crate_dir().join("tests/c/roundtrip.c")));
+    let cxx = compiler("CXX", "c++", "g++");
     let dir = work_dir("cpp");
     let src = dir.join("plugin.cpp");
     std::fs::write(
@@ -388,8 +395,8 @@ YONEXUS_EXPORT_PLUGIN("cpp", "1.0.0", vtable, YONEXUS_FLAG_THREAD_SAFE);
     std::mem::forget(lib);
 }
 
-fn build_roundtrip() -> Option<PathBuf> {
-    let cc = compiler("CC", "cc")?;
+fn build_roundtrip() -> PathBuf {
+    let cc = c_compiler();
     let dir = work_dir("roundtrip");
     let so = dir.join("libroundtrip.so");
     run(Command::new(&cc)
@@ -400,7 +407,7 @@ fn build_roundtrip() -> Option<PathBuf> {
         .arg(crate_dir().join("tests/c/roundtrip.c"))
         .arg("-o")
         .arg(&so));
-    Some(so)
+    so
 }
 
 fn take_err(free: FreeBufFn, buf: &mut FfiBuf) -> String {
@@ -421,9 +428,7 @@ fn header_of(lib: &libloading::Library) -> &PluginHeader {
 
 #[test]
 fn a_c_plugin_round_trips_through_the_rust_types_and_the_sdk_test_host() {
-    let Some(so) = build_roundtrip() else {
-        return;
-    };
+    let so = build_roundtrip();
     // SAFETY: a library we just built from tests/c/roundtrip.c (no initializers).
     let lib = unsafe { libloading::Library::new(&so) }.unwrap();
     let h = header_of(&lib);

@@ -44,12 +44,6 @@ pub fn profile_dir() -> &'static Path {
     })
 }
 
-/// The directory holding the built binaries. Kept for older callers: it no longer builds
-/// anything (see the module docs); same as [`profile_dir`].
-pub fn build() -> &'static Path {
-    profile_dir()
-}
-
 /// Path of a workspace binary built for this run (`yonexus`, `yonexus-follower`, …); panics
 /// with the command that builds it when it is missing or stale.
 pub fn bin(name: &str) -> PathBuf {

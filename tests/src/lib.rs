@@ -9,11 +9,13 @@
 //! - [`Raw`]: a raw WebSocket follower that speaks frames directly, for protocol tests.
 //! - [`Identity`]: a follower's keypair and secret, with pairing and auth helpers.
 //! - [`services`]: a private PostgreSQL and a `nats-server`, on ephemeral loopback ports.
+//! - [`tools`]: the system build tools some tests run (a C compiler, `make`).
 
 pub mod artifacts;
 pub mod services;
+pub mod tools;
 
-pub use artifacts::{bin, build, plugin, profile_dir, try_bin, try_plugin, workspace_root};
+pub use artifacts::{bin, plugin, profile_dir, try_bin, try_plugin, workspace_root};
 
 pub mod browser;
 use anyhow::{anyhow, bail, Context, Result};

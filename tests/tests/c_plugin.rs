@@ -1,82 +1,120 @@
-//! The example C plugin (`examples/c-plugin/`) behind the real host binary: compiled with `cc`
-//! into a temp dir, loaded, routed to by a real follower, hot-reloaded by replacing the `.so`
-//! (rename) with a build that reports another version, and refused by `yonexus check` when its
-//! header is wrong or its file may be written by others.
+//! The example C plugin (`examples/c-plugin/`) behind the real host binary: built by its own
+//! Makefile (`make -C examples/c-plugin OUT=<temp dir> …`, as its README says) into a temp dir,
+//! loaded, routed to by a real follower, hot-reloaded by replacing the `.so` (rename) with a
+//! build that reports another version, and refused by `yonexus check` when its header is wrong
+//! or its file may be written by others.
 //!
-//! Needs a C compiler (`$CC`, else `cc`); without one these tests print SKIPPED and pass.
+//! Needs `make` and a C compiler (`$CC`, else `cc`); a missing one fails the test with the Debian
+//! package to install.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use yonexus_e2e::tools::{c_compiler, make};
 use yonexus_e2e::*;
 
 fn example_dir() -> PathBuf {
     workspace_root().join("examples/c-plugin")
 }
 
-fn include_dir() -> PathBuf {
-    workspace_root().join("plugin-api/include")
+/// Every file in the example's folder with its size and modification time.
+fn example_files() -> BTreeMap<PathBuf, (u64, Option<SystemTime>)> {
+    std::fs::read_dir(example_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let m = e.metadata().ok()?;
+            Some((e.path(), (m.len(), m.modified().ok())))
+        })
+        .collect()
 }
 
-fn compiler() -> Option<String> {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    match Command::new(&cc).arg("--version").output() {
-        Ok(o) if o.status.success() => Some(cc),
-        _ => {
-            println!("SKIPPED: no C compiler `{cc}` (install gcc or set CC)");
-            None
-        }
-    }
-}
-
-/// Compile `source` into `out` with the Makefile's flags (plus `-Werror`) and `defines`.
-fn compile(cc: &str, source: &Path, out: &Path, defines: &[&str]) {
-    let result = Command::new(cc)
-        .args(["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"])
-        .args(["-O2", "-fPIC", "-fvisibility=hidden", "-shared"])
-        .arg("-I")
-        .arg(include_dir())
-        .arg("-I")
+/// `make -C examples/c-plugin <args> OUT=<out> CC=<cc> CFLAGS='-O2 -g -Werror'`: the Makefile
+/// as shipped, warnings as errors (the last assignment of a variable wins). Returns
+/// `<out>/libc_echo.so`; checks that nothing was written into the example's folder.
+fn make_example(out: &Path, args: &[String]) -> PathBuf {
+    let before = example_files();
+    let result = Command::new(make())
+        .arg("-C")
         .arg(example_dir())
-        .args(defines)
-        .arg("-o")
-        .arg(out)
-        .arg(source)
+        .args(args)
+        .arg(format!("OUT={}", out.display()))
+        .arg(format!("CC={}", c_compiler()))
+        .arg("CFLAGS=-O2 -g -Werror")
+        // Not part of a parent make's job server (when the tests run under make).
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
         .output()
-        .expect("running the C compiler");
+        .expect("running make");
     assert!(
         result.status.success(),
-        "compiling {} failed:\n{}",
-        source.display(),
+        "building {} with its Makefile into {} failed ({}):\n{}{}",
+        example_dir().display(),
+        out.display(),
+        result.status,
+        String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
-}
-
-/// The example as shipped, reporting `version`.
-fn build_example(cc: &str, dir: &Path, version: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = dir.join(format!("libc_echo-{version}.so"));
-    compile(
-        cc,
-        &example_dir().join("c_echo.c"),
-        &out,
-        &[&format!("-DC_ECHO_VERSION=\"{version}\"")],
+    assert_eq!(
+        example_files(),
+        before,
+        "`make OUT={}` wrote into the example's own folder",
+        out.display()
     );
-    out
+    let so = out.join("libc_echo.so");
+    assert!(so.is_file(), "make did not produce {}", so.display());
+    so
 }
 
-/// The example with a sabotaged header: `redefine` is inserted after the header and before the
-/// example's code (the header's include guard makes the example's own `#include` a no-op).
-fn build_broken(cc: &str, dir: &Path, name: &str, redefine: &str) -> PathBuf {
-    let wrapper = dir.join(format!("{name}.c"));
-    std::fs::write(
-        &wrapper,
-        format!("#include \"yonexus_plugin.h\"\n{redefine}\n#include \"c_echo.c\"\n"),
+/// The example as shipped, reporting `version` (`make VERSION=<version>`), in `dir/<version>/`.
+fn build_example(dir: &Path, version: &str) -> PathBuf {
+    make_example(&dir.join(version), &[format!("VERSION={version}")])
+}
+
+/// The example rebuilt with the arguments of the README's hot-reload command (`make … 2.0.0`),
+/// in `dir/readme/`, so the README cannot drift from the Makefile.
+fn build_as_the_readme_says(dir: &Path) -> PathBuf {
+    let readme = std::fs::read_to_string(example_dir().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("make ") && l.contains("2.0.0"))
+        .unwrap_or_else(|| panic!("examples/c-plugin/README.md shows no `make … 2.0.0` command"));
+    let args: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .take_while(|a| !a.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    println!("the README's rebuild: {line}");
+    let so = make_example(&dir.join("readme"), &args);
+    let bytes = std::fs::read(&so).unwrap();
+    assert!(
+        bytes.windows(12).any(|w| w == b"c-echo 2.0.0"),
+        "the README's `{line}` did not build a plugin reporting 2.0.0: README and Makefile disagree"
+    );
+    so
+}
+
+/// The example with a sabotaged header, built in `dir/<name>/`: `redefine` is force-included
+/// after the header and before the example's code (`CPPFLAGS=-include yonexus_plugin.h -include
+/// <redefine>`; the header's include guard makes the example's own `#include` a no-op).
+fn build_broken(dir: &Path, name: &str, redefine: &str) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let sabotage = out.join("sabotage.h");
+    std::fs::write(&sabotage, format!("{redefine}\n")).unwrap();
+    let header = workspace_root().join("plugin-api/include/yonexus_plugin.h");
+    make_example(
+        &out,
+        &[format!(
+            "CPPFLAGS=-include {} -include {}",
+            header.display(),
+            sabotage.display()
+        )],
     )
-    .unwrap();
-    let out = dir.join(format!("lib{name}.so"));
-    compile(cc, &wrapper, &out, &[]);
-    out
 }
 
 /// `[[plugins]]` for the C plugin at `path` on rule `c`, with a visible prefix.
@@ -96,17 +134,12 @@ async fn rule(raw: &mut Raw) -> String {
 
 #[tokio::test]
 async fn the_c_plugin_answers_logs_events_and_hot_reloads() {
-    let Some(cc) = compiler() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let build = tmp.path().join("build");
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let so = plugins.join("libc_echo.so");
-    std::fs::write(
-        &so,
-        std::fs::read(build_example(&cc, &build, "1.0.0")).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&so, std::fs::read(build_example(&build, "1.0.0")).unwrap()).unwrap();
     let text = format!(
         "{}{}[reload]\ndebounce_ms = 100\n",
         c_plugin_config(&so),
@@ -161,7 +194,7 @@ async fn the_c_plugin_answers_logs_events_and_hot_reloads() {
     );
 
     // Hot reload: a rebuilt library replaces the file by rename; the new version answers.
-    let v2 = std::fs::read(build_example(&cc, &build, "2.0.0")).unwrap();
+    let v2 = std::fs::read(build_as_the_readme_says(&build)).unwrap();
     let started = Instant::now();
     replace_by_rename(&so, &v2);
     let mut answered = None;
@@ -187,13 +220,11 @@ async fn the_c_plugin_answers_logs_events_and_hot_reloads() {
 #[test]
 fn a_c_plugin_with_a_wrong_header_or_loose_permissions_is_refused_by_check() {
     use std::os::unix::fs::PermissionsExt;
-    let Some(cc) = compiler() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cases = [
         (
             build_broken(
-                &cc,
                 dir,
                 "abi2",
                 "#undef YONEXUS_ABI_MAJOR\n#define YONEXUS_ABI_MAJOR 2",
@@ -202,7 +233,6 @@ fn a_c_plugin_with_a_wrong_header_or_loose_permissions_is_refused_by_check() {
         ),
         (
             build_broken(
-                &cc,
                 dir,
                 "badmagic",
                 "#undef YONEXUS_MAGIC_INIT\n#define YONEXUS_MAGIC_INIT { 'N', 'O', 'T', 'P', 'L', 'U', 'G', '\\0' }",
@@ -211,7 +241,6 @@ fn a_c_plugin_with_a_wrong_header_or_loose_permissions_is_refused_by_check() {
         ),
         (
             build_broken(
-                &cc,
                 dir,
                 "othertarget",
                 "#undef YONEXUS_TARGET_TRIPLE\n#define YONEXUS_TARGET_TRIPLE \"riscv64gc-unknown-linux-gnu\"",
@@ -220,7 +249,7 @@ fn a_c_plugin_with_a_wrong_header_or_loose_permissions_is_refused_by_check() {
         ),
         (
             {
-                let so = build_example(&cc, &dir.join("loose"), "1.0.0");
+                let so = build_example(&dir.join("loose"), "1.0.0");
                 std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o666)).unwrap();
                 so
             },

@@ -2,7 +2,8 @@
 //! fuzz targets call, plus every truncation and a sweep of bit flips of each seed, so the
 //! regular test suite checks the "never panics on hostile input" property without nightly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use yonexus_e2e::workspace_root;
 use yonexus_protocol::{frame, Envelope, Frame};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -25,13 +26,6 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     }
     seeds.extend(variants);
     seeds
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
 }
 
 #[test]

@@ -60,8 +60,10 @@ impl Presence {
 
 impl Plugin for Presence {
     const NAME: &'static str = "presence";
-    /// Only formats text and queues it through the host (never blocks): the host may call it
-    /// directly on its I/O threads.
+    /// Only formats text and queues it through the host (never blocks). A promise only: a
+    /// `Plugin` (not thread-safe: it keeps the subscriber set in `&mut self`) is always called on
+    /// its own worker thread; the host runs plugins inline on its I/O threads only when they are
+    /// non-blocking *and* thread-safe (`SharedPlugin`).
     const NON_BLOCKING: bool = true;
 
     fn create(_config: &Config, _host: &Host) -> Result<Self, String> {
