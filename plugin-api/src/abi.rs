@@ -60,7 +60,8 @@ pub const PANIC_NONE: u16 = 2;
 /// microseconds to a millisecond and never blocks — no sleeping, no blocking I/O, no waiting on a
 /// lock another thread holds for long, no waiting for another follower. The host may then call
 /// the plugin directly on its async I/O threads instead of handing each message to the plugin's
-/// worker thread. The host times such calls; one that overruns the host's budget makes the host
+/// worker thread (this host does so for `on_message` of plugins that are also
+/// [`FLAG_THREAD_SAFE`], and only then; events always go to a worker). The host times such calls; one that overruns the host's budget makes the host
 /// stop calling the instance directly (it is "demoted" to its worker thread, with a warning in
 /// the log) until it is reloaded. `create` and `destroy` always run on a worker thread.
 pub const FLAG_NON_BLOCKING: u32 = 1 << 0;

@@ -84,7 +84,8 @@
 //!     blocking file or network I/O, no waiting for a lock another thread holds across slow work,
 //!     no waiting for a follower. Calling host callbacks is fine (they only queue). The host may
 //!     then call the plugin directly on its async I/O threads instead of handing each message to
-//!     the plugin's worker thread (saving two thread wake-ups per message). The host times every
+//!     the plugin's worker thread (saving two thread wake-ups per message); this host does so for
+//!     `on_message` of a plugin that is also thread-safe (below), and only then. The host times every
 //!     such call; a call that overruns its budget makes the host stop calling that instance
 //!     directly — it is demoted to its worker thread, with a warning in the log, until it is
 //!     reloaded — so a broken promise costs latency once, not forever. Calls on a non-thread-safe
