@@ -1,18 +1,30 @@
 //! [`PluginHandler`]: a plugin instance as the router sees it. `dispatch` never blocks: it
-//! queues the message for the instance's worker (sharded by sender for a thread-safe
-//! instance), or — for a plugin that declared itself non-blocking and thread-safe — calls it
-//! right away on the calling thread, under a watchdog.
+//! queues the message for one of the instance's workers, or calls the plugin right away on the
+//! calling thread (inline), under a watchdog. `deliver_event` always queues.
 //!
-//! The non-blocking contract and its watchdog: at most `inline threads` calls run inline at
-//! once across all plugins (the host sets it to one less than its async worker threads, so at
-//! least one always stays free for other followers); a call found running longer than
-//! [`INLINE_BUDGET`] demotes the plugin for good (until it is reloaded): its later messages go
-//! to its own worker thread like any other plugin's. A message never runs inline while earlier
-//! messages of the same plugin are still queued, so each sender's order holds.
+//! Sharding: a thread-safe instance has several workers; a follower's messages and lifecycle
+//! events all go to the one picked by its identifier ([`crate::router::shard_key`]), so the
+//! plugin sees them in the order they happened, also across reconnects.
+//!
+//! Inline calls: a message runs inline only when all of these hold:
+//! - the plugin declared itself both non-blocking *and* thread-safe (either alone is not
+//!   enough: only such a plugin may be called from any thread, concurrently, without delay);
+//! - the host allows inline calls ([`set_inline_limit`] above 0; the host sets it to one less
+//!   than its async worker threads, so at least one always stays free for other followers) and
+//!   fewer than that many inline calls are running right now, across all plugins;
+//! - the plugin has not been demoted: a call found running longer than [`INLINE_BUDGET`] (by
+//!   the watchdog, or when it returns) sends its later messages to its own workers like any
+//!   other plugin's, until it is reloaded;
+//! - the instance is not waiting for its gate (a reload's predecessor still draining), and
+//!   nothing of it is queued or running on its workers (messages or events), so each
+//!   follower's order holds;
+//! - the calling thread has one of the watchdog's 64 thread slots.
+//!
+//! Otherwise the message is queued.
 
-use super::worker::{Instance, Job, Latch, Mailbox, Refused, Shared};
+use super::worker::{self, Instance, Job, Latch, Mailbox, Refused, Shared};
 use crate::events::FollowerEvent;
-use crate::router::{DispatchError, RuleHandler, RuleMessage};
+use crate::router::{shard_key, DispatchError, RuleHandler, RuleMessage};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -76,7 +88,7 @@ pub struct PluginStats {
     pub events_dropped: u64,
     /// True once the panic breaker tripped.
     pub disabled: bool,
-    /// Messages queued for the workers right now.
+    /// Jobs (messages and events) queued for the workers right now.
     pub queued: usize,
     /// True once the watchdog moved a non-blocking plugin to its own thread.
     pub demoted: bool,
@@ -110,6 +122,11 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// The worker mailbox for shard key `key` (see [`crate::router::shard_key`]).
+    fn mailbox_for(&self, key: u64) -> Option<&Arc<Mailbox>> {
+        worker::shard(&self.mailboxes, key)
+    }
+
     fn demote(&self, why: &str) {
         if let Some(inline) = &self.inline {
             if !inline.demoted.swap(true, Ordering::AcqRel) {
@@ -305,8 +322,7 @@ impl RuleHandler for PluginHandler {
             Ok(()) => return Ok(()),
             Err(msg) => msg,
         };
-        let shard = (msg.sender.shard_key() as usize) % inner.mailboxes.len().max(1);
-        let Some(mailbox) = inner.mailboxes.get(shard) else {
+        let Some(mailbox) = inner.mailbox_for(msg.sender.shard_key()) else {
             return Err(DispatchError::Failed {
                 rule: msg.rule_id().to_owned(),
                 reason: format!("plugin '{}' has no worker", inner.name),
@@ -357,18 +373,20 @@ impl RuleHandler for PluginHandler {
         if !inner.handles_events {
             return;
         }
-        let n = inner.mailboxes.len().max(1);
-        let shard = event.identifier().bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        }) % n;
-        let Some(mailbox) = inner.mailboxes.get(shard) else {
+        // The follower's messages use the same key: same worker, same order.
+        let Some(mailbox) = inner.mailbox_for(shard_key(event.identifier())) else {
             return;
         };
-        if let Err(Refused::Full(_)) =
-            mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE)
-        {
-            inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");
+        inner.shared.pending.fetch_add(1, Ordering::AcqRel);
+        match mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE) {
+            Ok(()) => {}
+            Err(refused) => {
+                inner.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                if let Refused::Full(_) = refused {
+                    inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");
+                }
+            }
         }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Threads: an instance that is not thread-safe lives on one worker thread, which makes every
 //! call. A thread-safe instance (its header says so) gets one worker per core, and each
-//! sender's messages go to one of them (sharded by connection), so a busy rule can use every
-//! core while each follower's messages stay in order.
+//! follower's messages and lifecycle events go to one of them (sharded by its identifier, see
+//! [`crate::router::shard_key`]), so a busy rule can use every core while each follower's
+//! messages and events stay in order.
 
 use super::abi::Functions;
 use super::error::LoadErrorKind;
@@ -158,7 +159,8 @@ pub(crate) struct Shared {
     pub events_dropped: AtomicU64,
     pub disabled: AtomicBool,
     pub stuck_reported: AtomicBool,
-    /// Messages queued or being handled by the workers (not counting inline calls).
+    /// Jobs (messages and events) queued or being handled by the workers (not counting inline
+    /// calls).
     pub pending: AtomicUsize,
     pub epoch: Instant,
     panic_times: Mutex<VecDeque<Instant>>,
@@ -369,11 +371,19 @@ fn serve(instance: &Instance, mailbox: &Mailbox) {
                 Job::Event(ev) => instance.call_event(ev),
             }
             mailbox.call_started.store(0, Ordering::Release);
-            if matches!(job, Job::Message(_)) {
-                shared.pending.fetch_sub(1, Ordering::AcqRel);
-            }
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
+}
+
+/// The mailbox of the worker that serves shard key `key` (see [`crate::router::shard_key`]):
+/// always the same one for the same key and list.
+pub(crate) fn shard(mailboxes: &[Arc<Mailbox>], key: u64) -> Option<&Arc<Mailbox>> {
+    let n = mailboxes.len() as u64;
+    if n == 0 {
+        return None;
+    }
+    mailboxes.get((key % n) as usize)
 }
 
 /// What [`spawn`] starts.
