@@ -1006,3 +1006,39 @@ fn a_followers_events_and_messages_reach_a_multi_worker_plugin_in_order() {
     }
     assert_eq!(h.stats().calls, (ids.len() * want.len()) as u64);
 }
+
+/// `yonexus_plugin_queue_depth` shows the jobs waiting for (or running on) the plugin's
+/// workers, and drops back to 0 once they are done.
+#[test]
+fn queue_depth_gauge_follows_the_queue() {
+    let metrics = yonexus_host::metrics::install().unwrap_or_else(|e| panic!("{e}"));
+    // A name no other test uses: the recorder is shared by the whole test binary.
+    const NAME: &str = "queue_depth_probe";
+    let depth = || {
+        let text = metrics.render();
+        let prefix = format!("yonexus_plugin_queue_depth{{plugin=\"{NAME}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse::<f64>().unwrap_or_else(|e| panic!("{v}: {e}")))
+    };
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let h = start(&spec(NAME, fixture_so("ok")), &reg);
+    h.dispatch(msg(&alice, "sleep:400")).unwrap();
+    for i in 0..5 {
+        h.dispatch(msg(&alice, &format!("m{i}"))).unwrap();
+    }
+    h.deliver_event(&event("liveness", "alice"));
+    // The running call, five messages and an event.
+    assert_eq!(depth(), Some(7.0));
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::slept"));
+    for i in 0..5 {
+        assert_eq!(recv(&mut alice, T), Some(format!("fx::m{i}")));
+    }
+    let deadline = Instant::now() + T;
+    while depth() != Some(0.0) {
+        assert!(Instant::now() < deadline, "depth stays at {:?}", depth());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(h.is_idle());
+}

@@ -331,9 +331,13 @@ impl RuleHandler for PluginHandler {
         // Counted before the push so a worker never sees it go below zero.
         inner.shared.pending.fetch_add(1, Ordering::AcqRel);
         match mailbox.push(Job::Message(msg), inner.max_messages, EVENT_QUEUE) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                inner.shared.publish_depth();
+                Ok(())
+            }
             Err(refused) => {
                 inner.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                inner.shared.publish_depth();
                 let (job, full) = match refused {
                     Refused::Full(job) => (job, true),
                     Refused::Closed(job) => (job, false),
@@ -379,9 +383,10 @@ impl RuleHandler for PluginHandler {
         };
         inner.shared.pending.fetch_add(1, Ordering::AcqRel);
         match mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE) {
-            Ok(()) => {}
+            Ok(()) => inner.shared.publish_depth(),
             Err(refused) => {
                 inner.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                inner.shared.publish_depth();
                 if let Refused::Full(_) = refused {
                     inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");

@@ -160,7 +160,7 @@ pub(crate) struct Shared {
     pub disabled: AtomicBool,
     pub stuck_reported: AtomicBool,
     /// Jobs (messages and events) queued or being handled by the workers (not counting inline
-    /// calls).
+    /// calls). Mirrored in the `yonexus_plugin_queue_depth` gauge by [`Shared::publish_depth`].
     pub pending: AtomicUsize,
     pub epoch: Instant,
     panic_times: Mutex<VecDeque<Instant>>,
@@ -185,6 +185,22 @@ impl Shared {
             panic_times: Mutex::new(VecDeque::new()),
             finished: Latch::new(),
             metrics: crate::metrics::PluginMetrics::new(name),
+        }
+    }
+
+    /// Set the queue-depth gauge to `pending`. Called by whoever changed `pending`, after the
+    /// change; setting again while `pending` moved under it means that, once the queue is
+    /// quiet, the gauge shows the true value (no stale write from a racing thread survives).
+    pub fn publish_depth(&self) {
+        let mut depth = self.pending.load(Ordering::Acquire);
+        // Bounded: under constant change the next change publishes again.
+        for _ in 0..4 {
+            self.metrics.queue_depth(depth);
+            let now = self.pending.load(Ordering::Acquire);
+            if now == depth {
+                return;
+            }
+            depth = now;
         }
     }
 
@@ -360,7 +376,6 @@ impl Instance {
 fn serve(instance: &Instance, mailbox: &Mailbox) {
     let shared = &instance.shared;
     while let Some(batch) = mailbox.take_all() {
-        shared.metrics.queue_depth(0);
         for job in batch {
             shared.stuck_reported.store(false, Ordering::Relaxed);
             mailbox
@@ -372,6 +387,7 @@ fn serve(instance: &Instance, mailbox: &Mailbox) {
             }
             mailbox.call_started.store(0, Ordering::Release);
             shared.pending.fetch_sub(1, Ordering::AcqRel);
+            shared.publish_depth();
         }
     }
 }
