@@ -306,6 +306,7 @@ impl LoadedLibrary {
             workers,
         )
         .map_err(|k| spec.error(k))?;
+        let workers = started.mailboxes.len();
         let handler = Arc::new(PluginHandler::new(
             spec.name.clone(),
             shared,

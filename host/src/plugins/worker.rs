@@ -6,7 +6,8 @@
 //! call. A thread-safe instance (its header says so) gets one worker per core, and each
 //! follower's messages and lifecycle events go to one of them (sharded by its identifier, see
 //! [`crate::router::shard_key`]), so a busy rule can use every core while each follower's
-//! messages and events stay in order.
+//! messages and events stay in order. A helper worker that cannot be started is left out: the
+//! followers are sharded over the workers that did start.
 
 use super::abi::Functions;
 use super::error::LoadErrorKind;
@@ -402,8 +403,40 @@ pub(crate) fn shard(mailboxes: &[Arc<Mailbox>], key: u64) -> Option<&Arc<Mailbox
     mailboxes.get((key % n) as usize)
 }
 
+/// Start a helper worker for each of `others` with `start(index, mailbox)` (index 1.. — the
+/// first worker is 0). Returns the mailboxes of the workers that run — `first`, then each
+/// helper that started — and the helpers' handles. A mailbox whose worker did not start is
+/// closed and left out, so no follower is sharded to a queue nobody drains.
+fn start_helpers<H>(
+    name: &str,
+    first: Arc<Mailbox>,
+    others: Vec<Arc<Mailbox>>,
+    mut start: impl FnMut(usize, Arc<Mailbox>) -> std::io::Result<H>,
+) -> (Vec<Arc<Mailbox>>, Vec<H>) {
+    let wanted = others.len() + 1;
+    let mut live = vec![first];
+    let mut helpers = Vec::new();
+    for (i, mailbox) in others.into_iter().enumerate() {
+        match start(i + 1, Arc::clone(&mailbox)) {
+            Ok(h) => {
+                helpers.push(h);
+                live.push(mailbox);
+            }
+            Err(e) => {
+                mailbox.close();
+                tracing::error!(plugin = %name, error = %e, worker = i + 1, "cannot start a plugin worker thread; followers are sharded over the workers that started");
+            }
+        }
+    }
+    if live.len() < wanted {
+        tracing::warn!(plugin = %name, started = live.len(), wanted, "plugin runs on fewer worker threads than wanted");
+    }
+    (live, helpers)
+}
+
 /// What [`spawn`] starts.
 pub(crate) struct Workers {
+    /// One per worker thread that started (at least the first).
     pub mailboxes: Vec<Arc<Mailbox>>,
     /// The instance itself, for non-blocking thread-safe plugins called inline.
     pub instance: Arc<Instance>,
@@ -423,7 +456,8 @@ pub(crate) fn spawn(
     workers: usize,
 ) -> Result<Workers, LoadErrorKind> {
     let mailboxes: Vec<Arc<Mailbox>> = (0..workers.max(1)).map(|_| Arc::default()).collect();
-    let (init_tx, init_rx) = mpsc::channel::<Result<Arc<Instance>, LoadErrorKind>>();
+    type Started = (Arc<Instance>, Vec<Arc<Mailbox>>);
+    let (init_tx, init_rx) = mpsc::channel::<Result<Started, LoadErrorKind>>();
     let first = Arc::clone(&mailboxes[0]);
     let others: Vec<Arc<Mailbox>> = mailboxes[1..].to_vec();
     let name = cfg.name.clone();
@@ -463,21 +497,16 @@ pub(crate) fn spawn(
                 shared: Arc::clone(&shared),
                 ctx,
             });
-            let mut helpers = Vec::new();
-            for (i, mailbox) in others.into_iter().enumerate() {
+            let (live, helpers) = start_helpers(&name, Arc::clone(&first), others, |i, mailbox| {
                 let (instance, gate) = (Arc::clone(&instance), Arc::clone(&gate));
-                let spawned = std::thread::Builder::new()
-                    .name(format!("plugin-{name}-{}", i + 1))
+                std::thread::Builder::new()
+                    .name(format!("plugin-{name}-{i}"))
                     .spawn(move || {
                         while !gate.wait(Duration::from_secs(3600)) {}
                         serve(&instance, &mailbox);
-                    });
-                match spawned {
-                    Ok(h) => helpers.push(h),
-                    Err(e) => tracing::error!(plugin = %name, error = %e, "cannot start a plugin worker thread; its share of senders is served by the others"),
-                }
-            }
-            if init_tx.send(Ok(Arc::clone(&instance))).is_err() {
+                    })
+            });
+            if init_tx.send(Ok((Arc::clone(&instance), live))).is_err() {
                 // Nobody will send jobs: the creator timed out.
                 first.close();
             }
@@ -507,7 +536,7 @@ pub(crate) fn spawn(
         })
         .map_err(LoadErrorKind::Thread)?;
     match init_rx.recv_timeout(create_timeout) {
-        Ok(Ok(instance)) => Ok(Workers {
+        Ok(Ok((instance, mailboxes))) => Ok(Workers {
             mailboxes,
             instance,
         }),
@@ -517,6 +546,75 @@ pub(crate) fn spawn(
                 m.close();
             }
             Err(LoadErrorKind::CreateTimedOut(create_timeout))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Job {
+        Job::Event(FollowerEvent::Disconnected {
+            identifier: id.into(),
+        })
+    }
+
+    #[test]
+    fn followers_are_sharded_over_the_workers_that_started_only() {
+        let all: Vec<Arc<Mailbox>> = (0..4).map(|_| Arc::default()).collect();
+        let (live, helpers) = start_helpers(
+            "t",
+            Arc::clone(&all[0]),
+            all[1..].to_vec(),
+            |i, _mailbox| {
+                if i == 2 {
+                    Err(std::io::Error::other("no more threads"))
+                } else {
+                    Ok(i)
+                }
+            },
+        );
+        assert_eq!(helpers, vec![1, 3]);
+        let kept: Vec<bool> = all
+            .iter()
+            .map(|m| live.iter().any(|l| Arc::ptr_eq(l, m)))
+            .collect();
+        assert_eq!(kept, vec![true, true, false, true]);
+        // The worker that did not start takes nothing (its mailbox is closed)...
+        assert!(matches!(
+            all[2].push(event("x"), 1, 1),
+            Err(Refused::Closed(_))
+        ));
+        // ...and no follower is sent to it: each lands on a running worker, always the same one.
+        let mut used = [false; 3];
+        for i in 0..64 {
+            let key = crate::router::shard_key(&format!("follower-{i}"));
+            let m = shard(&live, key).unwrap();
+            assert!(!Arc::ptr_eq(m, &all[2]));
+            assert!(Arc::ptr_eq(m, shard(&live, key).unwrap()));
+            if let Some(at) = live.iter().position(|l| Arc::ptr_eq(l, m)) {
+                used[at] = true;
+            }
+        }
+        assert_eq!(
+            used, [true; 3],
+            "identifiers spread over every running worker"
+        );
+        assert!(shard(&[], 7).is_none());
+    }
+
+    #[test]
+    fn when_no_helper_starts_the_first_worker_serves_everyone() {
+        let all: Vec<Arc<Mailbox>> = (0..3).map(|_| Arc::default()).collect();
+        let (live, helpers) = start_helpers("t", Arc::clone(&all[0]), all[1..].to_vec(), |_, _| {
+            Err::<(), _>(std::io::Error::other("no more threads"))
+        });
+        assert!(helpers.is_empty());
+        assert_eq!(live.len(), 1);
+        assert!(Arc::ptr_eq(&live[0], &all[0]));
+        for key in [0, 1, 2, u64::MAX] {
+            assert!(Arc::ptr_eq(shard(&live, key).unwrap(), &all[0]));
         }
     }
 }
