@@ -911,14 +911,17 @@ fn plugin_call_cost() {
 
 /// The non-blocking contract: a plugin that promised non-blocking calls runs inline on the
 /// dispatching thread; when one call overruns the budget, the watchdog demotes it to its own
-/// threads, so a sender on another thread is served while the slow call still runs.
+/// threads, so a sender on another thread is served while the slow call still runs. The
+/// watchdog costs nothing while no inline call runs.
 #[test]
 fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
-    plugins::set_inline_limit(1);
     let reg = Arc::new(Registry::new());
     let mut alice = follower(&reg, "alice", 1);
     let mut bob = follower(&reg, "bob", 2);
     let h = start(&spec("liar", fixture_so("nonblocking")), &reg);
+    // The watchdog exists now; with no inline call running it does not wake up.
+    watchdog_stays_asleep();
+    plugins::set_inline_limit(1);
     assert!(h.runs_inline());
     // Inline: answered before dispatch returns.
     h.dispatch(msg(&alice, "quick")).unwrap();
@@ -948,6 +951,20 @@ fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
         assert_eq!(recv(&mut alice, T), Some(format!("fx::m{i}")));
     }
     plugins::set_inline_limit(0);
+    // No inline call runs any more: back to sleep.
+    std::thread::sleep(Duration::from_millis(20));
+    watchdog_stays_asleep();
+}
+
+/// The inline watchdog makes (at most a stray) no check within 200 ms.
+fn watchdog_stays_asleep() {
+    let before = plugins::inline_watchdog_checks();
+    std::thread::sleep(Duration::from_millis(200));
+    let checks = plugins::inline_watchdog_checks() - before;
+    assert!(
+        checks <= 1,
+        "the idle watchdog checked {checks} times in 200 ms"
+    );
 }
 
 /// A follower's lifecycle events and messages reach a multi-worker plugin in the order they

@@ -20,7 +20,8 @@
 //!   follower's order holds;
 //! - the calling thread has one of the watchdog's 64 thread slots.
 //!
-//! Otherwise the message is queued.
+//! Otherwise the message is queued. The watchdog thread sleeps (parked, costing nothing) while
+//! no inline call runs, and checks every `INLINE_BUDGET / 2` while one does.
 
 use super::worker::{self, Instance, Job, Latch, Mailbox, Refused, Shared};
 use crate::events::FollowerEvent;
@@ -41,6 +42,9 @@ const INLINE_SLOTS: usize = 64;
 static INLINE_LIMIT: AtomicUsize = AtomicUsize::new(0);
 static INLINE_ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// The watchdog thread, unparked when the first inline call starts.
+static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
+static WATCHDOG_CHECKS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -63,13 +67,27 @@ fn thread_slot() -> Option<usize> {
     })
 }
 
+/// How many times the inline watchdog has looked at the running inline calls (diagnostics and
+/// tests: it stays put while no inline call runs).
+pub fn inline_watchdog_checks() -> u64 {
+    WATCHDOG_CHECKS.load(Ordering::Relaxed)
+}
+
 fn try_inline_permit() -> bool {
     let limit = INLINE_LIMIT.load(Ordering::Relaxed);
-    INLINE_ACTIVE
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-            (a < limit).then_some(a + 1)
-        })
-        .is_ok()
+    match INLINE_ACTIVE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+        (a < limit).then_some(a + 1)
+    }) {
+        Ok(0) => {
+            // The first inline call: wake the watchdog (cheap when it is not parked).
+            if let Some(watchdog) = WATCHDOG.get() {
+                watchdog.unpark();
+            }
+            true
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
 }
 
 /// Counters of one plugin instance.
@@ -137,14 +155,21 @@ impl Inner {
     }
 }
 
-/// The watchdog's list of plugins that may run inline.
+/// The watchdog's list of plugins that may run inline. The first call starts the watchdog.
 fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
     static LIST: OnceLock<Mutex<Vec<Weak<Inner>>>> = OnceLock::new();
     LIST.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("yonexus-inline-watchdog".into())
             .spawn(|| loop {
+                if INLINE_ACTIVE.load(Ordering::Acquire) == 0 {
+                    // Until the next first inline call unparks it (an unpark that comes before
+                    // this park makes it return at once; a spurious return just loops).
+                    std::thread::park();
+                    continue;
+                }
                 std::thread::sleep(INLINE_BUDGET / 2);
+                WATCHDOG_CHECKS.fetch_add(1, Ordering::Relaxed);
                 let live: Vec<Arc<Inner>> = {
                     let mut list = watched().lock().unwrap_or_else(|p| p.into_inner());
                     list.retain(|w| w.strong_count() > 0);
@@ -165,9 +190,14 @@ fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the inline watchdog; plugins run on their own threads");
-            set_inline_limit(0);
+        match spawned {
+            Ok(handle) => {
+                let _ = WATCHDOG.set(handle.thread().clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the inline watchdog; plugins run on their own threads");
+                set_inline_limit(0);
+            }
         }
         Mutex::new(Vec::new())
     })

@@ -37,7 +37,9 @@ mod worker;
 pub use crate::file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
 pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
-pub use handler::{set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET};
+pub use handler::{
+    inline_watchdog_checks, set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET,
+};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
 pub use worker::Latch;
