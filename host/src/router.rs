@@ -19,10 +19,25 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A number that spreads senders over a plugin's workers (stable for a connection).
-    pub fn shard_key(&self) -> u64 {
-        self.peer.conn_id
+    pub fn new(id: Arc<str>, peer: Arc<Peer>) -> Sender {
+        Sender { id, peer }
     }
+
+    /// The number that picks this follower's worker in a multi-worker plugin: see
+    /// [`shard_key`].
+    pub fn shard_key(&self) -> u64 {
+        shard_key(&self.id)
+    }
+}
+
+/// The number that spreads followers over a plugin's workers, derived from the follower's
+/// identifier alone. Its messages ([`Sender::shard_key`]) and its lifecycle events
+/// ([`FollowerEvent::identifier`]) use this one key, so both reach the same worker in the
+/// order they happened, across reconnects (a new connection, the same identifier) too.
+pub fn shard_key(identifier: &str) -> u64 {
+    use std::hash::BuildHasher;
+    // Fixed keys: the same identifier gives the same key for the life of the process.
+    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(identifier)
 }
 
 /// A rule message as handed to a handler: the frame text `rule_id::content` as received (no
@@ -85,8 +100,10 @@ pub enum DispatchError {
 }
 
 /// A rule handler. `dispatch` runs on the connection's task and must not block: a handler that
-/// does real work queues the message to its own worker (or, for a plugin that promised to be
-/// non-blocking, calls it at once under a watchdog).
+/// does real work queues the message to its own worker (or, for a plugin that declared itself
+/// both non-blocking and thread-safe, may call it at once under a watchdog: see
+/// [`crate::plugins::PluginHandler`]). A handler with several workers picks one by the
+/// follower's [`shard_key`], for messages and lifecycle events alike.
 pub trait RuleHandler: Send + Sync + 'static {
     /// A name for logs and errors.
     fn name(&self) -> &str;
@@ -197,5 +214,28 @@ impl Router {
         for h in table.handlers.iter().filter(|h| h.handles_events()) {
             h.deliver_event(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::QueueLimits;
+
+    fn sender(id: &str, conn: u64) -> Sender {
+        let peer = Peer::new(conn, ([127, 0, 0, 1], 9).into(), 0, QueueLimits::UNLIMITED);
+        Sender::new(id.into(), Arc::new(peer))
+    }
+
+    #[test]
+    fn a_followers_messages_and_events_share_one_shard_key_across_connections() {
+        let before = sender("alice", 1);
+        let after = sender("alice", 2); // reconnected
+        let event = FollowerEvent::Authenticated {
+            identifier: "alice".into(),
+        };
+        assert_eq!(before.shard_key(), after.shard_key());
+        assert_eq!(before.shard_key(), shard_key(event.identifier()));
+        assert_ne!(before.shard_key(), sender("bob", 1).shard_key());
     }
 }

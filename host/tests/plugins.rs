@@ -5,7 +5,8 @@
 //! dir, reused across runs so rebuilds are incremental) and built once per test binary. The
 //! host side uses the real `Registry` with fake-but-real sessions whose outbound queues we read.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,6 +26,7 @@ const FIXTURES: &[(&str, &str)] = &[
         "nonblocking",
         include_str!("fixtures/plugins/nonblocking.rs"),
     ),
+    ("ordered", include_str!("fixtures/plugins/ordered.rs")),
 ];
 const HACKED: &str = include_str!("fixtures/plugins/hacked_header.rs");
 /// (crate name, header hack, vtable hack)
@@ -221,10 +223,7 @@ struct Follower {
 
 impl Follower {
     fn sender(&self) -> Sender {
-        Sender {
-            id: Arc::clone(&self.id),
-            peer: Arc::clone(&self.peer),
-        }
+        Sender::new(Arc::clone(&self.id), Arc::clone(&self.peer))
     }
 }
 
@@ -912,14 +911,17 @@ fn plugin_call_cost() {
 
 /// The non-blocking contract: a plugin that promised non-blocking calls runs inline on the
 /// dispatching thread; when one call overruns the budget, the watchdog demotes it to its own
-/// threads, so a sender on another thread is served while the slow call still runs.
+/// threads, so a sender on another thread is served while the slow call still runs. The
+/// watchdog costs nothing while no inline call runs.
 #[test]
 fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
-    plugins::set_inline_limit(1);
     let reg = Arc::new(Registry::new());
     let mut alice = follower(&reg, "alice", 1);
     let mut bob = follower(&reg, "bob", 2);
     let h = start(&spec("liar", fixture_so("nonblocking")), &reg);
+    // The watchdog exists now; with no inline call running it does not wake up.
+    watchdog_stays_asleep();
+    plugins::set_inline_limit(1);
     assert!(h.runs_inline());
     // Inline: answered before dispatch returns.
     h.dispatch(msg(&alice, "quick")).unwrap();
@@ -949,4 +951,111 @@ fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
         assert_eq!(recv(&mut alice, T), Some(format!("fx::m{i}")));
     }
     plugins::set_inline_limit(0);
+    // No inline call runs any more: back to sleep.
+    std::thread::sleep(Duration::from_millis(20));
+    watchdog_stays_asleep();
+}
+
+/// The inline watchdog makes (at most a stray) no check within 200 ms.
+fn watchdog_stays_asleep() {
+    let before = plugins::inline_watchdog_checks();
+    std::thread::sleep(Duration::from_millis(200));
+    let checks = plugins::inline_watchdog_checks() - before;
+    assert!(
+        checks <= 1,
+        "the idle watchdog checked {checks} times in 200 ms"
+    );
+}
+
+/// A follower's lifecycle events and messages reach a multi-worker plugin in the order they
+/// happened: both are sharded by its identifier, also across a reconnect (a new connection).
+/// The fixture's `authenticated` handler is slow, so a message sent to another worker than
+/// its follower's events would overtake it.
+#[test]
+fn a_followers_events_and_messages_reach_a_multi_worker_plugin_in_order() {
+    let reg = Arc::new(Registry::new());
+    let mut watcher = follower(&reg, "watcher", 1000);
+    let mut s = spec("ordered", fixture_so("ordered"));
+    s.workers = NonZeroUsize::new(4);
+    let h = start(&s, &reg);
+    assert!(h.handles_events());
+    let ids: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let conn = 2 * i as u64 + 1;
+        let first = follower(&reg, id, conn);
+        h.deliver_event(&event("authenticated", id));
+        h.dispatch(msg(&first, "m1")).unwrap();
+        h.dispatch(msg(&first, "sleep:10")).unwrap();
+        h.deliver_event(&event("liveness", id));
+        assert!(reg.remove(id, conn));
+        h.deliver_event(&event("disconnected", id));
+        // Back on a new connection (another connection id).
+        let second = follower(&reg, id, conn + 1);
+        h.deliver_event(&event("authenticated", id));
+        h.dispatch(msg(&second, "m3")).unwrap();
+        h.dispatch(msg(&second, "m4")).unwrap();
+    }
+    let want = [
+        "authenticated",
+        "m1",
+        "sleep:10",
+        "liveness:unstable",
+        "disconnected",
+        "authenticated",
+        "m3",
+        "m4",
+    ];
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..ids.len() * want.len() {
+        let line = recv(&mut watcher, T).unwrap_or_else(|| panic!("missing reports: {seen:?}"));
+        let report = line
+            .strip_prefix("ord::")
+            .unwrap_or_else(|| panic!("{line}"));
+        let (id, what) = report.split_once(':').unwrap_or_else(|| panic!("{line}"));
+        seen.entry(id.to_owned()).or_default().push(what.to_owned());
+    }
+    for id in &ids {
+        assert_eq!(
+            seen.get(id).map(Vec::as_slice),
+            Some(&want.map(String::from)[..]),
+            "{id}: {seen:?}"
+        );
+    }
+    assert_eq!(h.stats().calls, (ids.len() * want.len()) as u64);
+}
+
+/// `yonexus_plugin_queue_depth` shows the jobs waiting for (or running on) the plugin's
+/// workers, and drops back to 0 once they are done.
+#[test]
+fn queue_depth_gauge_follows_the_queue() {
+    let metrics = yonexus_host::metrics::install().unwrap_or_else(|e| panic!("{e}"));
+    // A name no other test uses: the recorder is shared by the whole test binary.
+    const NAME: &str = "queue_depth_probe";
+    let depth = || {
+        let text = metrics.render();
+        let prefix = format!("yonexus_plugin_queue_depth{{plugin=\"{NAME}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse::<f64>().unwrap_or_else(|e| panic!("{v}: {e}")))
+    };
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let h = start(&spec(NAME, fixture_so("ok")), &reg);
+    h.dispatch(msg(&alice, "sleep:400")).unwrap();
+    for i in 0..5 {
+        h.dispatch(msg(&alice, &format!("m{i}"))).unwrap();
+    }
+    h.deliver_event(&event("liveness", "alice"));
+    // The running call, five messages and an event.
+    assert_eq!(depth(), Some(7.0));
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::slept"));
+    for i in 0..5 {
+        assert_eq!(recv(&mut alice, T), Some(format!("fx::m{i}")));
+    }
+    let deadline = Instant::now() + T;
+    while depth() != Some(0.0) {
+        assert!(Instant::now() < deadline, "depth stays at {:?}", depth());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(h.is_idle());
 }

@@ -1,18 +1,31 @@
 //! [`PluginHandler`]: a plugin instance as the router sees it. `dispatch` never blocks: it
-//! queues the message for the instance's worker (sharded by sender for a thread-safe
-//! instance), or — for a plugin that declared itself non-blocking and thread-safe — calls it
-//! right away on the calling thread, under a watchdog.
+//! queues the message for one of the instance's workers, or calls the plugin right away on the
+//! calling thread (inline), under a watchdog. `deliver_event` always queues.
 //!
-//! The non-blocking contract and its watchdog: at most `inline threads` calls run inline at
-//! once across all plugins (the host sets it to one less than its async worker threads, so at
-//! least one always stays free for other followers); a call found running longer than
-//! [`INLINE_BUDGET`] demotes the plugin for good (until it is reloaded): its later messages go
-//! to its own worker thread like any other plugin's. A message never runs inline while earlier
-//! messages of the same plugin are still queued, so each sender's order holds.
+//! Sharding: a thread-safe instance has several workers; a follower's messages and lifecycle
+//! events all go to the one picked by its identifier ([`crate::router::shard_key`]), so the
+//! plugin sees them in the order they happened, also across reconnects.
+//!
+//! Inline calls: a message runs inline only when all of these hold:
+//! - the plugin declared itself both non-blocking *and* thread-safe (either alone is not
+//!   enough: only such a plugin may be called from any thread, concurrently, without delay);
+//! - the host allows inline calls ([`set_inline_limit`] above 0; the host sets it to one less
+//!   than its async worker threads, so at least one always stays free for other followers) and
+//!   fewer than that many inline calls are running right now, across all plugins;
+//! - the plugin has not been demoted: a call found running longer than [`INLINE_BUDGET`] (by
+//!   the watchdog, or when it returns) sends its later messages to its own workers like any
+//!   other plugin's, until it is reloaded;
+//! - the instance is not waiting for its gate (a reload's predecessor still draining), and
+//!   nothing of it is queued or running on its workers (messages or events), so each
+//!   follower's order holds;
+//! - the calling thread has one of the watchdog's 64 thread slots.
+//!
+//! Otherwise the message is queued. The watchdog thread sleeps (parked, costing nothing) while
+//! no inline call runs, and checks every `INLINE_BUDGET / 2` while one does.
 
-use super::worker::{Instance, Job, Latch, Mailbox, Refused, Shared};
+use super::worker::{self, Instance, Job, Latch, Mailbox, Refused, Shared};
 use crate::events::FollowerEvent;
-use crate::router::{DispatchError, RuleHandler, RuleMessage};
+use crate::router::{shard_key, DispatchError, RuleHandler, RuleMessage};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -29,6 +42,9 @@ const INLINE_SLOTS: usize = 64;
 static INLINE_LIMIT: AtomicUsize = AtomicUsize::new(0);
 static INLINE_ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// The watchdog thread, unparked when the first inline call starts.
+static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
+static WATCHDOG_CHECKS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -51,13 +67,27 @@ fn thread_slot() -> Option<usize> {
     })
 }
 
+/// How many times the inline watchdog has looked at the running inline calls (diagnostics and
+/// tests: it stays put while no inline call runs).
+pub fn inline_watchdog_checks() -> u64 {
+    WATCHDOG_CHECKS.load(Ordering::Relaxed)
+}
+
 fn try_inline_permit() -> bool {
     let limit = INLINE_LIMIT.load(Ordering::Relaxed);
-    INLINE_ACTIVE
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-            (a < limit).then_some(a + 1)
-        })
-        .is_ok()
+    match INLINE_ACTIVE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+        (a < limit).then_some(a + 1)
+    }) {
+        Ok(0) => {
+            // The first inline call: wake the watchdog (cheap when it is not parked).
+            if let Some(watchdog) = WATCHDOG.get() {
+                watchdog.unpark();
+            }
+            true
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
 }
 
 /// Counters of one plugin instance.
@@ -76,7 +106,7 @@ pub struct PluginStats {
     pub events_dropped: u64,
     /// True once the panic breaker tripped.
     pub disabled: bool,
-    /// Messages queued for the workers right now.
+    /// Jobs (messages and events) queued for the workers right now.
     pub queued: usize,
     /// True once the watchdog moved a non-blocking plugin to its own thread.
     pub demoted: bool,
@@ -110,6 +140,11 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// The worker mailbox for shard key `key` (see [`crate::router::shard_key`]).
+    fn mailbox_for(&self, key: u64) -> Option<&Arc<Mailbox>> {
+        worker::shard(&self.mailboxes, key)
+    }
+
     fn demote(&self, why: &str) {
         if let Some(inline) = &self.inline {
             if !inline.demoted.swap(true, Ordering::AcqRel) {
@@ -120,14 +155,21 @@ impl Inner {
     }
 }
 
-/// The watchdog's list of plugins that may run inline.
+/// The watchdog's list of plugins that may run inline. The first call starts the watchdog.
 fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
     static LIST: OnceLock<Mutex<Vec<Weak<Inner>>>> = OnceLock::new();
     LIST.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("yonexus-inline-watchdog".into())
             .spawn(|| loop {
+                if INLINE_ACTIVE.load(Ordering::Acquire) == 0 {
+                    // Until the next first inline call unparks it (an unpark that comes before
+                    // this park makes it return at once; a spurious return just loops).
+                    std::thread::park();
+                    continue;
+                }
                 std::thread::sleep(INLINE_BUDGET / 2);
+                WATCHDOG_CHECKS.fetch_add(1, Ordering::Relaxed);
                 let live: Vec<Arc<Inner>> = {
                     let mut list = watched().lock().unwrap_or_else(|p| p.into_inner());
                     list.retain(|w| w.strong_count() > 0);
@@ -148,9 +190,14 @@ fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the inline watchdog; plugins run on their own threads");
-            set_inline_limit(0);
+        match spawned {
+            Ok(handle) => {
+                let _ = WATCHDOG.set(handle.thread().clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the inline watchdog; plugins run on their own threads");
+                set_inline_limit(0);
+            }
         }
         Mutex::new(Vec::new())
     })
@@ -305,8 +352,7 @@ impl RuleHandler for PluginHandler {
             Ok(()) => return Ok(()),
             Err(msg) => msg,
         };
-        let shard = (msg.sender.shard_key() as usize) % inner.mailboxes.len().max(1);
-        let Some(mailbox) = inner.mailboxes.get(shard) else {
+        let Some(mailbox) = inner.mailbox_for(msg.sender.shard_key()) else {
             return Err(DispatchError::Failed {
                 rule: msg.rule_id().to_owned(),
                 reason: format!("plugin '{}' has no worker", inner.name),
@@ -315,9 +361,13 @@ impl RuleHandler for PluginHandler {
         // Counted before the push so a worker never sees it go below zero.
         inner.shared.pending.fetch_add(1, Ordering::AcqRel);
         match mailbox.push(Job::Message(msg), inner.max_messages, EVENT_QUEUE) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                inner.shared.publish_depth();
+                Ok(())
+            }
             Err(refused) => {
                 inner.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                inner.shared.publish_depth();
                 let (job, full) = match refused {
                     Refused::Full(job) => (job, true),
                     Refused::Closed(job) => (job, false),
@@ -357,18 +407,21 @@ impl RuleHandler for PluginHandler {
         if !inner.handles_events {
             return;
         }
-        let n = inner.mailboxes.len().max(1);
-        let shard = event.identifier().bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        }) % n;
-        let Some(mailbox) = inner.mailboxes.get(shard) else {
+        // The follower's messages use the same key: same worker, same order.
+        let Some(mailbox) = inner.mailbox_for(shard_key(event.identifier())) else {
             return;
         };
-        if let Err(Refused::Full(_)) =
-            mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE)
-        {
-            inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");
+        inner.shared.pending.fetch_add(1, Ordering::AcqRel);
+        match mailbox.push(Job::Event(event.clone()), usize::MAX, EVENT_QUEUE) {
+            Ok(()) => inner.shared.publish_depth(),
+            Err(refused) => {
+                inner.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                inner.shared.publish_depth();
+                if let Refused::Full(_) = refused {
+                    inner.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(plugin = %inner.name, kind = event.kind(), "plugin event queue full; lifecycle event dropped");
+                }
+            }
         }
     }
 }

@@ -14,11 +14,15 @@
 //! - `host_api`: the callbacks a plugin calls (send, error, broadcast, log, now, connected),
 //!   backed by the real [`Registry`](crate::registry::Registry); the table lives in a
 //!   never-freed slot so late calls from a destroyed instance return `STATUS_GONE`.
-//! - `worker`: the instance's worker thread(s), each with a mailbox drained a batch per
-//!   wake-up; deadlines, failure replies, panic breaker.
+//! - `worker`: the instance's worker thread(s) (one; one per core for a thread-safe plugin),
+//!   each with a mailbox drained a batch per wake-up; deadlines, failure replies, panic
+//!   breaker; the queue-depth gauge.
 //! - `handler`: [`PluginHandler`], the [`RuleHandler`](crate::router::RuleHandler) the router
-//!   calls: queues messages (sharded by sender for a thread-safe instance) or runs a
-//!   non-blocking plugin inline under a watchdog; queues lifecycle events.
+//!   calls: queues messages and lifecycle events, each follower's to one worker (picked by its
+//!   identifier, [`crate::router::shard_key`], so its events and messages stay in order), or
+//!   runs a message inline under a watchdog — only for a plugin that declared itself both
+//!   non-blocking *and* thread-safe, and only while nothing of it is queued (the full list of
+//!   conditions is in `handler`'s docs).
 //!
 //! Libraries are never `dlclose`d: a superseded generation stays mapped (see
 //! [`mapped_libraries`]).
@@ -33,7 +37,9 @@ mod worker;
 pub use crate::file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
 pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
-pub use handler::{set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET};
+pub use handler::{
+    inline_watchdog_checks, set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET,
+};
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
 pub use worker::Latch;
@@ -42,6 +48,7 @@ pub use yonexus_plugin_api::abi::{ABI_MAJOR, ABI_MINOR};
 use crate::clock::SharedClock;
 use crate::registry::Registry;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +71,9 @@ pub struct PluginSpec {
     /// Panics within `panic_window` that disable the plugin's rules; 0 = never disable.
     pub panic_limit: u32,
     pub panic_window: Duration,
+    /// Worker threads for a thread-safe plugin (`None`: one per core). A plugin that is not
+    /// thread-safe always has exactly one.
+    pub workers: Option<NonZeroUsize>,
 }
 
 impl PluginSpec {
@@ -83,6 +93,7 @@ impl PluginSpec {
             call_deadline: Self::DEFAULT_CALL_DEADLINE,
             panic_limit: Self::DEFAULT_PANIC_LIMIT,
             panic_window: Self::DEFAULT_PANIC_WINDOW,
+            workers: None,
         }
     }
 
@@ -97,6 +108,7 @@ impl PluginSpec {
             call_deadline: Duration::from_millis(p.call_deadline_ms),
             panic_limit: p.panic_limit,
             panic_window: Duration::from_secs(p.panic_window_secs),
+            workers: None,
         }
     }
 
@@ -280,7 +292,9 @@ impl LoadedLibrary {
         };
         let create_timeout = spec.call_deadline.max(Duration::from_secs(10));
         let workers = if self.info.thread_safe {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            spec.workers
+                .or_else(|| std::thread::available_parallelism().ok())
+                .map_or(1, NonZeroUsize::get)
         } else {
             1
         };
@@ -294,6 +308,7 @@ impl LoadedLibrary {
             workers,
         )
         .map_err(|k| spec.error(k))?;
+        let workers = started.mailboxes.len();
         let handler = Arc::new(PluginHandler::new(
             spec.name.clone(),
             shared,

@@ -4,8 +4,10 @@
 //!
 //! Threads: an instance that is not thread-safe lives on one worker thread, which makes every
 //! call. A thread-safe instance (its header says so) gets one worker per core, and each
-//! sender's messages go to one of them (sharded by connection), so a busy rule can use every
-//! core while each follower's messages stay in order.
+//! follower's messages and lifecycle events go to one of them (sharded by its identifier, see
+//! [`crate::router::shard_key`]), so a busy rule can use every core while each follower's
+//! messages and events stay in order. A helper worker that cannot be started is left out: the
+//! followers are sharded over the workers that did start.
 
 use super::abi::Functions;
 use super::error::LoadErrorKind;
@@ -158,7 +160,8 @@ pub(crate) struct Shared {
     pub events_dropped: AtomicU64,
     pub disabled: AtomicBool,
     pub stuck_reported: AtomicBool,
-    /// Messages queued or being handled by the workers (not counting inline calls).
+    /// Jobs (messages and events) queued or being handled by the workers (not counting inline
+    /// calls). Mirrored in the `yonexus_plugin_queue_depth` gauge by [`Shared::publish_depth`].
     pub pending: AtomicUsize,
     pub epoch: Instant,
     panic_times: Mutex<VecDeque<Instant>>,
@@ -183,6 +186,22 @@ impl Shared {
             panic_times: Mutex::new(VecDeque::new()),
             finished: Latch::new(),
             metrics: crate::metrics::PluginMetrics::new(name),
+        }
+    }
+
+    /// Set the queue-depth gauge to `pending`. Called by whoever changed `pending`, after the
+    /// change; setting again while `pending` moved under it means that, once the queue is
+    /// quiet, the gauge shows the true value (no stale write from a racing thread survives).
+    pub fn publish_depth(&self) {
+        let mut depth = self.pending.load(Ordering::Acquire);
+        // Bounded: under constant change the next change publishes again.
+        for _ in 0..4 {
+            self.metrics.queue_depth(depth);
+            let now = self.pending.load(Ordering::Acquire);
+            if now == depth {
+                return;
+            }
+            depth = now;
         }
     }
 
@@ -358,7 +377,6 @@ impl Instance {
 fn serve(instance: &Instance, mailbox: &Mailbox) {
     let shared = &instance.shared;
     while let Some(batch) = mailbox.take_all() {
-        shared.metrics.queue_depth(0);
         for job in batch {
             shared.stuck_reported.store(false, Ordering::Relaxed);
             mailbox
@@ -369,15 +387,56 @@ fn serve(instance: &Instance, mailbox: &Mailbox) {
                 Job::Event(ev) => instance.call_event(ev),
             }
             mailbox.call_started.store(0, Ordering::Release);
-            if matches!(job, Job::Message(_)) {
-                shared.pending.fetch_sub(1, Ordering::AcqRel);
-            }
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            shared.publish_depth();
         }
     }
 }
 
+/// The mailbox of the worker that serves shard key `key` (see [`crate::router::shard_key`]):
+/// always the same one for the same key and list.
+pub(crate) fn shard(mailboxes: &[Arc<Mailbox>], key: u64) -> Option<&Arc<Mailbox>> {
+    let n = mailboxes.len() as u64;
+    if n == 0 {
+        return None;
+    }
+    mailboxes.get((key % n) as usize)
+}
+
+/// Start a helper worker for each of `others` with `start(index, mailbox)` (index 1.. — the
+/// first worker is 0). Returns the mailboxes of the workers that run — `first`, then each
+/// helper that started — and the helpers' handles. A mailbox whose worker did not start is
+/// closed and left out, so no follower is sharded to a queue nobody drains.
+fn start_helpers<H>(
+    name: &str,
+    first: Arc<Mailbox>,
+    others: Vec<Arc<Mailbox>>,
+    mut start: impl FnMut(usize, Arc<Mailbox>) -> std::io::Result<H>,
+) -> (Vec<Arc<Mailbox>>, Vec<H>) {
+    let wanted = others.len() + 1;
+    let mut live = vec![first];
+    let mut helpers = Vec::new();
+    for (i, mailbox) in others.into_iter().enumerate() {
+        match start(i + 1, Arc::clone(&mailbox)) {
+            Ok(h) => {
+                helpers.push(h);
+                live.push(mailbox);
+            }
+            Err(e) => {
+                mailbox.close();
+                tracing::error!(plugin = %name, error = %e, worker = i + 1, "cannot start a plugin worker thread; followers are sharded over the workers that started");
+            }
+        }
+    }
+    if live.len() < wanted {
+        tracing::warn!(plugin = %name, started = live.len(), wanted, "plugin runs on fewer worker threads than wanted");
+    }
+    (live, helpers)
+}
+
 /// What [`spawn`] starts.
 pub(crate) struct Workers {
+    /// One per worker thread that started (at least the first).
     pub mailboxes: Vec<Arc<Mailbox>>,
     /// The instance itself, for non-blocking thread-safe plugins called inline.
     pub instance: Arc<Instance>,
@@ -397,7 +456,8 @@ pub(crate) fn spawn(
     workers: usize,
 ) -> Result<Workers, LoadErrorKind> {
     let mailboxes: Vec<Arc<Mailbox>> = (0..workers.max(1)).map(|_| Arc::default()).collect();
-    let (init_tx, init_rx) = mpsc::channel::<Result<Arc<Instance>, LoadErrorKind>>();
+    type Started = (Arc<Instance>, Vec<Arc<Mailbox>>);
+    let (init_tx, init_rx) = mpsc::channel::<Result<Started, LoadErrorKind>>();
     let first = Arc::clone(&mailboxes[0]);
     let others: Vec<Arc<Mailbox>> = mailboxes[1..].to_vec();
     let name = cfg.name.clone();
@@ -437,21 +497,16 @@ pub(crate) fn spawn(
                 shared: Arc::clone(&shared),
                 ctx,
             });
-            let mut helpers = Vec::new();
-            for (i, mailbox) in others.into_iter().enumerate() {
+            let (live, helpers) = start_helpers(&name, Arc::clone(&first), others, |i, mailbox| {
                 let (instance, gate) = (Arc::clone(&instance), Arc::clone(&gate));
-                let spawned = std::thread::Builder::new()
-                    .name(format!("plugin-{name}-{}", i + 1))
+                std::thread::Builder::new()
+                    .name(format!("plugin-{name}-{i}"))
                     .spawn(move || {
                         while !gate.wait(Duration::from_secs(3600)) {}
                         serve(&instance, &mailbox);
-                    });
-                match spawned {
-                    Ok(h) => helpers.push(h),
-                    Err(e) => tracing::error!(plugin = %name, error = %e, "cannot start a plugin worker thread; its share of senders is served by the others"),
-                }
-            }
-            if init_tx.send(Ok(Arc::clone(&instance))).is_err() {
+                    })
+            });
+            if init_tx.send(Ok((Arc::clone(&instance), live))).is_err() {
                 // Nobody will send jobs: the creator timed out.
                 first.close();
             }
@@ -481,7 +536,7 @@ pub(crate) fn spawn(
         })
         .map_err(LoadErrorKind::Thread)?;
     match init_rx.recv_timeout(create_timeout) {
-        Ok(Ok(instance)) => Ok(Workers {
+        Ok(Ok((instance, mailboxes))) => Ok(Workers {
             mailboxes,
             instance,
         }),
@@ -491,6 +546,75 @@ pub(crate) fn spawn(
                 m.close();
             }
             Err(LoadErrorKind::CreateTimedOut(create_timeout))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Job {
+        Job::Event(FollowerEvent::Disconnected {
+            identifier: id.into(),
+        })
+    }
+
+    #[test]
+    fn followers_are_sharded_over_the_workers_that_started_only() {
+        let all: Vec<Arc<Mailbox>> = (0..4).map(|_| Arc::default()).collect();
+        let (live, helpers) = start_helpers(
+            "t",
+            Arc::clone(&all[0]),
+            all[1..].to_vec(),
+            |i, _mailbox| {
+                if i == 2 {
+                    Err(std::io::Error::other("no more threads"))
+                } else {
+                    Ok(i)
+                }
+            },
+        );
+        assert_eq!(helpers, vec![1, 3]);
+        let kept: Vec<bool> = all
+            .iter()
+            .map(|m| live.iter().any(|l| Arc::ptr_eq(l, m)))
+            .collect();
+        assert_eq!(kept, vec![true, true, false, true]);
+        // The worker that did not start takes nothing (its mailbox is closed)...
+        assert!(matches!(
+            all[2].push(event("x"), 1, 1),
+            Err(Refused::Closed(_))
+        ));
+        // ...and no follower is sent to it: each lands on a running worker, always the same one.
+        let mut used = [false; 3];
+        for i in 0..64 {
+            let key = crate::router::shard_key(&format!("follower-{i}"));
+            let m = shard(&live, key).unwrap();
+            assert!(!Arc::ptr_eq(m, &all[2]));
+            assert!(Arc::ptr_eq(m, shard(&live, key).unwrap()));
+            if let Some(at) = live.iter().position(|l| Arc::ptr_eq(l, m)) {
+                used[at] = true;
+            }
+        }
+        assert_eq!(
+            used, [true; 3],
+            "identifiers spread over every running worker"
+        );
+        assert!(shard(&[], 7).is_none());
+    }
+
+    #[test]
+    fn when_no_helper_starts_the_first_worker_serves_everyone() {
+        let all: Vec<Arc<Mailbox>> = (0..3).map(|_| Arc::default()).collect();
+        let (live, helpers) = start_helpers("t", Arc::clone(&all[0]), all[1..].to_vec(), |_, _| {
+            Err::<(), _>(std::io::Error::other("no more threads"))
+        });
+        assert!(helpers.is_empty());
+        assert_eq!(live.len(), 1);
+        assert!(Arc::ptr_eq(&live[0], &all[0]));
+        for key in [0, 1, 2, u64::MAX] {
+            assert!(Arc::ptr_eq(shard(&live, key).unwrap(), &all[0]));
         }
     }
 }
