@@ -78,10 +78,7 @@ fn plugin_call(c: &mut Criterion) {
     let msg = RuleMessage::from_parts(
         "echo",
         &content,
-        Sender {
-            id: "bench-0".into(),
-            peer: Arc::clone(&peer),
-        },
+        Sender::new("bench-0".into(), Arc::clone(&peer)),
     );
     let mut g = c.benchmark_group("plugin");
     g.throughput(Throughput::Elements(1));

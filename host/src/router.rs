@@ -16,17 +16,20 @@ use std::sync::Arc;
 pub struct Sender {
     pub id: Arc<str>,
     pub peer: Arc<Peer>,
+    /// [`shard_key`] of `id`, computed once per session.
+    shard: u64,
 }
 
 impl Sender {
     pub fn new(id: Arc<str>, peer: Arc<Peer>) -> Sender {
-        Sender { id, peer }
+        let shard = shard_key(&id);
+        Sender { id, peer, shard }
     }
 
     /// The number that picks this follower's worker in a multi-worker plugin: see
     /// [`shard_key`].
     pub fn shard_key(&self) -> u64 {
-        shard_key(&self.id)
+        self.shard
     }
 }
 

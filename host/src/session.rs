@@ -624,10 +624,8 @@ impl Session {
                 return Flow::close(1008, "trust revoked");
             }
         };
-        self.phase = Phase::Authenticated(Sender {
-            id: Arc::clone(&greeted),
-            peer: Arc::clone(&self.peer),
-        });
+        self.phase =
+            Phase::Authenticated(Sender::new(Arc::clone(&greeted), Arc::clone(&self.peer)));
         metrics::auth_result("success");
         tracing::info!(remote = %self.peer.remote, identifier = %greeted, "authenticated");
         self.send(reply::auth_success(&greeted, hub.now(), rid));
