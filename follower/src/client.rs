@@ -107,11 +107,11 @@ impl Runner {
                 match self.connect(&url).await {
                     Connect::Shutdown => return StopReason::Shutdown,
                     Connect::Failed(reason) => {
-                        tracing::info!(url = %url, reason = %reason, "connection attempt failed");
+                        tracing::debug!(url = %url, reason = %reason, "connection attempt failed");
                         self.ctx.emit(Event::Disconnected { reason }).await;
                     }
                     Connect::Open(ws) => {
-                        tracing::info!(url = %url, "connected");
+                        tracing::debug!(url = %url, "connected");
                         self.ctx.emit(Event::Connected { url: url.clone() }).await;
                         let outcome = session::run(&mut self.ctx, *ws, &url).await;
                         connected = Some((index, outcome));
@@ -131,11 +131,11 @@ impl Runner {
                     match outcome.end {
                         End::Shutdown => return StopReason::Shutdown,
                         End::Lost(reason) => {
-                            tracing::info!(reason = %reason, "disconnected");
+                            tracing::debug!(reason = %reason, "disconnected");
                             self.ctx.emit(Event::Disconnected { reason }).await;
                         }
                         End::NotAllowed(reason) => {
-                            tracing::info!(reason = %reason, "identifier refused by host");
+                            tracing::debug!(reason = %reason, "identifier refused by host");
                             self.ctx.emit(Event::Disconnected { reason }).await;
                             refused.insert(index);
                             if refused.len() >= self.endpoints.len() {
@@ -150,7 +150,7 @@ impl Runner {
             }
             let delay = self.backoff.next_delay();
             let url = self.endpoints.upcoming().to_string();
-            tracing::info!(
+            tracing::debug!(
                 url = %url,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "reconnecting after backoff"

@@ -416,7 +416,7 @@ impl Session<'_> {
                 self.send(auth).await
             }
             NextAction::PairRequired => {
-                tracing::info!("pairing required; waiting for pair_request");
+                tracing::debug!("pairing required; waiting for pair_request");
                 self.phase = Phase::Pairing(PairingStep::AwaitingRequest);
                 Flow::Continue
             }
@@ -516,7 +516,7 @@ impl Session<'_> {
                 .give_up(format!("could not save the pairing secret: {e}"))
                 .await;
         }
-        tracing::info!("paired");
+        tracing::debug!("paired");
         self.ctx.pairing_expiry = None;
         self.ctx.emit(Event::Paired).await;
         self.phase = Phase::Authenticating;
@@ -560,7 +560,7 @@ impl Session<'_> {
     }
 
     async fn on_auth_success(&mut self) -> Flow {
-        tracing::info!("authenticated");
+        tracing::debug!("authenticated");
         self.ctx.shared.set_authenticated(true);
         self.authenticated = true;
         let period = self.ctx.config.heartbeat_interval;

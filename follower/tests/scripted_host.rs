@@ -1,16 +1,17 @@
 //! The real follower client against a small scripted host that plays the host side of the
 //! handshake over a real WebSocket.
 
+mod common;
+
+use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 use yonexus_follower::{
     spawn, CodeProvider, Config, Event, FollowerError, PairingPrompt, StopReason,
 };
@@ -18,53 +19,7 @@ use yonexus_protocol::envelope::{
     AdminNotification, AuthSuccess, ErrorCode, ErrorPayload, HelloAck, Message, NextAction,
     PairFailReason, PairFailed, PairRequest, PairSuccess, RePairReason, RePairRequired,
 };
-use yonexus_protocol::{frame, signing, validate, Envelope, Frame};
-
-type Ws = WebSocketStream<TcpStream>;
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn listener() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", l.local_addr().unwrap());
-    (l, url)
-}
-
-async fn accept(l: &TcpListener) -> Ws {
-    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
-        .await
-        .expect("follower did not connect")
-        .unwrap();
-    tokio_tungstenite::accept_async(tcp).await.unwrap()
-}
-
-async fn recv_text(ws: &mut Ws) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("socket ended")
-            .expect("socket error");
-        match msg {
-            WsMessage::Text(t) => return t.as_str().to_string(),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn recv_control(ws: &mut Ws) -> Message {
-    let text = recv_text(ws).await;
-    let Ok(Frame::Builtin(json)) = frame::parse(&text) else {
-        panic!("expected a control frame, got {text}")
-    };
-    Envelope::decode(json).unwrap().message
-}
-
-async fn send_control(ws: &mut Ws, m: Message) {
-    ws.send(WsMessage::text(Envelope::new(m, 1_700_000_000).to_frame()))
-        .await
-        .unwrap();
-}
+use yonexus_protocol::{signing, validate};
 
 async fn next_matching(
     rx: &mut mpsc::Receiver<Event>,
@@ -496,18 +451,6 @@ async fn no_reconnect_ends_the_task() {
         .is_none());
     assert!(handle.is_stopped());
     assert_eq!(handle.stop_reason(), Some(StopReason::ReconnectDisabled));
-}
-
-async fn pair_failed(ws: &mut Ws, reason: PairFailReason, attempts_left: Option<u32>) {
-    send_control(
-        ws,
-        Message::PairFailed(PairFailed {
-            identifier: "alpha".into(),
-            reason,
-            attempts_left,
-        }),
-    )
-    .await;
 }
 
 /// Read frames until the follower's close frame, then drop the socket; returns the close code.
