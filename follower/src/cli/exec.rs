@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use yonexus_protocol::frame;
 
 /// The `--exec` runner.
 #[derive(Clone)]
@@ -85,10 +86,7 @@ impl Exec {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start it: {e}"))?;
-        let mut message = String::with_capacity(rule_id.len() + content.len() + 3);
-        message.push_str(rule_id);
-        message.push_str(yonexus_protocol::SEPARATOR);
-        message.push_str(content);
+        let mut message = frame::encode_rule(rule_id, content);
         message.push('\n');
         if let Some(mut stdin) = child.stdin.take() {
             let write = async {
