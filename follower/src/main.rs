@@ -78,6 +78,7 @@ async fn main() -> ExitCode {
 
     let mut config = Config::with_urls(args.url.clone(), id.clone(), args.state.clone());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_secs);
+    config.liveness_timeout = args.liveness_timeout_secs.map(Duration::from_secs);
     config.ca_file = args.ca_file.clone();
     let hosts = config.urls.len();
     let state_file = yonexus_follower::state::state_path(&args.state, &id)

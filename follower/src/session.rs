@@ -1,5 +1,14 @@
 //! One connection to a host, from `hello` until the socket goes away: reading frames, moving
-//! through the [`Phase`]s, heartbeats, and writing queued rule messages.
+//! through the [`Phase`]s, heartbeats, writing queued rule messages, and watching the host's
+//! liveness.
+//!
+//! Liveness: the time anything last arrived from the host (any frame: a message,
+//! `heartbeat_ack`, ping, pong) is remembered. After half the liveness timeout
+//! ([`Config::effective_liveness_timeout`]) of silence the follower sends a WebSocket ping; after
+//! the whole timeout the connection is taken as lost (the host died or dropped off the network
+//! without closing the socket) and the connection task moves on to the next URL. A write that
+//! cannot complete within the timeout (the host stopped acknowledging TCP data) ends the
+//! connection the same way.
 //!
 //! Control frames are decoded strictly with the protocol crate's types; a reason or code a newer
 //! host adds arrives as the enum's `Unknown` variant and is reported like any other. A control
@@ -98,11 +107,13 @@ enum Flow {
 
 /// Run one connection to its end.
 pub(crate) async fn run(ctx: &mut Ctx, ws: Ws, url: &str) -> Outcome {
+    let liveness = Liveness::new(ctx.config.effective_liveness_timeout());
     let mut session = Session {
         ctx,
         ws,
         url,
         phase: Phase::Greeting,
+        liveness,
         close_reason: None,
         notice: None,
         authenticated: false,
@@ -121,6 +132,7 @@ struct Session<'a> {
     ws: Ws,
     url: &'a str,
     phase: Phase,
+    liveness: Liveness,
     /// The host's close frame, as text.
     close_reason: Option<String>,
     /// The reason of a `disconnect_notice`.
@@ -129,6 +141,48 @@ struct Session<'a> {
     authenticated: bool,
     /// The host refused the identifier.
     refused: bool,
+}
+
+/// When the host was last heard from.
+struct Liveness {
+    timeout: Duration,
+    last_heard: Instant,
+    /// A ping was sent since the host was last heard from.
+    probed: bool,
+}
+
+impl Liveness {
+    fn new(timeout: Duration) -> Self {
+        Liveness {
+            timeout,
+            last_heard: Instant::now(),
+            probed: false,
+        }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.probed = false;
+    }
+
+    /// When to act on the silence: ping halfway through, give up at the end.
+    fn deadline(&self) -> Instant {
+        let wait = if self.probed {
+            self.timeout
+        } else {
+            self.timeout / 2
+        };
+        self.last_heard + wait
+    }
+}
+
+/// `120 s`, `0.6 s`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn now_unix() -> i64 {
@@ -174,8 +228,12 @@ impl Session<'_> {
                 msg = self.ws.next() => match msg {
                     None => Flow::End(self.lost("connection closed".into())),
                     Some(Err(e)) => Flow::End(self.lost(format!("connection error: {e}"))),
-                    Some(Ok(m)) => self.on_ws_message(m).await,
+                    Some(Ok(m)) => {
+                        self.liveness.heard();
+                        self.on_ws_message(m).await
+                    }
                 },
+                _ = tokio::time::sleep_until(self.liveness.deadline()) => self.on_silence().await,
                 due = phase::due(&mut self.phase), if waits => match due {
                     Due::Code(code) => self.on_code(code).await,
                     Due::Heartbeat => self.heartbeat().await,
@@ -218,8 +276,9 @@ impl Session<'_> {
             code,
             reason: reason.to_string().into(),
         };
-        if self.ws.close(Some(frame)).await.is_err() {
-            return;
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -229,10 +288,34 @@ impl Session<'_> {
     }
 
     async fn send(&mut self, text: String) -> Flow {
-        match self.ws.send(WsMessage::text(text)).await {
-            Ok(()) => Flow::Continue,
-            Err(e) => Flow::End(End::Lost(format!("send failed: {e}"))),
+        self.send_ws(WsMessage::text(text)).await
+    }
+
+    /// Write one frame; a write the host does not take within the liveness timeout ends the
+    /// connection.
+    async fn send_ws(&mut self, message: WsMessage) -> Flow {
+        match tokio::time::timeout(self.liveness.timeout, self.ws.send(message)).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(e)) => Flow::End(End::Lost(format!("send failed: {e}"))),
+            Err(_) => Flow::End(End::Lost(format!(
+                "send failed: the host took nothing for {}",
+                seconds(self.liveness.timeout)
+            ))),
         }
+    }
+
+    /// Nothing from the host for a while: ping it once, then give the connection up.
+    async fn on_silence(&mut self) -> Flow {
+        if !self.liveness.probed {
+            self.liveness.probed = true;
+            tracing::debug!("host silent; sending a ping");
+            return self.send_ws(WsMessage::Ping(Vec::new().into())).await;
+        }
+        // No close handshake: a host that answers nothing will not answer that either.
+        Flow::End(End::Lost(format!(
+            "nothing received from the host for {} (liveness timeout): connection lost",
+            seconds(self.liveness.timeout)
+        )))
     }
 
     /// Write queued rule messages in order; a message leaves the queue only once written.

@@ -750,3 +750,121 @@ async fn a_refusing_host_is_passed_over_for_one_that_accepts() {
     assert!(!handle.is_stopped());
     handle.shutdown().await;
 }
+
+/// A follower with a stored secret, configured for `urls`, with short timers.
+fn paired_config(urls: &[&str], dir: &std::path::Path) -> Config {
+    {
+        let mut s = yonexus_follower::State::load_or_create(dir, "alpha").unwrap();
+        s.set_secret(Some("sek".into())).unwrap();
+    }
+    let mut c = Config::with_urls(urls.iter().copied(), "alpha", dir);
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    c
+}
+
+/// Host side of hello → auth_required → a valid auth_request → auth_success.
+async fn authenticate(ws: &mut Ws) {
+    let Message::Hello(h) = recv_control(ws).await else {
+        panic!("expected hello")
+    };
+    send_control(
+        ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::AuthRequired,
+        }),
+    )
+    .await;
+    expect_valid_auth(ws, &h.public_key.unwrap(), "sek").await;
+}
+
+#[tokio::test]
+async fn a_silent_host_is_given_up_and_the_next_url_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (silent, silent_url) = listener().await;
+    let (l, url) = listener().await;
+    let mut c = paired_config(&[&silent_url, &url], dir.path());
+    c.liveness_timeout = Some(Duration::from_millis(800));
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+
+    // The first host authenticates the follower, then says nothing more and never closes the
+    // socket (it stopped, or the network between them went away): not even pings are
+    // answered, as nothing reads them.
+    let mut dead = accept(&silent).await;
+    authenticate(&mut dead).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    let silent_since = std::time::Instant::now();
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    let waited = silent_since.elapsed();
+    let Event::Disconnected { reason } = ev else {
+        unreachable!()
+    };
+    assert!(reason.contains("liveness timeout"), "{reason}");
+    assert!(reason.contains("0.8 s"), "{reason}");
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Given up like any lost connection: backoff, then the next host.
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
+    assert!(
+        matches!(ev, Event::Reconnecting { url: ref u, .. } if *u == url),
+        "{ev:?}"
+    );
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    // The silent host heard heartbeats and a ping before it was given up.
+    let mut heard = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), dead.next()).await
+    {
+        heard.push(m);
+    }
+    assert!(
+        heard.iter().any(|m| matches!(m, WsMessage::Ping(_))),
+        "{heard:?}"
+    );
+    assert!(
+        heard
+            .iter()
+            .any(|m| matches!(m, WsMessage::Text(t) if is_heartbeat(t.as_str()))),
+        "{heard:?}"
+    );
+    drop(dead);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_host_that_only_answers_pings_stays_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let mut c = paired_config(&[&url], dir.path());
+    // No heartbeat (so no heartbeat_ack) within the test: only the liveness pings keep the
+    // host talking.
+    c.heartbeat_interval = Duration::from_secs(60);
+    c.liveness_timeout = Some(Duration::from_millis(600));
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    // The host reads (which answers pings with pongs) and sends nothing of its own.
+    let host = tokio::spawn(async move {
+        let mut pings = 0;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, WsMessage::Ping(_)) {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(handle.is_authenticated());
+    let early: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(early.is_empty(), "{early:?}");
+    handle.shutdown().await;
+    let pings = tokio::time::timeout(WAIT, host).await.unwrap().unwrap();
+    // One ping per 0.3 s of silence.
+    assert!(pings >= 4, "{pings}");
+}

@@ -87,6 +87,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_secs: u64,
 
+    /// Seconds the host may stay silent (nothing received, not even a ping or a
+    /// heartbeat_ack) before the connection is taken as lost and the next --url is tried; the
+    /// follower pings the host halfway through [default: twice the longer of --heartbeat-secs
+    /// and 30 s, the host's ping interval]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub liveness_timeout_secs: Option<u64>,
+
     /// Extra CA certificate(s) (PEM) to trust for a wss:// host with a private or self-signed
     /// certificate (the public web roots are always trusted)
     #[arg(long, value_name = "FILE", env = "YONEXUS_CA_FILE")]
@@ -198,6 +205,7 @@ mod tests {
         assert_eq!(a.url, vec!["ws://h:1/".to_string()]);
         assert_eq!(a.state, PathBuf::from("./yonexus-follower-state"));
         assert_eq!(a.heartbeat_secs, 60);
+        assert_eq!(a.liveness_timeout_secs, None);
         assert_eq!(a.log_format, LogFormat::Text);
         assert!(a.pairing_code.is_none());
         assert!(a.exec.is_empty());
@@ -205,6 +213,24 @@ mod tests {
         assert!(!a.no_stdin);
         assert!(parse(&["--url", "ws://h:1/"]).is_err());
         assert!(parse(&["--url", "ws://h:1/", "--id", "a", "--heartbeat-secs", "0"]).is_err());
+        let a = parse(&[
+            "--url",
+            "ws://h:1/",
+            "--id",
+            "a",
+            "--liveness-timeout-secs",
+            "45",
+        ]);
+        assert_eq!(a.unwrap().liveness_timeout_secs, Some(45));
+        assert!(parse(&[
+            "--url",
+            "ws://h:1/",
+            "--id",
+            "a",
+            "--liveness-timeout-secs",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]
