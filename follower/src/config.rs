@@ -10,6 +10,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Default longest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default most events held for an application that has not read them yet.
+pub const DEFAULT_EVENT_BACKLOG: usize = 4096;
+/// Default most bytes of text (rule messages, host errors…) in that backlog.
+pub const DEFAULT_EVENT_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 /// The host's default WebSocket ping interval (`[limits] ping_interval_secs`): a live host
 /// sends at least a ping this often, whatever the phase.
 pub const HOST_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -39,6 +43,13 @@ pub struct Config {
     pub backoff_initial: Duration,
     /// Upper bound of the reconnect delay.
     pub backoff_max: Duration,
+    /// Most events held, beyond the channel's [`EVENT_CHANNEL`](crate::EVENT_CHANNEL), for an
+    /// application that has not read them yet. The connection never waits for the
+    /// application: when the backlog is full the oldest rule messages are dropped and reported
+    /// as [`Event::Dropped`](crate::Event::Dropped).
+    pub event_backlog: usize,
+    /// Most bytes of text (rule messages, host errors, reasons) in that backlog.
+    pub event_backlog_bytes: usize,
     /// Reconnect after a disconnect (otherwise the connection task ends).
     pub reconnect: bool,
     /// Extra CA certificates (PEM) trusted for `wss://` besides the public web roots.
@@ -68,6 +79,8 @@ impl Config {
             state_dir: state_dir.into(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             liveness_timeout: None,
+            event_backlog: DEFAULT_EVENT_BACKLOG,
+            event_backlog_bytes: DEFAULT_EVENT_BACKLOG_BYTES,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             reconnect: true,
@@ -118,6 +131,11 @@ impl Config {
                 "liveness timeout must be greater than zero".into(),
             ));
         }
+        if self.event_backlog == 0 || self.event_backlog_bytes == 0 {
+            return Err(FollowerError::InvalidConfig(
+                "event backlog (events and bytes) must be greater than zero".into(),
+            ));
+        }
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return Err(FollowerError::InvalidConfig(
                 "backoff must satisfy 0 < initial <= max".into(),
@@ -161,6 +179,10 @@ mod tests {
         assert_eq!(c.effective_liveness_timeout(), Duration::from_millis(700));
         assert!(c.validate().is_ok());
         c.liveness_timeout = Some(Duration::ZERO);
+        assert!(c.validate().is_err());
+        let mut c = Config::new("ws://x/", "alpha", "/tmp");
+        assert_eq!(c.event_backlog, 4096);
+        c.event_backlog = 0;
         assert!(c.validate().is_err());
 
         let c = Config::with_urls(["ws://a/", "wss://b/"], "alpha", "/tmp");

@@ -10,6 +10,9 @@
 //! cannot complete within the timeout (the host stopped acknowledging TCP data) ends the
 //! connection the same way.
 //!
+//! Nothing here waits for the application: events go to the event spool (`spool.rs`), which
+//! never blocks, so a slow consumer cannot stop heartbeats, reads or answers to pings.
+//!
 //! Control frames are decoded strictly with the protocol crate's types; a reason or code a newer
 //! host adds arrives as the enum's `Unknown` variant and is reported like any other. A control
 //! message that does not fit the current phase (an `auth_success` nobody asked for) is ignored
@@ -19,13 +22,14 @@ use crate::config::Config;
 use crate::event::{CodeProvider, Event, PairingPrompt};
 use crate::handle::Shared;
 use crate::phase::{self, Due, PairingStep, Phase};
+use crate::spool::SpoolSender;
 use crate::state::State;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -60,20 +64,17 @@ pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) codes: CodeProvider,
     pub(crate) state: State,
-    pub(crate) events: mpsc::Sender<Event>,
+    /// Where events go; never waits for the application.
+    pub(crate) events: SpoolSender,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) pairing_expiry: Option<PairingExpiry>,
 }
 
 impl Ctx {
-    /// Deliver an event; gives up if shutdown is requested while the channel is full.
-    pub(crate) async fn emit(&mut self, event: Event) {
-        tokio::select! {
-            biased;
-            _ = self.events.send(event) => {}
-            _ = shutdown_signal(&mut self.shutdown) => {}
-        }
+    /// Report an event to the application; never waits (see `spool.rs`).
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.push(event);
     }
 }
 
@@ -377,12 +378,10 @@ impl Session<'_> {
                 Flow::Continue
             }
             Ok(Frame::Rule { rule_id, content }) => {
-                self.ctx
-                    .emit(Event::Rule {
-                        rule_id: rule_id.to_string(),
-                        content: content.to_string(),
-                    })
-                    .await;
+                self.ctx.emit(Event::Rule {
+                    rule_id: rule_id.to_string(),
+                    content: content.to_string(),
+                });
                 Flow::Continue
             }
             Ok(Frame::Builtin(json)) => match decode(json) {
@@ -419,7 +418,7 @@ impl Session<'_> {
             Message::AuthFailed(p) if matches!(self.phase, Phase::Authenticating) => {
                 tracing::debug!(reason = %p.reason, "authentication failed");
                 let reason = format!("authentication failed: {}", p.reason);
-                self.ctx.emit(Event::AuthFailed { reason: p.reason }).await;
+                self.ctx.emit(Event::AuthFailed { reason: p.reason });
                 self.give_up(reason).await
             }
             Message::RePairRequired(p) => {
@@ -430,9 +429,7 @@ impl Session<'_> {
                 if let Err(e) = self.ctx.state.set_secret(None) {
                     tracing::error!("could not forget the secret on disk: {e}");
                 }
-                self.ctx
-                    .emit(Event::RePairRequired { reason: p.reason })
-                    .await;
+                self.ctx.emit(Event::RePairRequired { reason: p.reason });
                 let hello = self.hello_frame();
                 self.send(hello).await
             }
@@ -441,22 +438,18 @@ impl Session<'_> {
                 Flow::Continue
             }
             Message::StatusUpdate(p) => {
-                self.ctx
-                    .emit(Event::StatusUpdate {
-                        status: p.status,
-                        reason: p.reason,
-                    })
-                    .await;
+                self.ctx.emit(Event::StatusUpdate {
+                    status: p.status,
+                    reason: p.reason,
+                });
                 Flow::Continue
             }
             Message::DisconnectNotice(p) => {
                 self.notice = Some(p.reason.clone());
-                self.ctx
-                    .emit(Event::StatusUpdate {
-                        status: "offline".into(),
-                        reason: p.reason,
-                    })
-                    .await;
+                self.ctx.emit(Event::StatusUpdate {
+                    status: "offline".into(),
+                    reason: p.reason,
+                });
                 Flow::Continue
             }
             Message::Error(p) => {
@@ -465,12 +458,10 @@ impl Session<'_> {
                 if p.code == ErrorCode::IdentifierNotAllowed {
                     self.refused = true;
                 }
-                self.ctx
-                    .emit(Event::HostError {
-                        code: p.code,
-                        message: p.message,
-                    })
-                    .await;
+                self.ctx.emit(Event::HostError {
+                    code: p.code,
+                    message: p.message,
+                });
                 Flow::Continue
             }
             other => {
@@ -489,7 +480,7 @@ impl Session<'_> {
             NextAction::AuthRequired => {
                 let Some(secret) = self.ctx.state.secret().map(str::to_string) else {
                     tracing::debug!("host requires authentication but no secret is stored");
-                    self.ctx.emit(Event::NoLocalSecret).await;
+                    self.ctx.emit(Event::NoLocalSecret);
                     return self
                         .give_up("cannot authenticate: no secret stored locally".into())
                         .await;
@@ -504,19 +495,17 @@ impl Session<'_> {
                 Flow::Continue
             }
             NextAction::WaitingPairConfirm => {
-                self.ctx
-                    .emit(Event::PairingRequired {
-                        expires_at: None,
-                        ttl_seconds: None,
-                        admin_notification: None,
-                    })
-                    .await;
+                self.ctx.emit(Event::PairingRequired {
+                    expires_at: None,
+                    ttl_seconds: None,
+                    admin_notification: None,
+                });
                 self.ask_code(false, None);
                 Flow::Continue
             }
             next_action @ (NextAction::Rejected | NextAction::Unknown(_)) => {
                 tracing::debug!(next_action = %next_action, "host rejected hello");
-                self.ctx.emit(Event::HelloRejected { next_action }).await;
+                self.ctx.emit(Event::HelloRejected { next_action });
                 self.give_up("rejected by host".into()).await
             }
         }
@@ -531,13 +520,11 @@ impl Session<'_> {
             admin_notification: req.admin_notification.clone(),
             deadline: Instant::now() + ttl,
         });
-        self.ctx
-            .emit(Event::PairingRequired {
-                expires_at: Some(req.expires_at),
-                ttl_seconds: Some(req.ttl_seconds),
-                admin_notification: Some(req.admin_notification),
-            })
-            .await;
+        self.ctx.emit(Event::PairingRequired {
+            expires_at: Some(req.expires_at),
+            ttl_seconds: Some(req.ttl_seconds),
+            admin_notification: Some(req.admin_notification),
+        });
         if !self.phase.awaits_code() {
             self.ask_code(false, None);
         }
@@ -573,7 +560,7 @@ impl Session<'_> {
         let code = code.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
         let Some(code) = code else {
             tracing::debug!("no pairing code available; abandoning this pairing attempt");
-            self.ctx.emit(Event::NoPairingCode).await;
+            self.ctx.emit(Event::NoPairingCode);
             return self
                 .give_up("pairing abandoned: no pairing code available".into())
                 .await;
@@ -590,18 +577,16 @@ impl Session<'_> {
         // Durable before use: a secret we could lose must never be relied on.
         if let Err(e) = self.ctx.state.set_secret(Some(secret.clone())) {
             tracing::debug!("could not save the pairing secret: {e}");
-            self.ctx
-                .emit(Event::SecretNotSaved {
-                    error: e.to_string(),
-                })
-                .await;
+            self.ctx.emit(Event::SecretNotSaved {
+                error: e.to_string(),
+            });
             return self
                 .give_up(format!("could not save the pairing secret: {e}"))
                 .await;
         }
         tracing::debug!("paired");
         self.ctx.pairing_expiry = None;
-        self.ctx.emit(Event::Paired).await;
+        self.ctx.emit(Event::Paired);
         self.phase = Phase::Authenticating;
         let auth = self.auth_frame(&secret);
         self.send(auth).await
@@ -609,12 +594,10 @@ impl Session<'_> {
 
     async fn on_pair_failed(&mut self, reason: PairFailReason, attempts_left: Option<u32>) -> Flow {
         tracing::debug!(reason = %reason, attempts_left, "pairing failed");
-        self.ctx
-            .emit(Event::PairFailed {
-                reason: reason.clone(),
-                attempts_left,
-            })
-            .await;
+        self.ctx.emit(Event::PairFailed {
+            reason: reason.clone(),
+            attempts_left,
+        });
         match reason {
             PairFailReason::InvalidCode if attempts_left == Some(0) => {
                 // The host closes this connection; the pending code stays valid until it
@@ -650,7 +633,7 @@ impl Session<'_> {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.phase = Phase::Authenticated { heartbeat };
-        self.ctx.emit(Event::Authenticated).await;
+        self.ctx.emit(Event::Authenticated);
         self.drain().await
     }
 

@@ -450,3 +450,84 @@ async fn cli_with_rust_log_info_shows_each_event_once() {
     assert!(!seen.iter().any(|l| l.contains("INFO")), "{seen:?}");
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn cli_exec_falling_behind_drops_the_oldest_waiting_and_the_connection_goes_on() {
+    let dir = paired_state();
+    let out = dir.path().join("received");
+    let started = dir.path().join("started");
+    // The first message keeps the program busy for 3 s; the rest are quick.
+    let script = format!(
+        "cat >> '{}'; touch '{}'; if [ \"$YONEXUS_RULE_ID\" = slow ]; then sleep 3; fi",
+        out.display(),
+        started.display()
+    );
+    let (l, url) = listener().await;
+    let mut child = follower_command(&url, dir.path())
+        .args(["--no-stdin", "--exec-queue", "4", "--exec", "/bin/sh", "-c"])
+        .arg(&script)
+        .spawn()
+        .unwrap();
+    let mut stderr = lines(child.stderr.take().unwrap());
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    wait_line(&mut stderr, "authenticated").await;
+    ws.send(WsMessage::text("slow::first")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "--exec never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A burst (more than the library's event channel holds) while the program is busy.
+    const BURST: usize = 600;
+    tokio::time::timeout(WAIT, async {
+        for n in 0..BURST {
+            ws.feed(WsMessage::text(format!("burst::{n}")))
+                .await
+                .unwrap();
+        }
+        ws.flush().await.unwrap();
+    })
+    .await
+    .expect("the follower stopped reading");
+    // The connection is not held up by the program: heartbeats (1 s) go on, pings are answered.
+    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
+        .await
+        .unwrap();
+    let (mut heartbeats, mut pong) = (0, false);
+    let window = tokio::time::Instant::now() + Duration::from_millis(2300);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(window, ws.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
+            _ => {}
+        }
+    }
+    assert!(pong, "ping not answered");
+    assert!(heartbeats >= 2, "{heartbeats} heartbeats in 2.3 s at 1 s");
+
+    // The documented policy: the queue (4) keeps the newest waiting messages, the older ones
+    // are dropped with a warning at once and their count when the program is next handed one;
+    // one slot: in order.
+    let warning = wait_line(&mut stderr, "falling behind").await;
+    assert!(warning.contains("4 messages waiting"), "{warning}");
+    let count = wait_line(&mut stderr, "dropped because").await;
+    assert!(
+        count.contains(&format!("{} message(s) dropped", BURST - 4)),
+        "{count}"
+    );
+    let last = format!("burst::{}\n", BURST - 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        let got = std::fs::read_to_string(&out).unwrap_or_default();
+        if got.ends_with(&last) || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let expected: String = std::iter::once("slow::first\n".to_string())
+        .chain((BURST - 4..BURST).map(|n| format!("burst::{n}\n")))
+        .collect();
+    assert_eq!(got, expected);
+    let _ = child.kill().await;
+}

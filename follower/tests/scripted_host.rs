@@ -868,3 +868,79 @@ async fn a_host_that_only_answers_pings_stays_connected() {
     // One ping per 0.3 s of silence.
     assert!(pings >= 4, "{pings}");
 }
+
+#[tokio::test]
+async fn an_application_that_does_not_read_never_stalls_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let mut c = paired_config(&[&url], dir.path());
+    c.event_backlog = 100;
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+
+    // The application stops reading events while the host sends far more than the channel
+    // and the backlog hold.
+    const BURST: usize = 10_000;
+    tokio::time::timeout(WAIT, async {
+        for n in 0..BURST {
+            ws.feed(WsMessage::text(format!("echo::{n}")))
+                .await
+                .unwrap();
+        }
+        ws.flush().await.unwrap();
+    })
+    .await
+    .expect("the follower stopped reading");
+    // The connection goes on meanwhile: heartbeats keep coming and a ping is answered.
+    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
+        .await
+        .unwrap();
+    let (mut heartbeats, mut pong) = (0, false);
+    let window = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(window, ws.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
+            _ => {}
+        }
+    }
+    assert!(pong, "ping not answered");
+    assert!(heartbeats >= 3, "{heartbeats} heartbeats in 1 s at 0.2 s");
+    assert!(handle.is_authenticated());
+
+    // Now it reads: the oldest messages that did not fit were dropped, and each gap is
+    // reported, in place, with its size.
+    let mut expected = 0usize;
+    let mut delivered = 0usize;
+    let mut reported = 0u64;
+    while expected < BURST {
+        let ev = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {expected}"))
+            .unwrap();
+        match ev {
+            Event::Rule { rule_id, content } => {
+                assert_eq!(rule_id, "echo");
+                assert_eq!(content, expected.to_string(), "in order, gaps reported");
+                expected += 1;
+                delivered += 1;
+            }
+            Event::Dropped { rules, other } => {
+                assert_eq!(other, 0);
+                assert!(rules > 0);
+                reported += rules;
+                expected += usize::try_from(rules).unwrap();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(expected, BURST, "the last message was delivered");
+    assert_eq!(delivered as u64 + reported, BURST as u64);
+    // The channel (256) and the backlog (100) held the rest, give or take the one in transit.
+    assert!(delivered <= 256 + 100 + 1, "{delivered}");
+    assert!(delivered >= 100, "{delivered}");
+    handle.shutdown().await;
+}

@@ -117,10 +117,19 @@ pub struct Args {
     )]
     pub exec: Vec<String>,
 
-    /// Most --exec processes running at once (more messages wait; use 1 to keep their order)
-    #[arg(long, value_name = "N", default_value_t = 4,
+    /// Most --exec processes running at once. With 1 (the default) the program gets the
+    /// messages one at a time, in the order they arrived; with more, processes start in order
+    /// but may finish in any order
+    #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub exec_concurrency: u32,
+
+    /// Most received messages waiting for a free --exec slot (and 64 MiB); when one more
+    /// arrives the oldest waiting message is dropped, with a warning and a count. The
+    /// connection to the host never waits for the program
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub exec_queue: u64,
 
     /// Seconds an --exec process may run before it is killed
     #[arg(long, value_name = "SECS", default_value_t = 30,
@@ -209,7 +218,8 @@ mod tests {
         assert_eq!(a.log_format, LogFormat::Text);
         assert!(a.pairing_code.is_none());
         assert!(a.exec.is_empty());
-        assert_eq!(a.exec_concurrency, 4);
+        assert_eq!(a.exec_concurrency, 1);
+        assert_eq!(a.exec_queue, 1024);
         assert!(!a.no_stdin);
         assert!(parse(&["--url", "ws://h:1/"]).is_err());
         assert!(parse(&["--url", "ws://h:1/", "--id", "a", "--heartbeat-secs", "0"]).is_err());
