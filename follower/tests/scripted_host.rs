@@ -389,8 +389,8 @@ async fn re_pairs_reconnects_and_gives_up_without_a_code() {
 #[tokio::test]
 async fn outbound_buffer_is_bounded_and_bad_state_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (l, url) = listener().await;
-    drop(l); // nothing listens: the follower keeps retrying
+    // Never reachable (and its port stays taken): the follower keeps retrying.
+    let (_dead, url) = dead_host().await;
     let (codes, _) = scripted_codes(vec![]);
     let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
     for i in 0..yonexus_follower::OUTBOUND_BUFFER {
@@ -661,9 +661,9 @@ async fn identifier_not_allowed_stops_when_every_host_refused() {
 async fn fails_over_to_the_next_url_and_round_robin() {
     let dir = tempfile::tempdir().unwrap();
     let (l, url) = listener().await;
-    // A port nobody listens on (bound after the live one, so it cannot be the same port).
-    let (dead, dead_url) = listener().await;
-    drop(dead);
+    // A host that is never reachable; its port stays taken for the whole test, so no other test
+    // running in parallel can be handed it.
+    let (_dead, dead_url) = dead_host().await;
     let mut c = Config::with_urls([dead_url.clone(), url.clone()], "alpha", dir.path());
     c.heartbeat_interval = Duration::from_millis(200);
     c.backoff_initial = Duration::from_millis(20);
