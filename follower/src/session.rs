@@ -226,6 +226,13 @@ impl Session<'_> {
                     self.close(CloseCode::Normal, "follower shutting down").await;
                     return End::Shutdown;
                 }
+                // Timers and outbound messages before reading: a host that keeps sending must
+                // not starve heartbeats or the application's messages.
+                due = phase::due(&mut self.phase), if waits => match due {
+                    Due::Code(code) => self.on_code(code).await,
+                    Due::Heartbeat => self.heartbeat().await,
+                },
+                _ = self.ctx.shared.queued.notified(), if authed => self.drain().await,
                 msg = self.ws.next() => match msg {
                     None => Flow::End(self.lost("connection closed".into())),
                     Some(Err(e)) => Flow::End(self.lost(format!("connection error: {e}"))),
@@ -235,11 +242,6 @@ impl Session<'_> {
                     }
                 },
                 _ = tokio::time::sleep_until(self.liveness.deadline()) => self.on_silence().await,
-                due = phase::due(&mut self.phase), if waits => match due {
-                    Due::Code(code) => self.on_code(code).await,
-                    Due::Heartbeat => self.heartbeat().await,
-                },
-                _ = self.ctx.shared.queued.notified(), if authed => self.drain().await,
             };
             if let Flow::End(end) = flow {
                 return end;

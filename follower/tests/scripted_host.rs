@@ -944,3 +944,53 @@ async fn an_application_that_does_not_read_never_stalls_the_connection() {
     assert!(delivered >= 100, "{delivered}");
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_stops_sending_does_not_starve_heartbeats_or_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let c = paired_config(&[&url], dir.path());
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+
+    // The host floods the follower for 1.5 s, as fast as the socket takes it.
+    const FLOOD: Duration = Duration::from_millis(1500);
+    let (mut tx, mut rx) = ws.split();
+    let flood = tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + FLOOD;
+        let mut n = 0u64;
+        while tokio::time::Instant::now() < end {
+            for _ in 0..100 {
+                tx.feed(WsMessage::text(format!("echo::{n}")))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            tx.flush().await.unwrap();
+        }
+        tx
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.send("echo", "mid-flood").unwrap();
+    let (mut heartbeats, mut sent) = (0, false);
+    let end = tokio::time::Instant::now() + FLOOD;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, rx.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Text(t) if t.as_str() == "echo::mid-flood" => sent = true,
+            _ => {}
+        }
+    }
+    let _tx = flood.await.unwrap();
+    // A heartbeat every 0.2 s, throughout.
+    assert!(heartbeats >= 4, "{heartbeats} heartbeats during the flood");
+    assert!(
+        sent,
+        "the application's message waited for the flood to end"
+    );
+    handle.shutdown().await;
+}
