@@ -13,21 +13,25 @@ use crate::event::{CodeProvider, Event, StopReason};
 use crate::failover::Endpoints;
 use crate::handle::{Control, FollowerHandle, Shared};
 use crate::session::{self, shutdown_signal, Ctx, End, Ws};
+use crate::spool::{self, Spool, SpoolSender};
 use crate::state::State;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Capacity of the event channel returned by [`spawn`].
+/// Capacity of the event channel returned by [`spawn`] (the backlog behind it is
+/// [`Config::event_backlog`]).
 pub const EVENT_CHANNEL: usize = 256;
 /// How long a connection attempt (TCP + WebSocket handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Load (or create) the follower's state, then start the connection task on the current tokio
-/// runtime. Events arrive on the returned receiver; keep reading it (the task waits when the
-/// channel is full). The channel closes when the task ends
-/// ([`FollowerHandle::stop_reason`] says why).
+/// runtime. Events arrive on the returned receiver. The task never waits for the application:
+/// events not read yet are held in a bounded backlog ([`Config::event_backlog`]; when it is
+/// full the oldest rule messages are dropped and reported as [`Event::Dropped`]), so keep
+/// reading. The channel closes once the task has ended and its last events were delivered
+/// ([`FollowerHandle::stop_reason`] says why it ended).
 pub fn spawn(
     config: Config,
     codes: CodeProvider,
@@ -44,6 +48,12 @@ pub fn spawn(
     };
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let spool = Spool::new(config.event_backlog, config.event_backlog_bytes);
+    runtime.spawn(spool::forward(
+        spool.clone(),
+        events_tx,
+        shutdown_rx.clone(),
+    ));
     let shared = Arc::new(Shared::new());
     let runner = Runner {
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
@@ -53,7 +63,7 @@ pub fn spawn(
             config,
             codes,
             state,
-            events: events_tx,
+            events: SpoolSender(spool),
             shutdown: shutdown_rx,
             shared: shared.clone(),
             pairing_expiry: None,
@@ -107,12 +117,12 @@ impl Runner {
                 match self.connect(&url).await {
                     Connect::Shutdown => return StopReason::Shutdown,
                     Connect::Failed(reason) => {
-                        tracing::info!(url = %url, reason = %reason, "connection attempt failed");
-                        self.ctx.emit(Event::Disconnected { reason }).await;
+                        tracing::debug!(url = %url, reason = %reason, "connection attempt failed");
+                        self.ctx.emit(Event::Disconnected { reason });
                     }
                     Connect::Open(ws) => {
-                        tracing::info!(url = %url, "connected");
-                        self.ctx.emit(Event::Connected { url: url.clone() }).await;
+                        tracing::debug!(url = %url, "connected");
+                        self.ctx.emit(Event::Connected { url: url.clone() });
                         let outcome = session::run(&mut self.ctx, *ws, &url).await;
                         connected = Some((index, outcome));
                         break;
@@ -131,12 +141,12 @@ impl Runner {
                     match outcome.end {
                         End::Shutdown => return StopReason::Shutdown,
                         End::Lost(reason) => {
-                            tracing::info!(reason = %reason, "disconnected");
-                            self.ctx.emit(Event::Disconnected { reason }).await;
+                            tracing::debug!(reason = %reason, "disconnected");
+                            self.ctx.emit(Event::Disconnected { reason });
                         }
                         End::NotAllowed(reason) => {
-                            tracing::info!(reason = %reason, "identifier refused by host");
-                            self.ctx.emit(Event::Disconnected { reason }).await;
+                            tracing::debug!(reason = %reason, "identifier refused by host");
+                            self.ctx.emit(Event::Disconnected { reason });
                             refused.insert(index);
                             if refused.len() >= self.endpoints.len() {
                                 return StopReason::IdentifierNotAllowed;
@@ -150,12 +160,12 @@ impl Runner {
             }
             let delay = self.backoff.next_delay();
             let url = self.endpoints.upcoming().to_string();
-            tracing::info!(
+            tracing::debug!(
                 url = %url,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "reconnecting after backoff"
             );
-            self.ctx.emit(Event::Reconnecting { url, delay }).await;
+            self.ctx.emit(Event::Reconnecting { url, delay });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown_signal(&mut self.ctx.shutdown) => return StopReason::Shutdown,

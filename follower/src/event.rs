@@ -48,8 +48,11 @@ pub struct PairingPrompt {
     pub attempts_left: Option<u32>,
 }
 
-/// What the connection task reports, in order. Keep reading the channel: the task waits when it
-/// is full.
+/// What the connection task reports, in order. The task never waits for the application: events
+/// it has not read yet are held in a bounded backlog ([`Config::event_backlog`]), and when that
+/// is full the oldest rule messages are dropped and reported as [`Event::Dropped`].
+///
+/// [`Config::event_backlog`]: crate::Config::event_backlog
 ///
 /// Host errors and failures are reported here **only**: the library logs them at `debug` level,
 /// so an application that prints events prints each once.
@@ -108,6 +111,13 @@ pub enum Event {
     Disconnected { reason: String },
     /// The next connection attempt goes to `url` after `delay` (backoff with jitter).
     Reconnecting { url: String, delay: Duration },
+    /// The application fell behind: its backlog of unread events
+    /// ([`Config::event_backlog`](crate::Config::event_backlog) events or
+    /// [`event_backlog_bytes`](crate::Config::event_backlog_bytes)) was full, so the oldest
+    /// `rules` rule messages were dropped (and, only when no rule message was left to drop, the
+    /// oldest `other` events). Delivered where the dropped events would have been, before the
+    /// next event; the counts start again from zero after each report.
+    Dropped { rules: u64, other: u64 },
 }
 
 /// Why the connection task ended (see [`FollowerHandle::stop_reason`](crate::FollowerHandle::stop_reason)).

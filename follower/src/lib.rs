@@ -3,7 +3,8 @@
 //! `yonexus-follower` binary is a CLI over this library.
 //!
 //! Layout (library):
-//! - [`config`]: [`Config`] (host URLs, identifier, state directory, intervals).
+//! - [`config`]: [`Config`] (host URLs, identifier, state directory, intervals, liveness
+//!   timeout, event backlog).
 //! - [`state`]: the persisted identity `<state_dir>/<identifier>.json` (Ed25519 keypair, secret),
 //!   written atomically with mode 0600.
 //! - [`client`]: [`spawn`] and the connection task: connect, fail over, back off, stop.
@@ -14,6 +15,8 @@
 //! - [`handle`]: [`FollowerHandle`], how the application talks to the connection task.
 //! - [`event`]: [`Event`] (what the task reports, with the protocol's enums), [`StopReason`],
 //!   and the pairing-code callback [`CodeProvider`] / [`PairingPrompt`].
+//! - `spool` (private): the bounded backlog of events the application has not read yet; the
+//!   connection task hands events to it without ever waiting (drop-oldest when full).
 //! - [`backoff`]: exponential reconnect backoff with jitter.
 //! - [`line`]: parsing of the CLI's `rule::content` input lines.
 //! - [`tls`]: rustls client configuration for `wss://` (web roots plus an optional CA file).
@@ -39,6 +42,7 @@ pub mod handle;
 pub mod line;
 mod phase;
 mod session;
+mod spool;
 pub mod state;
 pub mod tls;
 

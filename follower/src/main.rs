@@ -16,7 +16,7 @@ use yonexus_follower::{spawn, CodeProvider, Config, FollowerError, PairingPrompt
 
 /// How long to wait, after stdin ends, for queued messages to reach the host.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
-/// Longest wait for running `--exec` processes at exit.
+/// Longest wait at exit for `--exec` to handle the messages it has (queued and running).
 const EXEC_GRACE: Duration = Duration::from_secs(10);
 
 async fn terminate_signal() {
@@ -78,6 +78,7 @@ async fn main() -> ExitCode {
 
     let mut config = Config::with_urls(args.url.clone(), id.clone(), args.state.clone());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_secs);
+    config.liveness_timeout = args.liveness_timeout_secs.map(Duration::from_secs);
     config.ca_file = args.ca_file.clone();
     let hosts = config.urls.len();
     let state_file = yonexus_follower::state::state_path(&args.state, &id)
@@ -112,6 +113,7 @@ async fn main() -> ExitCode {
         &args.exec,
         &id,
         args.exec_concurrency,
+        usize::try_from(args.exec_queue).unwrap_or(usize::MAX),
         Duration::from_secs(args.exec_timeout_secs),
     );
     let printer = Printer::new(id.clone(), state_file, codes.clone(), exec.clone());
@@ -157,8 +159,11 @@ async fn main() -> ExitCode {
         let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     }
     if let Some(exec) = exec {
-        if !exec.wait_idle(EXEC_GRACE).await {
-            say("warning: --exec processes still running at exit were killed");
+        if let Err((waiting, running)) = exec.wait_idle(EXEC_GRACE).await {
+            say(&format!(
+                "warning: at exit, {waiting} message(s) still waiting for --exec were dropped and \
+                 {running} --exec process(es) still running were killed"
+            ));
         }
     }
     code

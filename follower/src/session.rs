@@ -1,5 +1,17 @@
 //! One connection to a host, from `hello` until the socket goes away: reading frames, moving
-//! through the [`Phase`]s, heartbeats, and writing queued rule messages.
+//! through the [`Phase`]s, heartbeats, writing queued rule messages, and watching the host's
+//! liveness.
+//!
+//! Liveness: the time anything last arrived from the host (any frame: a message,
+//! `heartbeat_ack`, ping, pong) is remembered. After half the liveness timeout
+//! ([`Config::effective_liveness_timeout`]) of silence the follower sends a WebSocket ping; after
+//! the whole timeout the connection is taken as lost (the host died or dropped off the network
+//! without closing the socket) and the connection task moves on to the next URL. A write that
+//! cannot complete within the timeout (the host stopped acknowledging TCP data) ends the
+//! connection the same way.
+//!
+//! Nothing here waits for the application: events go to the event spool (`spool.rs`), which
+//! never blocks, so a slow consumer cannot stop heartbeats, reads or answers to pings.
 //!
 //! Control frames are decoded strictly with the protocol crate's types; a reason or code a newer
 //! host adds arrives as the enum's `Unknown` variant and is reported like any other. A control
@@ -10,13 +22,14 @@ use crate::config::Config;
 use crate::event::{CodeProvider, Event, PairingPrompt};
 use crate::handle::Shared;
 use crate::phase::{self, Due, PairingStep, Phase};
+use crate::spool::SpoolSender;
 use crate::state::State;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -51,20 +64,17 @@ pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) codes: CodeProvider,
     pub(crate) state: State,
-    pub(crate) events: mpsc::Sender<Event>,
+    /// Where events go; never waits for the application.
+    pub(crate) events: SpoolSender,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) pairing_expiry: Option<PairingExpiry>,
 }
 
 impl Ctx {
-    /// Deliver an event; gives up if shutdown is requested while the channel is full.
-    pub(crate) async fn emit(&mut self, event: Event) {
-        tokio::select! {
-            biased;
-            _ = self.events.send(event) => {}
-            _ = shutdown_signal(&mut self.shutdown) => {}
-        }
+    /// Report an event to the application; never waits (see `spool.rs`).
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.push(event);
     }
 }
 
@@ -98,11 +108,13 @@ enum Flow {
 
 /// Run one connection to its end.
 pub(crate) async fn run(ctx: &mut Ctx, ws: Ws, url: &str) -> Outcome {
+    let liveness = Liveness::new(ctx.config.effective_liveness_timeout());
     let mut session = Session {
         ctx,
         ws,
         url,
         phase: Phase::Greeting,
+        liveness,
         close_reason: None,
         notice: None,
         authenticated: false,
@@ -121,6 +133,7 @@ struct Session<'a> {
     ws: Ws,
     url: &'a str,
     phase: Phase,
+    liveness: Liveness,
     /// The host's close frame, as text.
     close_reason: Option<String>,
     /// The reason of a `disconnect_notice`.
@@ -129,6 +142,48 @@ struct Session<'a> {
     authenticated: bool,
     /// The host refused the identifier.
     refused: bool,
+}
+
+/// When the host was last heard from.
+struct Liveness {
+    timeout: Duration,
+    last_heard: Instant,
+    /// A ping was sent since the host was last heard from.
+    probed: bool,
+}
+
+impl Liveness {
+    fn new(timeout: Duration) -> Self {
+        Liveness {
+            timeout,
+            last_heard: Instant::now(),
+            probed: false,
+        }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.probed = false;
+    }
+
+    /// When to act on the silence: ping halfway through, give up at the end.
+    fn deadline(&self) -> Instant {
+        let wait = if self.probed {
+            self.timeout
+        } else {
+            self.timeout / 2
+        };
+        self.last_heard + wait
+    }
+}
+
+/// `120 s`, `0.6 s`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn now_unix() -> i64 {
@@ -171,16 +226,22 @@ impl Session<'_> {
                     self.close(CloseCode::Normal, "follower shutting down").await;
                     return End::Shutdown;
                 }
-                msg = self.ws.next() => match msg {
-                    None => Flow::End(self.lost("connection closed".into())),
-                    Some(Err(e)) => Flow::End(self.lost(format!("connection error: {e}"))),
-                    Some(Ok(m)) => self.on_ws_message(m).await,
-                },
+                // Timers and outbound messages before reading: a host that keeps sending must
+                // not starve heartbeats or the application's messages.
                 due = phase::due(&mut self.phase), if waits => match due {
                     Due::Code(code) => self.on_code(code).await,
                     Due::Heartbeat => self.heartbeat().await,
                 },
                 _ = self.ctx.shared.queued.notified(), if authed => self.drain().await,
+                msg = self.ws.next() => match msg {
+                    None => Flow::End(self.lost("connection closed".into())),
+                    Some(Err(e)) => Flow::End(self.lost(format!("connection error: {e}"))),
+                    Some(Ok(m)) => {
+                        self.liveness.heard();
+                        self.on_ws_message(m).await
+                    }
+                },
+                _ = tokio::time::sleep_until(self.liveness.deadline()) => self.on_silence().await,
             };
             if let Flow::End(end) = flow {
                 return end;
@@ -218,8 +279,9 @@ impl Session<'_> {
             code,
             reason: reason.to_string().into(),
         };
-        if self.ws.close(Some(frame)).await.is_err() {
-            return;
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(Some(frame))).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -229,10 +291,34 @@ impl Session<'_> {
     }
 
     async fn send(&mut self, text: String) -> Flow {
-        match self.ws.send(WsMessage::text(text)).await {
-            Ok(()) => Flow::Continue,
-            Err(e) => Flow::End(End::Lost(format!("send failed: {e}"))),
+        self.send_ws(WsMessage::text(text)).await
+    }
+
+    /// Write one frame; a write the host does not take within the liveness timeout ends the
+    /// connection.
+    async fn send_ws(&mut self, message: WsMessage) -> Flow {
+        match tokio::time::timeout(self.liveness.timeout, self.ws.send(message)).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(e)) => Flow::End(End::Lost(format!("send failed: {e}"))),
+            Err(_) => Flow::End(End::Lost(format!(
+                "send failed: the host took nothing for {}",
+                seconds(self.liveness.timeout)
+            ))),
         }
+    }
+
+    /// Nothing from the host for a while: ping it once, then give the connection up.
+    async fn on_silence(&mut self) -> Flow {
+        if !self.liveness.probed {
+            self.liveness.probed = true;
+            tracing::debug!("host silent; sending a ping");
+            return self.send_ws(WsMessage::Ping(Vec::new().into())).await;
+        }
+        // No close handshake: a host that answers nothing will not answer that either.
+        Flow::End(End::Lost(format!(
+            "nothing received from the host for {} (liveness timeout): connection lost",
+            seconds(self.liveness.timeout)
+        )))
     }
 
     /// Write queued rule messages in order; a message leaves the queue only once written.
@@ -294,12 +380,10 @@ impl Session<'_> {
                 Flow::Continue
             }
             Ok(Frame::Rule { rule_id, content }) => {
-                self.ctx
-                    .emit(Event::Rule {
-                        rule_id: rule_id.to_string(),
-                        content: content.to_string(),
-                    })
-                    .await;
+                self.ctx.emit(Event::Rule {
+                    rule_id: rule_id.to_string(),
+                    content: content.to_string(),
+                });
                 Flow::Continue
             }
             Ok(Frame::Builtin(json)) => match decode(json) {
@@ -336,7 +420,7 @@ impl Session<'_> {
             Message::AuthFailed(p) if matches!(self.phase, Phase::Authenticating) => {
                 tracing::debug!(reason = %p.reason, "authentication failed");
                 let reason = format!("authentication failed: {}", p.reason);
-                self.ctx.emit(Event::AuthFailed { reason: p.reason }).await;
+                self.ctx.emit(Event::AuthFailed { reason: p.reason });
                 self.give_up(reason).await
             }
             Message::RePairRequired(p) => {
@@ -347,9 +431,7 @@ impl Session<'_> {
                 if let Err(e) = self.ctx.state.set_secret(None) {
                     tracing::error!("could not forget the secret on disk: {e}");
                 }
-                self.ctx
-                    .emit(Event::RePairRequired { reason: p.reason })
-                    .await;
+                self.ctx.emit(Event::RePairRequired { reason: p.reason });
                 let hello = self.hello_frame();
                 self.send(hello).await
             }
@@ -358,22 +440,18 @@ impl Session<'_> {
                 Flow::Continue
             }
             Message::StatusUpdate(p) => {
-                self.ctx
-                    .emit(Event::StatusUpdate {
-                        status: p.status,
-                        reason: p.reason,
-                    })
-                    .await;
+                self.ctx.emit(Event::StatusUpdate {
+                    status: p.status,
+                    reason: p.reason,
+                });
                 Flow::Continue
             }
             Message::DisconnectNotice(p) => {
                 self.notice = Some(p.reason.clone());
-                self.ctx
-                    .emit(Event::StatusUpdate {
-                        status: "offline".into(),
-                        reason: p.reason,
-                    })
-                    .await;
+                self.ctx.emit(Event::StatusUpdate {
+                    status: "offline".into(),
+                    reason: p.reason,
+                });
                 Flow::Continue
             }
             Message::Error(p) => {
@@ -382,12 +460,10 @@ impl Session<'_> {
                 if p.code == ErrorCode::IdentifierNotAllowed {
                     self.refused = true;
                 }
-                self.ctx
-                    .emit(Event::HostError {
-                        code: p.code,
-                        message: p.message,
-                    })
-                    .await;
+                self.ctx.emit(Event::HostError {
+                    code: p.code,
+                    message: p.message,
+                });
                 Flow::Continue
             }
             other => {
@@ -406,7 +482,7 @@ impl Session<'_> {
             NextAction::AuthRequired => {
                 let Some(secret) = self.ctx.state.secret().map(str::to_string) else {
                     tracing::debug!("host requires authentication but no secret is stored");
-                    self.ctx.emit(Event::NoLocalSecret).await;
+                    self.ctx.emit(Event::NoLocalSecret);
                     return self
                         .give_up("cannot authenticate: no secret stored locally".into())
                         .await;
@@ -416,24 +492,22 @@ impl Session<'_> {
                 self.send(auth).await
             }
             NextAction::PairRequired => {
-                tracing::info!("pairing required; waiting for pair_request");
+                tracing::debug!("pairing required; waiting for pair_request");
                 self.phase = Phase::Pairing(PairingStep::AwaitingRequest);
                 Flow::Continue
             }
             NextAction::WaitingPairConfirm => {
-                self.ctx
-                    .emit(Event::PairingRequired {
-                        expires_at: None,
-                        ttl_seconds: None,
-                        admin_notification: None,
-                    })
-                    .await;
+                self.ctx.emit(Event::PairingRequired {
+                    expires_at: None,
+                    ttl_seconds: None,
+                    admin_notification: None,
+                });
                 self.ask_code(false, None);
                 Flow::Continue
             }
             next_action @ (NextAction::Rejected | NextAction::Unknown(_)) => {
                 tracing::debug!(next_action = %next_action, "host rejected hello");
-                self.ctx.emit(Event::HelloRejected { next_action }).await;
+                self.ctx.emit(Event::HelloRejected { next_action });
                 self.give_up("rejected by host".into()).await
             }
         }
@@ -448,13 +522,11 @@ impl Session<'_> {
             admin_notification: req.admin_notification.clone(),
             deadline: Instant::now() + ttl,
         });
-        self.ctx
-            .emit(Event::PairingRequired {
-                expires_at: Some(req.expires_at),
-                ttl_seconds: Some(req.ttl_seconds),
-                admin_notification: Some(req.admin_notification),
-            })
-            .await;
+        self.ctx.emit(Event::PairingRequired {
+            expires_at: Some(req.expires_at),
+            ttl_seconds: Some(req.ttl_seconds),
+            admin_notification: Some(req.admin_notification),
+        });
         if !self.phase.awaits_code() {
             self.ask_code(false, None);
         }
@@ -490,7 +562,7 @@ impl Session<'_> {
         let code = code.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
         let Some(code) = code else {
             tracing::debug!("no pairing code available; abandoning this pairing attempt");
-            self.ctx.emit(Event::NoPairingCode).await;
+            self.ctx.emit(Event::NoPairingCode);
             return self
                 .give_up("pairing abandoned: no pairing code available".into())
                 .await;
@@ -507,18 +579,16 @@ impl Session<'_> {
         // Durable before use: a secret we could lose must never be relied on.
         if let Err(e) = self.ctx.state.set_secret(Some(secret.clone())) {
             tracing::debug!("could not save the pairing secret: {e}");
-            self.ctx
-                .emit(Event::SecretNotSaved {
-                    error: e.to_string(),
-                })
-                .await;
+            self.ctx.emit(Event::SecretNotSaved {
+                error: e.to_string(),
+            });
             return self
                 .give_up(format!("could not save the pairing secret: {e}"))
                 .await;
         }
-        tracing::info!("paired");
+        tracing::debug!("paired");
         self.ctx.pairing_expiry = None;
-        self.ctx.emit(Event::Paired).await;
+        self.ctx.emit(Event::Paired);
         self.phase = Phase::Authenticating;
         let auth = self.auth_frame(&secret);
         self.send(auth).await
@@ -526,12 +596,10 @@ impl Session<'_> {
 
     async fn on_pair_failed(&mut self, reason: PairFailReason, attempts_left: Option<u32>) -> Flow {
         tracing::debug!(reason = %reason, attempts_left, "pairing failed");
-        self.ctx
-            .emit(Event::PairFailed {
-                reason: reason.clone(),
-                attempts_left,
-            })
-            .await;
+        self.ctx.emit(Event::PairFailed {
+            reason: reason.clone(),
+            attempts_left,
+        });
         match reason {
             PairFailReason::InvalidCode if attempts_left == Some(0) => {
                 // The host closes this connection; the pending code stays valid until it
@@ -560,14 +628,14 @@ impl Session<'_> {
     }
 
     async fn on_auth_success(&mut self) -> Flow {
-        tracing::info!("authenticated");
+        tracing::debug!("authenticated");
         self.ctx.shared.set_authenticated(true);
         self.authenticated = true;
         let period = self.ctx.config.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.phase = Phase::Authenticated { heartbeat };
-        self.ctx.emit(Event::Authenticated).await;
+        self.ctx.emit(Event::Authenticated);
         self.drain().await
     }
 

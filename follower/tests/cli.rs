@@ -1,64 +1,24 @@
 //! The `yonexus-follower` binary against a scripted host: pairing code typed on stdin, rule
 //! lines from stdin to the host, rule messages from the host on stdout, EOF → close 1000.
 
+mod common;
+
+use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 use yonexus_protocol::envelope::{
     AdminNotification, AuthSuccess, ErrorCode, ErrorPayload, HelloAck, Message, NextAction,
-    PairFailReason, PairFailed, PairRequest, PairSuccess,
+    PairFailReason, PairRequest, PairSuccess,
 };
-use yonexus_protocol::{frame, signing, Envelope, Frame};
+use yonexus_protocol::signing;
 
 const BIN: &str = env!("CARGO_BIN_EXE_yonexus-follower");
-const WAIT: Duration = Duration::from_secs(10);
-type Ws = WebSocketStream<TcpStream>;
-
-async fn recv_text(ws: &mut Ws) -> String {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("socket ended")
-            .expect("socket error")
-        {
-            WsMessage::Text(t) => return t.as_str().to_string(),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-/// Next non-heartbeat frame.
-async fn recv_significant(ws: &mut Ws) -> String {
-    loop {
-        let t = recv_text(ws).await;
-        if !t.contains(r#""type":"heartbeat""#) {
-            return t;
-        }
-    }
-}
-
-async fn recv_control(ws: &mut Ws) -> Message {
-    let text = recv_significant(ws).await;
-    let Ok(Frame::Builtin(json)) = frame::parse(&text) else {
-        panic!("expected a control frame, got {text}")
-    };
-    Envelope::decode(json).unwrap().message
-}
-
-async fn send_control(ws: &mut Ws, m: Message) {
-    ws.send(WsMessage::text(Envelope::new(m, 1_700_000_000).to_frame()))
-        .await
-        .unwrap();
-}
 
 fn lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(256);
@@ -90,8 +50,7 @@ async fn wait_line(rx: &mut mpsc::Receiver<String>, needle: &str) -> String {
 #[tokio::test]
 async fn cli_pairs_with_a_prompted_code_and_relays_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let (l, url) = listener().await;
     let mut child = Command::new(BIN)
         .args(["--url", &url, "--id", "alpha", "--heartbeat-secs", "1"])
         .arg("--state")
@@ -106,12 +65,8 @@ async fn cli_pairs_with_a_prompted_code_and_relays_lines() {
     let mut stdout = lines(child.stdout.take().unwrap());
     let mut stderr = lines(child.stderr.take().unwrap());
 
-    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-    let Message::Hello(h) = recv_control(&mut ws).await else {
+    let mut ws = accept(&l).await;
+    let Message::Hello(h) = recv_significant_control(&mut ws).await else {
         panic!("expected hello")
     };
     let public_key = h.public_key.unwrap();
@@ -140,7 +95,7 @@ async fn cli_pairs_with_a_prompted_code_and_relays_lines() {
     )
     .await;
     stdin.write_all(b"abcd-2345\n").await.unwrap();
-    let Message::PairConfirm(c) = recv_control(&mut ws).await else {
+    let Message::PairConfirm(c) = recv_significant_control(&mut ws).await else {
         panic!("expected pair_confirm")
     };
     assert_eq!(c.pairing_code, "ABCD2345");
@@ -153,7 +108,7 @@ async fn cli_pairs_with_a_prompted_code_and_relays_lines() {
         }),
     )
     .await;
-    let Message::AuthRequest(a) = recv_control(&mut ws).await else {
+    let Message::AuthRequest(a) = recv_significant_control(&mut ws).await else {
         panic!("expected auth_request")
     };
     let raw = signing::decode_public_key(&public_key).unwrap();
@@ -250,9 +205,11 @@ async fn cli_fails_with_one_line_on_a_corrupt_state_file_or_bad_arguments() {
     assert!(err.contains("--id"), "{err}");
 }
 
-fn follower(url: &str, dir: &std::path::Path) -> tokio::process::Child {
-    Command::new(BIN)
-        .args(["--url", url, "--id", "alpha", "--heartbeat-secs", "1"])
+/// The CLI for `alpha` on `url` with a 1 s heartbeat, stdio piped, RUST_LOG unset (add to it
+/// before spawning).
+fn follower_command(url: &str, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--url", url, "--id", "alpha", "--heartbeat-secs", "1"])
         .arg("--state")
         .arg(dir)
         .env_remove("RUST_LOG")
@@ -260,13 +217,57 @@ fn follower(url: &str, dir: &std::path::Path) -> tokio::process::Child {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    cmd
+}
+
+fn follower(url: &str, dir: &std::path::Path) -> tokio::process::Child {
+    follower_command(url, dir).spawn().unwrap()
+}
+
+/// A follower `alpha` with a stored secret (so it authenticates without pairing).
+fn paired_state() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = yonexus_follower::State::load_or_create(dir.path(), "alpha").unwrap();
+    s.set_secret(Some("sek".into())).unwrap();
+    dir
+}
+
+/// Host side of hello → auth_required → auth_request → auth_success.
+async fn authenticate(ws: &mut Ws) {
+    greet(ws, NextAction::AuthRequired).await;
+    let Message::AuthRequest(_) = recv_significant_control(ws).await else {
+        panic!("expected auth_request")
+    };
+    send_control(
+        ws,
+        Message::AuthSuccess(AuthSuccess {
+            identifier: "alpha".into(),
+            authenticated_at: 1_700_000_000,
+            status: "online".into(),
+        }),
+    )
+    .await;
+}
+
+/// Every line up to and including the first containing `needle`.
+async fn lines_until(rx: &mut mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let l = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no line containing {needle:?}; saw {seen:?}"))
+            .unwrap_or_else(|| panic!("stream ended before {needle:?}; saw {seen:?}"));
+        let done = l.contains(needle);
+        seen.push(l);
+        if done {
+            return seen;
+        }
+    }
 }
 
 async fn greet(ws: &mut Ws, next_action: NextAction) {
-    let Message::Hello(_) = recv_control(ws).await else {
+    let Message::Hello(_) = recv_significant_control(ws).await else {
         panic!("expected hello")
     };
     send_control(
@@ -274,18 +275,6 @@ async fn greet(ws: &mut Ws, next_action: NextAction) {
         Message::HelloAck(HelloAck {
             identifier: "alpha".into(),
             next_action,
-        }),
-    )
-    .await;
-}
-
-async fn pair_failed(ws: &mut Ws, reason: PairFailReason, attempts_left: Option<u32>) {
-    send_control(
-        ws,
-        Message::PairFailed(PairFailed {
-            identifier: "alpha".into(),
-            reason,
-            attempts_left,
         }),
     )
     .await;
@@ -304,14 +293,12 @@ async fn lines_for(rx: &mut mpsc::Receiver<String>, window: Duration) -> Vec<Str
 #[tokio::test]
 async fn cli_says_what_is_left_of_pairing_and_what_happens_next() {
     let dir = tempfile::tempdir().unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let (l, url) = listener().await;
     let mut child = follower(&url, dir.path());
     let mut stdin = child.stdin.take().unwrap();
     let mut stderr = lines(child.stderr.take().unwrap());
 
-    let (tcp, _) = l.accept().await.unwrap();
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let mut ws = accept(&l).await;
     greet(&mut ws, NextAction::PairRequired).await;
     send_control(
         &mut ws,
@@ -332,7 +319,7 @@ async fn cli_says_what_is_left_of_pairing_and_what_happens_next() {
     wait_line(&mut stderr, "Enter the pairing code").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     stdin.write_all(b"WRONG234\n").await.unwrap();
-    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+    let Message::PairConfirm(_) = recv_significant_control(&mut ws).await else {
         panic!("expected pair_confirm")
     };
     pair_failed(&mut ws, PairFailReason::InvalidCode, Some(2)).await;
@@ -343,7 +330,7 @@ async fn cli_says_what_is_left_of_pairing_and_what_happens_next() {
     assert!(!refused.contains("300"), "{refused}");
     wait_line(&mut stderr, "Enter the pairing code").await;
     stdin.write_all(b"WRONG345\n").await.unwrap();
-    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+    let Message::PairConfirm(_) = recv_significant_control(&mut ws).await else {
         panic!("expected pair_confirm")
     };
     pair_failed(&mut ws, PairFailReason::InvalidCode, Some(0)).await;
@@ -357,15 +344,11 @@ async fn cli_says_what_is_left_of_pairing_and_what_happens_next() {
     assert!(again.contains(&url) && again.ends_with(" s"), "{again}");
 
     // Reconnected; this time the pending pairing is gone.
-    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let mut ws = accept(&l).await;
     greet(&mut ws, NextAction::WaitingPairConfirm).await;
     wait_line(&mut stderr, "Enter the pairing code").await;
     stdin.write_all(b"RIGHT234\n").await.unwrap();
-    let Message::PairConfirm(_) = recv_control(&mut ws).await else {
+    let Message::PairConfirm(_) = recv_significant_control(&mut ws).await else {
         panic!("expected pair_confirm")
     };
     pair_failed(&mut ws, PairFailReason::Expired, None).await;
@@ -380,30 +363,12 @@ async fn cli_says_what_is_left_of_pairing_and_what_happens_next() {
 
 #[tokio::test]
 async fn cli_prints_each_host_error_once() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = yonexus_follower::State::load_or_create(dir.path(), "alpha").unwrap();
-        s.set_secret(Some("sek".into())).unwrap();
-    }
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let dir = paired_state();
+    let (l, url) = listener().await;
     let mut child = follower(&url, dir.path());
     let mut stderr = lines(child.stderr.take().unwrap());
-    let (tcp, _) = l.accept().await.unwrap();
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-    greet(&mut ws, NextAction::AuthRequired).await;
-    let Message::AuthRequest(_) = recv_control(&mut ws).await else {
-        panic!("expected auth_request")
-    };
-    send_control(
-        &mut ws,
-        Message::AuthSuccess(AuthSuccess {
-            identifier: "alpha".into(),
-            authenticated_at: 1_700_000_000,
-            status: "online".into(),
-        }),
-    )
-    .await;
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
     wait_line(&mut stderr, "authenticated").await;
     send_control(
         &mut ws,
@@ -454,4 +419,115 @@ async fn cli_generates_completions_and_a_man_page() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn cli_with_rust_log_info_shows_each_event_once() {
+    // The library logs what it reports as events at debug at most: with RUST_LOG=info (as a
+    // systemd unit may set) the journal gets each event once, as the CLI's plain line.
+    let dir = paired_state();
+    let (l, url) = listener().await;
+    let mut child = follower_command(&url, dir.path())
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    let mut stderr = lines(child.stderr.take().unwrap());
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    let mut seen = lines_until(&mut stderr, "authenticated").await;
+    // The host goes away; the follower says so, backs off and comes back.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    seen.extend(lines_until(&mut stderr, "authenticated").await);
+    seen.extend(lines_for(&mut stderr, Duration::from_millis(500)).await);
+    let count = |needle: &str| seen.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("connected to"), 2, "{seen:?}");
+    assert_eq!(count("authenticated"), 2, "{seen:?}");
+    assert_eq!(count("disconnected"), 1, "{seen:?}");
+    assert_eq!(count("reconnecting"), 1, "{seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("INFO")), "{seen:?}");
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn cli_exec_falling_behind_drops_the_oldest_waiting_and_the_connection_goes_on() {
+    let dir = paired_state();
+    let out = dir.path().join("received");
+    let started = dir.path().join("started");
+    // The first message keeps the program busy for 3 s; the rest are quick.
+    let script = format!(
+        "cat >> '{}'; touch '{}'; if [ \"$YONEXUS_RULE_ID\" = slow ]; then sleep 3; fi",
+        out.display(),
+        started.display()
+    );
+    let (l, url) = listener().await;
+    let mut child = follower_command(&url, dir.path())
+        .args(["--no-stdin", "--exec-queue", "4", "--exec", "/bin/sh", "-c"])
+        .arg(&script)
+        .spawn()
+        .unwrap();
+    let mut stderr = lines(child.stderr.take().unwrap());
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    wait_line(&mut stderr, "authenticated").await;
+    ws.send(WsMessage::text("slow::first")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "--exec never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A burst (more than the library's event channel holds) while the program is busy.
+    const BURST: usize = 600;
+    tokio::time::timeout(WAIT, async {
+        for n in 0..BURST {
+            ws.feed(WsMessage::text(format!("burst::{n}")))
+                .await
+                .unwrap();
+        }
+        ws.flush().await.unwrap();
+    })
+    .await
+    .expect("the follower stopped reading");
+    // The connection is not held up by the program: heartbeats (1 s) go on, pings are answered.
+    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
+        .await
+        .unwrap();
+    let (mut heartbeats, mut pong) = (0, false);
+    let window = tokio::time::Instant::now() + Duration::from_millis(2300);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(window, ws.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
+            _ => {}
+        }
+    }
+    assert!(pong, "ping not answered");
+    assert!(heartbeats >= 2, "{heartbeats} heartbeats in 2.3 s at 1 s");
+
+    // The documented policy: the queue (4) keeps the newest waiting messages, the older ones
+    // are dropped with a warning at once and their count when the program is next handed one;
+    // one slot: in order.
+    let warning = wait_line(&mut stderr, "falling behind").await;
+    assert!(warning.contains("4 messages waiting"), "{warning}");
+    let count = wait_line(&mut stderr, "dropped because").await;
+    assert!(
+        count.contains(&format!("{} message(s) dropped", BURST - 4)),
+        "{count}"
+    );
+    let last = format!("burst::{}\n", BURST - 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        let got = std::fs::read_to_string(&out).unwrap_or_default();
+        if got.ends_with(&last) || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let expected: String = std::iter::once("slow::first\n".to_string())
+        .chain((BURST - 4..BURST).map(|n| format!("burst::{n}\n")))
+        .collect();
+    assert_eq!(got, expected);
+    let _ = child.kill().await;
 }

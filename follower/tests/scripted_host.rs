@@ -1,16 +1,17 @@
 //! The real follower client against a small scripted host that plays the host side of the
 //! handshake over a real WebSocket.
 
+mod common;
+
+use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 use yonexus_follower::{
     spawn, CodeProvider, Config, Event, FollowerError, PairingPrompt, StopReason,
 };
@@ -18,53 +19,7 @@ use yonexus_protocol::envelope::{
     AdminNotification, AuthSuccess, ErrorCode, ErrorPayload, HelloAck, Message, NextAction,
     PairFailReason, PairFailed, PairRequest, PairSuccess, RePairReason, RePairRequired,
 };
-use yonexus_protocol::{frame, signing, validate, Envelope, Frame};
-
-type Ws = WebSocketStream<TcpStream>;
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn listener() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", l.local_addr().unwrap());
-    (l, url)
-}
-
-async fn accept(l: &TcpListener) -> Ws {
-    let (tcp, _) = tokio::time::timeout(WAIT, l.accept())
-        .await
-        .expect("follower did not connect")
-        .unwrap();
-    tokio_tungstenite::accept_async(tcp).await.unwrap()
-}
-
-async fn recv_text(ws: &mut Ws) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("socket ended")
-            .expect("socket error");
-        match msg {
-            WsMessage::Text(t) => return t.as_str().to_string(),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn recv_control(ws: &mut Ws) -> Message {
-    let text = recv_text(ws).await;
-    let Ok(Frame::Builtin(json)) = frame::parse(&text) else {
-        panic!("expected a control frame, got {text}")
-    };
-    Envelope::decode(json).unwrap().message
-}
-
-async fn send_control(ws: &mut Ws, m: Message) {
-    ws.send(WsMessage::text(Envelope::new(m, 1_700_000_000).to_frame()))
-        .await
-        .unwrap();
-}
+use yonexus_protocol::{signing, validate};
 
 async fn next_matching(
     rx: &mut mpsc::Receiver<Event>,
@@ -434,8 +389,8 @@ async fn re_pairs_reconnects_and_gives_up_without_a_code() {
 #[tokio::test]
 async fn outbound_buffer_is_bounded_and_bad_state_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (l, url) = listener().await;
-    drop(l); // nothing listens: the follower keeps retrying
+    // Never reachable (and its port stays taken): the follower keeps retrying.
+    let (_dead, url) = dead_host().await;
     let (codes, _) = scripted_codes(vec![]);
     let (handle, mut events) = spawn(config(&url, dir.path()), codes).unwrap();
     for i in 0..yonexus_follower::OUTBOUND_BUFFER {
@@ -496,18 +451,6 @@ async fn no_reconnect_ends_the_task() {
         .is_none());
     assert!(handle.is_stopped());
     assert_eq!(handle.stop_reason(), Some(StopReason::ReconnectDisabled));
-}
-
-async fn pair_failed(ws: &mut Ws, reason: PairFailReason, attempts_left: Option<u32>) {
-    send_control(
-        ws,
-        Message::PairFailed(PairFailed {
-            identifier: "alpha".into(),
-            reason,
-            attempts_left,
-        }),
-    )
-    .await;
 }
 
 /// Read frames until the follower's close frame, then drop the socket; returns the close code.
@@ -718,9 +661,9 @@ async fn identifier_not_allowed_stops_when_every_host_refused() {
 async fn fails_over_to_the_next_url_and_round_robin() {
     let dir = tempfile::tempdir().unwrap();
     let (l, url) = listener().await;
-    // A port nobody listens on (bound after the live one, so it cannot be the same port).
-    let (dead, dead_url) = listener().await;
-    drop(dead);
+    // A host that is never reachable; its port stays taken for the whole test, so no other test
+    // running in parallel can be handed it.
+    let (_dead, dead_url) = dead_host().await;
     let mut c = Config::with_urls([dead_url.clone(), url.clone()], "alpha", dir.path());
     c.heartbeat_interval = Duration::from_millis(200);
     c.backoff_initial = Duration::from_millis(20);
@@ -805,5 +748,249 @@ async fn a_refusing_host_is_passed_over_for_one_that_accepts() {
         panic!("expected hello")
     };
     assert!(!handle.is_stopped());
+    handle.shutdown().await;
+}
+
+/// A follower with a stored secret, configured for `urls`, with short timers.
+fn paired_config(urls: &[&str], dir: &std::path::Path) -> Config {
+    {
+        let mut s = yonexus_follower::State::load_or_create(dir, "alpha").unwrap();
+        s.set_secret(Some("sek".into())).unwrap();
+    }
+    let mut c = Config::with_urls(urls.iter().copied(), "alpha", dir);
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    c
+}
+
+/// Host side of hello → auth_required → a valid auth_request → auth_success.
+async fn authenticate(ws: &mut Ws) {
+    let Message::Hello(h) = recv_control(ws).await else {
+        panic!("expected hello")
+    };
+    send_control(
+        ws,
+        Message::HelloAck(HelloAck {
+            identifier: "alpha".into(),
+            next_action: NextAction::AuthRequired,
+        }),
+    )
+    .await;
+    expect_valid_auth(ws, &h.public_key.unwrap(), "sek").await;
+}
+
+#[tokio::test]
+async fn a_silent_host_is_given_up_and_the_next_url_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (silent, silent_url) = listener().await;
+    let (l, url) = listener().await;
+    let mut c = paired_config(&[&silent_url, &url], dir.path());
+    c.liveness_timeout = Some(Duration::from_millis(800));
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+
+    // The first host authenticates the follower, then says nothing more and never closes the
+    // socket (it stopped, or the network between them went away): not even pings are
+    // answered, as nothing reads them.
+    let mut dead = accept(&silent).await;
+    authenticate(&mut dead).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    let silent_since = std::time::Instant::now();
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    let waited = silent_since.elapsed();
+    let Event::Disconnected { reason } = ev else {
+        unreachable!()
+    };
+    assert!(reason.contains("liveness timeout"), "{reason}");
+    assert!(reason.contains("0.8 s"), "{reason}");
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Given up like any lost connection: backoff, then the next host.
+    let ev = next_matching(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
+    assert!(
+        matches!(ev, Event::Reconnecting { url: ref u, .. } if *u == url),
+        "{ev:?}"
+    );
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    // The silent host heard heartbeats and a ping before it was given up.
+    let mut heard = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), dead.next()).await
+    {
+        heard.push(m);
+    }
+    assert!(
+        heard.iter().any(|m| matches!(m, WsMessage::Ping(_))),
+        "{heard:?}"
+    );
+    assert!(
+        heard
+            .iter()
+            .any(|m| matches!(m, WsMessage::Text(t) if is_heartbeat(t.as_str()))),
+        "{heard:?}"
+    );
+    drop(dead);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_host_that_only_answers_pings_stays_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let mut c = paired_config(&[&url], dir.path());
+    // No heartbeat (so no heartbeat_ack) within the test: only the liveness pings keep the
+    // host talking.
+    c.heartbeat_interval = Duration::from_secs(60);
+    c.liveness_timeout = Some(Duration::from_millis(600));
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    // The host reads (which answers pings with pongs) and sends nothing of its own.
+    let host = tokio::spawn(async move {
+        let mut pings = 0;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, WsMessage::Ping(_)) {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(handle.is_authenticated());
+    let early: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(early.is_empty(), "{early:?}");
+    handle.shutdown().await;
+    let pings = tokio::time::timeout(WAIT, host).await.unwrap().unwrap();
+    // One ping per 0.3 s of silence.
+    assert!(pings >= 4, "{pings}");
+}
+
+#[tokio::test]
+async fn an_application_that_does_not_read_never_stalls_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let mut c = paired_config(&[&url], dir.path());
+    c.event_backlog = 100;
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+
+    // The application stops reading events while the host sends far more than the channel
+    // and the backlog hold.
+    const BURST: usize = 10_000;
+    tokio::time::timeout(WAIT, async {
+        for n in 0..BURST {
+            ws.feed(WsMessage::text(format!("echo::{n}")))
+                .await
+                .unwrap();
+        }
+        ws.flush().await.unwrap();
+    })
+    .await
+    .expect("the follower stopped reading");
+    // The connection goes on meanwhile: heartbeats keep coming and a ping is answered.
+    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
+        .await
+        .unwrap();
+    let (mut heartbeats, mut pong) = (0, false);
+    let window = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(window, ws.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
+            _ => {}
+        }
+    }
+    assert!(pong, "ping not answered");
+    assert!(heartbeats >= 3, "{heartbeats} heartbeats in 1 s at 0.2 s");
+    assert!(handle.is_authenticated());
+
+    // Now it reads: the oldest messages that did not fit were dropped, and each gap is
+    // reported, in place, with its size.
+    let mut expected = 0usize;
+    let mut delivered = 0usize;
+    let mut reported = 0u64;
+    while expected < BURST {
+        let ev = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {expected}"))
+            .unwrap();
+        match ev {
+            Event::Rule { rule_id, content } => {
+                assert_eq!(rule_id, "echo");
+                assert_eq!(content, expected.to_string(), "in order, gaps reported");
+                expected += 1;
+                delivered += 1;
+            }
+            Event::Dropped { rules, other } => {
+                assert_eq!(other, 0);
+                assert!(rules > 0);
+                reported += rules;
+                expected += usize::try_from(rules).unwrap();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(expected, BURST, "the last message was delivered");
+    assert_eq!(delivered as u64 + reported, BURST as u64);
+    // The channel (256) and the backlog (100) held the rest, give or take the one in transit.
+    assert!(delivered <= 256 + 100 + 1, "{delivered}");
+    assert!(delivered >= 100, "{delivered}");
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_stops_sending_does_not_starve_heartbeats_or_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, url) = listener().await;
+    let c = paired_config(&[&url], dir.path());
+    let (codes, _) = scripted_codes(vec![]);
+    let (handle, mut events) = spawn(c, codes).unwrap();
+    let mut ws = accept(&l).await;
+    authenticate(&mut ws).await;
+    next_matching(&mut events, |e| *e == Event::Authenticated).await;
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+
+    // The host floods the follower for 1.5 s, as fast as the socket takes it.
+    const FLOOD: Duration = Duration::from_millis(1500);
+    let (mut tx, mut rx) = ws.split();
+    let flood = tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + FLOOD;
+        let mut n = 0u64;
+        while tokio::time::Instant::now() < end {
+            for _ in 0..100 {
+                tx.feed(WsMessage::text(format!("echo::{n}")))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            tx.flush().await.unwrap();
+        }
+        tx
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.send("echo", "mid-flood").unwrap();
+    let (mut heartbeats, mut sent) = (0, false);
+    let end = tokio::time::Instant::now() + FLOOD;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, rx.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Text(t) if t.as_str() == "echo::mid-flood" => sent = true,
+            _ => {}
+        }
+    }
+    let _tx = flood.await.unwrap();
+    // A heartbeat every 0.2 s, throughout.
+    assert!(heartbeats >= 4, "{heartbeats} heartbeats during the flood");
+    assert!(
+        sent,
+        "the application's message waited for the flood to end"
+    );
     handle.shutdown().await;
 }

@@ -96,10 +96,11 @@ impl FollowerProc {
 
     /// SIGTERM, then the exit status and every remaining stderr line.
     fn terminate(&mut self) -> (Option<i32>, Vec<String>) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child, not yet
+            // reaped (only wait_exit and Drop reap it), so it names no other process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         let status = self.wait_exit(Duration::from_secs(15));
         (status, self.rest_of_stderr())
     }
@@ -107,14 +108,7 @@ impl FollowerProc {
     /// Wait for the process to exit on its own; its exit code (None: still running, or killed
     /// by a signal).
     fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_for(timeout, || self.child.try_wait().ok().flatten()).and_then(|s| s.code())
     }
 
     /// Every stderr line, once the process has exited (its pipe is closed).
@@ -231,13 +225,6 @@ async fn library_follower_survives_host_restart_and_re_pairs_after_revoke() {
     host.stop();
 }
 
-/// Write `text` to `path` atomically (as an admin's editor or `install` would).
-fn write_file(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[tokio::test]
 async fn unattended_follower_pairs_from_a_code_file_and_hands_messages_to_exec() {
     let tmp = tempfile::tempdir().unwrap();
@@ -278,7 +265,8 @@ async fn unattended_follower_pairs_from_a_code_file_and_hands_messages_to_exec()
         codes_for(tmp.path(), "alpha").pop()
     })
     .unwrap();
-    write_file(&code_file, &format!("{}\n", code.to_lowercase()));
+    // Atomically, as an admin's editor or `install` would.
+    replace_by_rename(&code_file, format!("{}\n", code.to_lowercase()).as_bytes());
     assert!(f.stderr_until("authenticated"), "{:?}", f.seen);
 
     // Another follower relays a message to alpha; alpha hands it to the program.
@@ -429,17 +417,35 @@ fn an_identifier_not_on_the_allowlist_stops_with_a_clear_message() {
 fn follower_fails_over_to_a_second_host_when_the_first_dies() {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    // B starts later on a port chosen now, so the follower can be given both URLs up front.
-    let port_b = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url_b = format!("ws://127.0.0.1:{port_b}/");
     let mut host_a =
         HostProc::start(dir_a.path(), &config_text(dir_a.path(), 0, &["alpha"], "")).unwrap();
     let url_a = host_a.url();
     let state = dir_a.path().join("follower");
+
+    // Pair on A; the follower's identity and secret stay in its state directory.
+    let mut f = FollowerProc::start(&url_a, "alpha", &state);
+    assert!(f.stderr_until("enter the pairing code"), "{:?}", f.seen);
+    let code = wait_for(Duration::from_secs(10), || {
+        codes_for(dir_a.path(), "alpha").pop()
+    })
+    .unwrap();
+    f.send_line(&code);
+    assert!(f.stderr_until("authenticated"), "{:?}", f.seen);
+    drop(f);
+
+    // B shares A's trust (a copy of its store here; a shared PostgreSQL store in production),
+    // on a port of its own choosing.
+    std::fs::create_dir_all(dir_b.path().join("state")).unwrap();
+    std::fs::copy(
+        dir_a.path().join("state").join("trust.json"),
+        dir_b.path().join("state").join("trust.json"),
+    )
+    .unwrap();
+    let host_b =
+        HostProc::start(dir_b.path(), &config_text(dir_b.path(), 0, &["alpha"], "")).unwrap();
+    let url_b = host_b.url();
+
+    // A follower given both hosts authenticates on the first, from its state file.
     let mut f = FollowerProc::start_with(
         &["--url", &url_a, "--url", &url_b],
         "alpha",
@@ -449,29 +455,9 @@ fn follower_fails_over_to_a_second_host_when_the_first_dies() {
     );
     let connected = f.stderr_line("connected to").unwrap();
     assert!(connected.contains(&url_a), "{connected}");
-    assert!(f.stderr_until("enter the pairing code"), "{:?}", f.seen);
-    let code = wait_for(Duration::from_secs(10), || {
-        codes_for(dir_a.path(), "alpha").pop()
-    })
-    .unwrap();
-    f.send_line(&code);
     assert!(f.stderr_until("authenticated"), "{:?}", f.seen);
     f.send_line("echo::on a");
     assert_eq!(f.next_stdout().as_deref(), Some("echo::on a"));
-
-    // B shares A's trust (a copy of its store here; a shared PostgreSQL store in production).
-    std::fs::create_dir_all(dir_b.path().join("state")).unwrap();
-    std::fs::copy(
-        dir_a.path().join("state").join("trust.json"),
-        dir_b.path().join("state").join("trust.json"),
-    )
-    .unwrap();
-    let host_b = HostProc::start(
-        dir_b.path(),
-        &config_text(dir_b.path(), port_b, &["alpha"], ""),
-    )
-    .unwrap();
-    assert_eq!(host_b.url(), url_b);
 
     // A dies without a goodbye: the follower moves to B and authenticates without pairing.
     host_a.kill();
@@ -488,6 +474,7 @@ fn follower_fails_over_to_a_second_host_when_the_first_dies() {
         codes_for(dir_b.path(), "alpha").is_empty(),
         "no pairing on B"
     );
+    assert_eq!(codes_for(dir_a.path(), "alpha").len(), 1, "paired once");
     assert!(
         !f.seen[before..].iter().any(|l| l.contains("pairing")),
         "{:?}",

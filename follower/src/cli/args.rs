@@ -87,6 +87,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_secs: u64,
 
+    /// Seconds the host may stay silent (nothing received, not even a ping or a
+    /// heartbeat_ack) before the connection is taken as lost and the next --url is tried; the
+    /// follower pings the host halfway through [default: twice the longer of --heartbeat-secs
+    /// and 30 s, the host's ping interval]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub liveness_timeout_secs: Option<u64>,
+
     /// Extra CA certificate(s) (PEM) to trust for a wss:// host with a private or self-signed
     /// certificate (the public web roots are always trusted)
     #[arg(long, value_name = "FILE", env = "YONEXUS_CA_FILE")]
@@ -110,10 +117,19 @@ pub struct Args {
     )]
     pub exec: Vec<String>,
 
-    /// Most --exec processes running at once (more messages wait; use 1 to keep their order)
-    #[arg(long, value_name = "N", default_value_t = 4,
+    /// Most --exec processes running at once. With 1 (the default) the program gets the
+    /// messages one at a time, in the order they arrived; with more, processes start in order
+    /// but may finish in any order
+    #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub exec_concurrency: u32,
+
+    /// Most received messages waiting for a free --exec slot (and 64 MiB); when one more
+    /// arrives the oldest waiting message is dropped, with a warning and a count. The
+    /// connection to the host never waits for the program
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub exec_queue: u64,
 
     /// Seconds an --exec process may run before it is killed
     #[arg(long, value_name = "SECS", default_value_t = 30,
@@ -198,13 +214,33 @@ mod tests {
         assert_eq!(a.url, vec!["ws://h:1/".to_string()]);
         assert_eq!(a.state, PathBuf::from("./yonexus-follower-state"));
         assert_eq!(a.heartbeat_secs, 60);
+        assert_eq!(a.liveness_timeout_secs, None);
         assert_eq!(a.log_format, LogFormat::Text);
         assert!(a.pairing_code.is_none());
         assert!(a.exec.is_empty());
-        assert_eq!(a.exec_concurrency, 4);
+        assert_eq!(a.exec_concurrency, 1);
+        assert_eq!(a.exec_queue, 1024);
         assert!(!a.no_stdin);
         assert!(parse(&["--url", "ws://h:1/"]).is_err());
         assert!(parse(&["--url", "ws://h:1/", "--id", "a", "--heartbeat-secs", "0"]).is_err());
+        let a = parse(&[
+            "--url",
+            "ws://h:1/",
+            "--id",
+            "a",
+            "--liveness-timeout-secs",
+            "45",
+        ]);
+        assert_eq!(a.unwrap().liveness_timeout_secs, Some(45));
+        assert!(parse(&[
+            "--url",
+            "ws://h:1/",
+            "--id",
+            "a",
+            "--liveness-timeout-secs",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -5,13 +5,14 @@
 use crate::cli::codes::Codes;
 use crate::cli::exec::Exec;
 pub use crate::cli::text::{human_duration, printable, say, seconds};
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use yonexus_follower::Event;
 use yonexus_protocol::envelope::{AdminNotification, PairFailReason};
+use yonexus_protocol::frame;
 
 /// Prints events; remembers what later lines need.
 pub struct Printer {
@@ -21,6 +22,8 @@ pub struct Printer {
     pub exec: Option<Exec>,
     /// When the pending code expires (from the last `pair_request`).
     code_deadline: Option<Instant>,
+    /// Where received rule messages go without `--exec`.
+    stdout: tokio::io::Stdout,
 }
 
 impl Printer {
@@ -36,6 +39,7 @@ impl Printer {
             codes,
             exec,
             code_deadline: None,
+            stdout: tokio::io::stdout(),
         }
     }
 
@@ -55,13 +59,28 @@ impl Printer {
     async fn event(&mut self, event: Event) {
         match event {
             Event::Rule { rule_id, content } => match &self.exec {
-                Some(exec) => exec.dispatch(rule_id, content).await,
+                Some(exec) => exec.push(rule_id, content),
                 None => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{rule_id}::{content}");
-                    let _ = out.flush();
+                    let mut line = frame::encode_rule(&rule_id, &content);
+                    line.push('\n');
+                    // Asynchronous: a blocked stdout holds up this task only (the connection
+                    // goes on; see the library's event backlog).
+                    if self.stdout.write_all(line.as_bytes()).await.is_ok() {
+                        let _ = self.stdout.flush().await;
+                    }
                 }
             },
+            Event::Dropped { rules, other } => {
+                let other = if other > 0 {
+                    format!(" and {other} other event(s)")
+                } else {
+                    String::new()
+                };
+                say(&format!(
+                    "warning: {rules} received message(s){other} dropped: they came faster than \
+                     they could be printed (is stdout read?)"
+                ));
+            }
             Event::Connected { url } => say(&format!("connected to {url}")),
             Event::PairingRequired {
                 admin_notification,
