@@ -24,6 +24,11 @@ pub struct TableArgs {
     /// Also write the table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Keep only runs during which other processes used at most this many % of a core (and,
+    /// for ratios, pairs where both runs did): on a shared machine, what was measured while it
+    /// was quiet.
+    #[arg(long)]
+    pub max_others: Option<f64>,
 }
 
 pub fn run(args: &TableArgs) -> Result<()> {
@@ -48,7 +53,13 @@ pub fn run(args: &TableArgs) -> Result<()> {
             _ => bail!("--ratio {r:?}: expected LABEL_A/LABEL_B"),
         }
     }
-    let table = render(&runs, &ratios);
+    let mut table = render(&runs, &ratios, args.max_others);
+    if let Some(max) = args.max_others {
+        table.insert_str(
+            0,
+            &format!("Only runs during which other processes used ≤ {max}% of a core.\n\n"),
+        );
+    }
     print!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
@@ -121,7 +132,8 @@ fn median_run(runs: &[Value]) -> Option<&Value> {
 }
 
 /// The whole report (markdown).
-pub fn render(runs: &[Value], ratios: &[(&str, &str)]) -> String {
+pub fn render(runs: &[Value], ratios: &[(&str, &str)], max_others: Option<f64>) -> String {
+    let quiet = |v: &Value| max_others.is_none_or(|max| others(v).is_some_and(|o| o <= max));
     let mut out = String::new();
     for m in runs.iter().filter(|r| r["scenario"] == "machine") {
         let _ = writeln!(
@@ -143,6 +155,21 @@ pub fn render(runs: &[Value], ratios: &[(&str, &str)]) -> String {
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
+        let kept: Vec<Value> = r.runs.iter().filter(|v| quiet(v)).cloned().collect();
+        if kept.is_empty() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | no quiet run | | | | | | 0 | |",
+                r.case.title(),
+                r.label
+            );
+            continue;
+        }
+        let r = Row {
+            case: r.case.clone(),
+            label: r.label.clone(),
+            runs: kept,
+        };
         let med = median_run(&r.runs);
         let each = med
             .and_then(|m| m["host_cpu_pct_each"].as_array())
@@ -187,6 +214,7 @@ pub fn render(runs: &[Value], ratios: &[(&str, &str)]) -> String {
                     ra.runs
                         .iter()
                         .zip(&rb.runs)
+                        .filter(|(x, y)| quiet(x) && quiet(y))
                         .filter_map(|(x, y)| Some(f(x)? / f(y)?))
                         .filter(|r| r.is_finite())
                         .collect::<Vec<f64>>()
@@ -197,7 +225,11 @@ pub fn render(runs: &[Value], ratios: &[(&str, &str)]) -> String {
                     ra.case.title(),
                     cell(spread(pairs(&msgs)), &times),
                     cell(spread(pairs(&per_cpu)), &times),
-                    ra.runs.len().min(rb.runs.len()),
+                    ra.runs
+                        .iter()
+                        .zip(&rb.runs)
+                        .filter(|(x, y)| quiet(x) && quiet(y))
+                        .count(),
                 );
             }
         }
@@ -226,7 +258,7 @@ mod tests {
             run("two", 200.0, 195.0),
             json!({"scenario": "machine", "when": "start", "date": "d", "loadavg": "1 2 3", "host_commit": "abc"}),
         ];
-        let t = render(&runs, &[("two", "one")]);
+        let t = render(&runs, &[("two", "one")], None);
         assert!(
             t.contains("- machine start: d load average 1 2 3, host commit abc"),
             "{t}"
@@ -248,7 +280,24 @@ mod tests {
     fn loss_is_flagged() {
         let mut r = run("one", 100.0, 100.0);
         r["lost"] = json!(3);
-        let t = render(&[r], &[]);
+        let t = render(&[r], &[], None);
         assert!(t.contains("⚠ 3 lost"), "{t}");
+    }
+
+    #[test]
+    fn max_others_keeps_quiet_runs_and_pairs() {
+        let mut busy = run("two", 50.0, 100.0);
+        busy["other_processes_cpu_pct"] = json!(150.0);
+        let runs = vec![
+            run("one", 100.0, 100.0),
+            busy,
+            run("one", 110.0, 100.0),
+            run("two", 220.0, 195.0),
+        ];
+        let t = render(&runs, &[("two", "one")], Some(30.0));
+        assert!(t.contains("| two | 220 |"), "{t}");
+        // Only the second pair is quiet: 220/110.
+        assert!(t.contains("| two / one | **2.00×** |"), "{t}");
+        assert!(t.contains("| 1 |\n"), "{t}");
     }
 }
