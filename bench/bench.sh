@@ -33,56 +33,17 @@ IDLE=${IDLE:-5000}
 SERVERS=${ONLY:-host node}
 N=$AUTH; [ "$IDLE" -gt "$N" ] && N=$IDLE; [ "$N" -lt 1001 ] && N=1001
 BENCH=$ROOT/target/release/yonexus-bench
-NICE=${NICE:--10}
 
-die() { echo "bench.sh: $*" >&2; exit 1; }
 has() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---- preflight: tools, the Node peer and its dependencies ----
 command -v taskset > /dev/null || die "taskset not found (Debian: apt-get install util-linux)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 cores (server on core 0, load generator on core 1); nproc = $(nproc)"
-if has node; then
-    command -v node > /dev/null ||
-        die "node not found: install Node.js >= 20 (Debian: apt-get install nodejs) or run with ONLY=host"
-    command -v npm > /dev/null ||
-        die "npm not found: install it (Debian: apt-get install npm) or run with ONLY=host"
-    if [ -z "${NODE_HUB:-}" ]; then
-        for d in .. ../.. ../../..; do
-            if [ -f "$ROOT/$d/shared/peers/node-hub/hub.mjs" ]; then
-                NODE_HUB=$(cd "$ROOT/$d/shared/peers/node-hub" && pwd)/hub.mjs
-                break
-            fi
-        done
-        [ -n "${NODE_HUB:-}" ] ||
-            die "the Node peer hub was not found at ../shared/peers/node-hub/hub.mjs: set NODE_HUB=/path/to/hub.mjs"
-    fi
-    [ -f "$NODE_HUB" ] || die "NODE_HUB=$NODE_HUB: no such file"
-    HUB_SRC=$(cd "$(dirname "$NODE_HUB")" && pwd)
-    if [ -d "$HUB_SRC/node_modules/ws" ]; then
-        HUB_RUN=$NODE_HUB
-    else
-        # Install the hub's dependencies into a copy under target/, not into the shared directory.
-        HUB_DIR=$ROOT/target/node-hub
-        mkdir -p "$HUB_DIR"
-        cp "$NODE_HUB" "$HUB_DIR/hub.mjs"
-        [ -f "$HUB_SRC/package.json" ] || die "$HUB_SRC/package.json missing: cannot install the hub's dependencies"
-        [ -f "$HUB_SRC/package-lock.json" ] || die "$HUB_SRC/package-lock.json missing: npm ci needs it"
-        if [ ! -d "$HUB_DIR/node_modules/ws" ] || ! cmp -s "$HUB_SRC/package-lock.json" "$HUB_DIR/package-lock.json"; then
-            cp "$HUB_SRC/package.json" "$HUB_SRC/package-lock.json" "$HUB_DIR/"
-            echo "bench.sh: installing the Node hub's dependencies (npm ci in $HUB_DIR)" >&2
-            (cd "$HUB_DIR" && npm ci --silent --no-audit --no-fund) ||
-                die "npm ci failed in $HUB_DIR (is the npm registry reachable?)"
-        fi
-        HUB_RUN=$HUB_DIR/hub.mjs
-    fi
-fi
+if has node; then find_node_hub; fi
 
-# Raised priority for servers and generator (root only; otherwise they run at the normal one).
-if [ "$NICE" != 0 ] && [ "$(nice -n "$NICE" nice 2> /dev/null)" != "$NICE" ]; then
-    echo "bench.sh: cannot run at niceness $NICE (not root?): running at normal priority" >&2
-    NICE=0
-fi
-PRIO="nice -n $NICE"
+set_priority
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release -p yonexus-host -p yonexus-bench \
@@ -99,12 +60,7 @@ fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 [ -n "${KEEP:-}" ] || rm -rf "$OUT/host" "$OUT/node"
-# Keep an earlier run's results (renamed with their time) instead of overwriting them.
-for f in results.txt results.jsonl results.md pairing.jsonl; do
-    if [ -f "$OUT/$f" ]; then
-        mv "$OUT/$f" "$OUT/${f%.*}-$(date -r "$OUT/$f" +%Y%m%dT%H%M%S).${f##*.}"
-    fi
-done
+keep_results
 mkdir -p "$OUT/host" "$OUT/node/codes"
 "$BENCH" config -n "$N" -p 0 --dir "$OUT/host" > /dev/null
 # Older hosts refuse [limits] keys they do not know: fall back to the keys they have.
@@ -117,31 +73,6 @@ fi
 
 # ---- servers: port 0, the bound address read back from the log; stopped on exit ----
 HOST_PID=; NODE_PID=; HOST_URL=; NODE_URL=
-ESC=$(printf '\033')
-# The address a server logged ("listening address=IP:PORT" / "listening on ws://IP:PORT").
-bound_addr() {
-    sed "s/$ESC\[[0-9;]*m//g" "$1" | grep -v admin | grep listening |
-        grep -o '\(address=\|ws://\)[0-9.]*:[0-9]*' | head -n 1 | sed 's/^address=//; s,^ws://,,'
-}
-wait_listening() { # NAME PID LOG
-    i=0
-    while :; do
-        addr=$(bound_addr "$3")
-        [ -n "$addr" ] && { echo "$addr"; return 0; }
-        kill -0 "$2" 2> /dev/null || { cat "$3" >&2; die "$1 exited before listening (log above, $3)"; }
-        i=$((i + 1))
-        [ $i -gt 200 ] && { cat "$3" >&2; die "$1 did not log a listening address within 20 s ($3)"; }
-        sleep 0.1
-    done
-}
-stop_pid() {
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2> /dev/null || return 0
-    i=0
-    while kill -0 "$1" 2> /dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    kill -KILL "$1" 2> /dev/null || true
-    wait "$1" 2> /dev/null || true
-}
 start_host() {
     stop_pid "$HOST_PID"
     : > "$OUT/host.log"
@@ -163,58 +94,15 @@ cleanup() { stop_pid "$HOST_PID"; stop_pid "$NODE_PID"; HOST_PID=; NODE_PID=; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-machine() { # WHEN: one JSON line describing the machine now
-    model=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1 | sed 's/["\\]//g')
-    printf '{"scenario":"machine","when":"%s","date":"%s","nproc":%s,"model":"%s","kernel":"%s","loadavg":"%s","host_commit":"%s","node":"%s"}\n' \
-        "$1" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(nproc)" "$model" "$(uname -r)" \
-        "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        "${HOST_COMMIT:-$(git rev-parse --short HEAD 2> /dev/null)$(git diff --quiet HEAD -- host protocol plugins 2> /dev/null || echo -dirty)}" \
-        "$(node --version 2> /dev/null || echo none)"
-}
-
-# Busy and total jiffies of all CPUs (/proc/stat: user nice system idle iowait irq softirq steal).
-cpu_jiffies() { awk '/^cpu /{b=$2+$3+$4+$7+$8+$9; print b, b+$5+$6}' /proc/stat; }
-wait_quiet() {
-    [ -n "${QUIET:-}" ] || return 0
-    deadline=$(($(date +%s) + QUIET))
-    while :; do
-        set -- $(cpu_jiffies); b0=$1; t0=$2
-        sleep 2
-        set -- $(cpu_jiffies)
-        busy=$((($1 - b0) * 100 * $(nproc) / ($2 - t0 + 1))) # percent of one core
-        if [ "$busy" -le "${QUIET_MAX:-30}" ]; then
-            echo "machine quiet: other processes ${busy}% of a core" | tee -a "$OUT/results.txt"
-            return 0
-        fi
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            echo "machine still busy after ${QUIET}s (other processes ${busy}% of a core): measuring anyway" |
-                tee -a "$OUT/results.txt"
-            return 0
-        fi
-    done
-}
-
-FAILED=
 JSONL=$OUT/results.jsonl
-# run LABEL SCENARIO ARGS…: one yonexus-bench run against one server, pinned to core 1; its
-# JSON line goes to $JSONL.
+# run LABEL SCENARIO ARGS…: one yonexus-bench run against one server, pinned to core 1.
 run() {
     label=$1; shift
     case $label in
-        host) A="--label host --url $HOST_URL --codes-file $OUT/host/codes.txt --state-dir $OUT/host/bench-identities --host-pid $HOST_PID" ;;
-        node) A="--label node --url $NODE_URL --code-dir $OUT/node/codes --state-dir $OUT/node/bench-identities --host-pid $NODE_PID" ;;
+        host) A="--url $HOST_URL --codes-file $OUT/host/codes.txt --state-dir $OUT/host/bench-identities --host-pid $HOST_PID" ;;
+        node) A="--url $NODE_URL --code-dir $OUT/node/codes --state-dir $OUT/node/bench-identities --host-pid $NODE_PID" ;;
     esac
-    echo "### [$label] yonexus-bench $*" | tee -a "$OUT/results.txt"
-    # shellcheck disable=SC2086 # $A is a list of options
-    if $PRIO taskset -c 1 "$BENCH" "$@" $A > "$OUT/last.txt" 2> "$OUT/last.err"; then
-        cat "$OUT/last.err" "$OUT/last.txt" | grep -v '^{' | tee -a "$OUT/results.txt"
-        tail -n 1 "$OUT/last.txt" >> "$JSONL"
-    else
-        cat "$OUT/last.err" | tee -a "$OUT/results.txt" >&2
-        echo "bench.sh: [$label] $* FAILED (see above)" | tee -a "$OUT/results.txt" >&2
-        FAILED="$FAILED
-- [$label] yonexus-bench $*: $(tail -n 1 "$OUT/last.err")"
-    fi
+    bench_run "$label" "$A" "$@"
 }
 # both SCENARIO ARGS…: the same run against each server; ORDER alternates who goes first.
 ORDER=$SERVERS

@@ -80,7 +80,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
 
 /// One scenario's shape; runs with equal cases are repeats of each other.
 #[derive(Debug, Clone, PartialEq)]
-struct Case {
+pub(crate) struct Case {
     scenario: String,
     followers: u64,
     window: u64,
@@ -88,7 +88,7 @@ struct Case {
 }
 
 impl Case {
-    fn of(v: &Value) -> Option<Case> {
+    pub(crate) fn of(v: &Value) -> Option<Case> {
         let scenario = v["scenario"].as_str()?.to_owned();
         let followers = v["followers"].as_u64().unwrap_or(0);
         Some(Case {
@@ -108,7 +108,7 @@ impl Case {
         }
     }
 
-    fn title(&self) -> String {
+    pub(crate) fn title(&self) -> String {
         let (n, w, s) = (self.followers, self.window, self.size);
         match self.scenario.as_str() {
             "echo" => format!("echo {n}×{w}, {s} B"),
@@ -232,7 +232,7 @@ fn balance(runs: &mut Vec<Value>, host: &str, base: &str) -> usize {
 }
 
 /// CPU used by other processes during a run's measured window (% of a core).
-fn others(v: &Value) -> Option<f64> {
+pub(crate) fn others(v: &Value) -> Option<f64> {
     num(v, &["other_processes_cpu_pct"])
         .or_else(|| num(v, &["connect_auth", "other_processes_cpu_pct"]))
 }
@@ -276,7 +276,7 @@ fn group(runs: &[Value], host: &str, base: &str) -> Vec<Group> {
     groups
 }
 
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
+pub(crate) fn num(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
 }
 
@@ -303,13 +303,13 @@ fn pair_ratios(g: &Group, metric: &dyn Fn(&Value) -> Option<f64>, invert: bool) 
 
 /// Median, min and max (the median of an even count is the mean of the middle two).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
-fn spread(mut v: Vec<f64>) -> Option<Spread> {
+pub(crate) fn spread(mut v: Vec<f64>) -> Option<Spread> {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     let median = match n {
@@ -324,7 +324,7 @@ fn spread(mut v: Vec<f64>) -> Option<Spread> {
     })
 }
 
-fn rate(x: Option<f64>) -> String {
+pub(crate) fn rate(x: Option<f64>) -> String {
     match x {
         None => "—".into(),
         Some(x) if x >= 1e6 => format!("{:.2} M", x / 1e6),
@@ -334,7 +334,7 @@ fn rate(x: Option<f64>) -> String {
     }
 }
 
-fn ms(us: Option<f64>) -> String {
+pub(crate) fn ms(us: Option<f64>) -> String {
     match us.map(|u| u / 1000.0) {
         None => "—".into(),
         Some(m) if m >= 100.0 => format!("{m:.0}"),
@@ -343,7 +343,7 @@ fn ms(us: Option<f64>) -> String {
     }
 }
 
-fn pct(x: Option<f64>) -> String {
+pub(crate) fn pct(x: Option<f64>) -> String {
     x.map_or("—".into(), |x| format!("{x:.0}"))
 }
 
@@ -362,7 +362,7 @@ fn ratio_cell(r: Option<Spread>) -> String {
 }
 
 /// Problems that make a run's numbers doubtful, for the verdict column.
-fn caveats(runs: &[&Value]) -> Vec<String> {
+pub(crate) fn caveats(runs: &[&Value]) -> Vec<String> {
     let mut out = Vec::new();
     if runs.iter().any(|r| r["generator_bound"] == true) {
         out.push("generator-bound".to_owned());

@@ -7,6 +7,7 @@ mod hostcfg;
 mod ident;
 mod load;
 mod procfs;
+mod table;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -74,6 +75,10 @@ enum Command {
     /// markdown table: per scenario both servers' msgs/s, msgs per server CPU-second, the
     /// host/Node ratio, p50/p99, against the goals of issue 10 (met/missed).
     Compare(compare::CompareArgs),
+    /// Read JSON lines of any labels and print one markdown row per label and scenario (median
+    /// msgs/s and range, msgs per server CPU-second, CPU, p50/p99, loss), with `--ratio A/B`
+    /// rows comparing two labels pair by pair (bench/cores.sh, bench/cluster.sh).
+    Table(table::TableArgs),
 }
 
 /// Options every scenario takes.
@@ -147,6 +152,10 @@ struct LoadArgs {
     /// server CPU (msgs per server CPU-second count both) and reported on its own.
     #[arg(long)]
     recv_host_pid: Option<u32>,
+    /// Another server-side process whose CPU counts as server CPU (e.g. the nats-server between
+    /// two hosts); repeatable. Reported in `host_cpu_pct_each` after the host(s).
+    #[arg(long = "also-pid")]
+    also_pids: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -190,6 +199,7 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::Config(args) => return hostcfg::write(args),
         Command::Compare(args) => return compare::run(args),
+        Command::Table(args) => return table::run(args),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -203,9 +213,9 @@ fn main() -> Result<()> {
 
 async fn run(cmd: Command) -> Result<Value> {
     match cmd {
-        Command::Config(_) | Command::Compare(_) => Ok(Value::Null),
+        Command::Config(_) | Command::Compare(_) | Command::Table(_) => Ok(Value::Null),
         Command::Auth { common, followers } => {
-            let ctx = Ctx::new(&common, None)?;
+            let ctx = Ctx::new(&common, None, &[])?;
             let fleet = ctx.establish(&vec![common.url.clone(); followers]).await?;
             let mut r = base_report("auth", &common, followers, &fleet);
             close_all(fleet.links).await;
@@ -283,7 +293,7 @@ struct Fleet {
 }
 
 impl Ctx {
-    fn new(common: &Common, recv_host_pid: Option<u32>) -> Result<Ctx> {
+    fn new(common: &Common, recv_host_pid: Option<u32>, also: &[u32]) -> Result<Ctx> {
         let source = match (&common.codes_file, &common.code_dir) {
             (Some(f), None) => CodeSource::File(f.clone()),
             (None, Some(d)) => CodeSource::Dir(d.clone()),
@@ -296,10 +306,14 @@ impl Ctx {
                 .map(|p| p.join("bench-identities"))
                 .unwrap_or_else(|| PathBuf::from("bench-identities")),
         };
+        let also = also.iter().map(|&p| ("--also-pid", Some(p)));
         for (flag, pid) in [
             ("--host-pid", common.host_pid),
             ("--recv-host-pid", recv_host_pid),
-        ] {
+        ]
+        .into_iter()
+        .chain(also.clone())
+        {
             if let Some(pid) = pid {
                 Proc::pid(pid)
                     .cpu_ticks()
@@ -313,6 +327,7 @@ impl Ctx {
             .host_pid
             .into_iter()
             .chain(recv_host_pid)
+            .chain(also.filter_map(|(_, p)| p))
             .map(Proc::pid)
             .collect();
         Ok(Ctx {
@@ -461,7 +476,7 @@ async fn run_load(
     args: &LoadArgs,
     reload: Option<(PathBuf, PathBuf, u32)>,
 ) -> Result<Value> {
-    let ctx = Ctx::new(&args.common, args.recv_host_pid)?;
+    let ctx = Ctx::new(&args.common, args.recv_host_pid, &args.also_pids)?;
     let conns = match kind {
         Kind::Echo => args.followers,
         Kind::Relay => 2 * args.followers,
@@ -609,7 +624,7 @@ async fn run_load(
 }
 
 async fn run_idle(c: &IdleCmd) -> Result<Value> {
-    let ctx = Ctx::new(&c.common, None)?;
+    let ctx = Ctx::new(&c.common, None, &[])?;
     let fleet = ctx
         .establish(&vec![c.common.url.clone(); c.followers])
         .await?;
