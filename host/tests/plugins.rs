@@ -915,6 +915,7 @@ fn plugin_call_cost() {
 /// watchdog costs nothing while no inline call runs.
 #[test]
 fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
+    let _serial = inline_tests();
     let reg = Arc::new(Registry::new());
     let mut alice = follower(&reg, "alice", 1);
     let mut bob = follower(&reg, "bob", 2);
@@ -954,6 +955,111 @@ fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
     // No inline call runs any more: back to sleep.
     std::thread::sleep(Duration::from_millis(20));
     watchdog_stays_asleep();
+}
+
+/// The inline tests change the process-wide inline limit and watch the one watchdog: one at a
+/// time.
+fn inline_tests() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A call that spins on the CPU past the budget breaks the promise as surely as one that
+/// sleeps: demoted.
+#[test]
+fn a_non_blocking_plugin_that_spins_is_demoted() {
+    let _serial = inline_tests();
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let h = start(&spec("spinner", fixture_so("nonblocking")), &reg);
+    plugins::set_inline_limit(1);
+    assert!(h.runs_inline());
+    h.dispatch(msg(&alice, "spin:50000")).unwrap();
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::spin:50000"));
+    assert!(h.stats().demoted, "a 50 ms spin was not demoted");
+    plugins::set_inline_limit(0);
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+/// A call that keeps its promise but is preempted — its thread shares a CPU with busier
+/// threads, as on any loaded machine — overruns the budget in wall-clock time without any
+/// fault of the plugin's: the watchdog sees its thread waiting for the CPU and does not demote.
+/// (Before, a wall-clock budget alone demoted bundled plugins within seconds of a load test.)
+#[test]
+fn a_non_blocking_plugin_preempted_by_busy_threads_is_not_demoted() {
+    let _serial = inline_tests();
+    let reg = Arc::new(Registry::new());
+    let alice = follower(&reg, "alice", 1);
+    let h = start(&spec("preempted", fixture_so("nonblocking")), &reg);
+    plugins::set_inline_limit(1);
+    assert!(h.runs_inline());
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    // The dispatcher shares the CPU with the two spinning threads at the lowest priority: its
+    // 200 µs calls are cut off for many milliseconds at a time.
+    let sender = alice.sender();
+    let dispatcher = {
+        let h = Arc::clone(&h);
+        std::thread::spawn(move || {
+            pin_to(cpu);
+            // SAFETY: setpriority on this thread (who 0 = the caller) with a valid niceness.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            let (mut calls, mut overran) = (0u32, 0u32);
+            let t0 = Instant::now();
+            while overran < 5 && t0.elapsed() < Duration::from_secs(10) {
+                let c = Instant::now();
+                let m = RuleMessage::from_parts("fx", "spin:200", sender.clone());
+                if h.dispatch(m).is_err() {
+                    break; // demoted, and its queue full: the assertion below says so
+                }
+                calls += 1;
+                if c.elapsed() > 3 * plugins::INLINE_BUDGET {
+                    overran += 1;
+                }
+            }
+            (calls, overran)
+        })
+    };
+    let (calls, overran) = dispatcher.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+    println!("{calls} calls, {overran} preempted past 3× the budget");
+    assert!(
+        overran > 0,
+        "no call was preempted past the budget in {calls} calls: the test proved nothing"
+    );
+    assert!(
+        !h.stats().demoted,
+        "preempted calls ({overran} of {calls} past 3× the budget) demoted the plugin"
+    );
+    plugins::set_inline_limit(0);
 }
 
 /// The inline watchdog makes (at most a stray) no check within 200 ms.

@@ -75,7 +75,7 @@ typedef uint32_t yonexus_status;
 /* Every on_message/on_event call is short and never blocks (no sleep, no blocking I/O, no
  * waiting on a lock held for long): the host may call it directly on its I/O threads (this host
  * does so for on_message of plugins that also set YONEXUS_FLAG_THREAD_SAFE, and only then). A call
- * that overruns the host's budget demotes the instance to its own worker thread until a reload. */
+ * that overruns the host's budget (running or blocked, not merely preempted) demotes the instance to its own worker thread until a reload. */
 #define YONEXUS_FLAG_NON_BLOCKING (1u << 0)
 /* on_message/on_event may be called concurrently (with themselves and each other) from several
  * threads; one sender's messages still arrive in order. create/destroy never run concurrently

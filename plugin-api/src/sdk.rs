@@ -77,7 +77,8 @@ pub trait SharedPlugin: Send + Sync + Sized + 'static {
     /// run on a worker.
     ///
     /// The promise is checked: a watchdog times every inline call, and one that runs longer
-    /// than 2 ms demotes the instance until it is reloaded — a warning is logged and all its
+    /// than 2 ms — running or blocked; time its thread is merely preempted by other threads
+    /// does not count — demotes the instance until it is reloaded — a warning is logged and all its
     /// later messages go to its worker threads. The overrunning call itself is not interrupted:
     /// it holds that I/O thread, and every follower served by it, until it returns. So a broken
     /// promise costs latency once, not forever.

@@ -12,9 +12,14 @@
 //! - the host allows inline calls ([`set_inline_limit`] above 0; the host sets it to one less
 //!   than its async worker threads, so at least one always stays free for other followers) and
 //!   fewer than that many inline calls are running right now, across all plugins;
-//! - the plugin has not been demoted: a call found running longer than [`INLINE_BUDGET`] (by
-//!   the watchdog, or when it returns) sends its later messages to its own workers like any
-//!   other plugin's, until it is reloaded;
+//! - the plugin has not been demoted: a call that overran [`INLINE_BUDGET`] by its own doing
+//!   sends its later messages to its own workers like any other plugin's, until it is reloaded.
+//!   The watchdog finds a call past the budget, then looks again one tick later: if its thread
+//!   ran on a CPU for most of that tick (spinning or heavy work) or is asleep (blocking), it
+//!   demotes; if it is runnable but got little CPU — preempted by other busy threads, not the
+//!   plugin's fault and common on a loaded machine — it keeps watching ([`sched`](super::sched)
+//!   reads the thread's CPU clock and state). Where the kernel cannot tell, wall-clock time
+//!   alone decides: one overrun, seen by the watchdog or when the call returns, demotes;
 //! - the instance is not waiting for its gate (a reload's predecessor still draining), and
 //!   nothing of it is queued or running on its workers (messages or events), so each
 //!   follower's order holds;
@@ -23,10 +28,12 @@
 //! Otherwise the message is queued. The watchdog thread sleeps (parked, costing nothing) while
 //! no inline call runs, and checks every `INLINE_BUDGET / 2` while one does.
 
+use super::sched::{self, ThreadProbe, Verdict};
 use super::worker::{self, Instance, Job, Latch, Mailbox, Refused, Shared};
 use crate::events::FollowerEvent;
 use crate::router::{shard_key, DispatchError, RuleHandler, RuleMessage};
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -42,6 +49,10 @@ const INLINE_SLOTS: usize = 64;
 static INLINE_LIMIT: AtomicUsize = AtomicUsize::new(0);
 static INLINE_ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// How the watchdog looks at the thread behind each slot (unset: slot not taken yet; `None`:
+/// the kernel cannot tell, wall-clock time alone judges).
+static SLOT_PROBES: [OnceLock<Option<ThreadProbe>>; INLINE_SLOTS] =
+    [const { OnceLock::new() }; INLINE_SLOTS];
 /// The watchdog thread, unparked when the first inline call starts.
 static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
 static WATCHDOG_CHECKS: AtomicU64 = AtomicU64::new(0);
@@ -60,6 +71,7 @@ fn thread_slot() -> Option<usize> {
         if s.get().is_none() {
             let n = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
             if n < INLINE_SLOTS {
+                let _ = SLOT_PROBES[n].set(ThreadProbe::current());
                 s.set(Some(n));
             }
         }
@@ -161,33 +173,19 @@ fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
     LIST.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("yonexus-inline-watchdog".into())
-            .spawn(|| loop {
-                if INLINE_ACTIVE.load(Ordering::Acquire) == 0 {
-                    // Until the next first inline call unparks it (an unpark that comes before
-                    // this park makes it return at once; a spurious return just loops).
-                    std::thread::park();
-                    continue;
-                }
-                std::thread::sleep(INLINE_BUDGET / 2);
-                WATCHDOG_CHECKS.fetch_add(1, Ordering::Relaxed);
-                let live: Vec<Arc<Inner>> = {
-                    let mut list = watched().lock().unwrap_or_else(|p| p.into_inner());
-                    list.retain(|w| w.strong_count() > 0);
-                    list.iter().filter_map(Weak::upgrade).collect()
-                };
-                for inner in live {
-                    let Some(inline) = &inner.inline else { continue };
-                    if inline.demoted.load(Ordering::Relaxed) {
+            .spawn(|| {
+                let mut seen = HashMap::new();
+                loop {
+                    if INLINE_ACTIVE.load(Ordering::Acquire) == 0 {
+                        // Until the next first inline call unparks it (an unpark that comes
+                        // before this park makes it return at once; a spurious return loops).
+                        seen.clear();
+                        std::thread::park();
                         continue;
                     }
-                    let now = inner.shared.nanos();
-                    let over = inline.starts.iter().any(|s| {
-                        let start = s.load(Ordering::Acquire);
-                        start != 0 && now.saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64
-                    });
-                    if over {
-                        inner.demote("overran its call budget");
-                    }
+                    std::thread::sleep(INLINE_BUDGET / 2);
+                    WATCHDOG_CHECKS.fetch_add(1, Ordering::Relaxed);
+                    seen = watch_once(&seen);
                 }
             });
         match spawned {
@@ -201,6 +199,71 @@ fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
         }
         Mutex::new(Vec::new())
     })
+}
+
+/// An inline call the watchdog found past its budget: which call (its start), when it looked,
+/// and its thread's CPU time then.
+struct Sighting {
+    start: u64,
+    at: u64,
+    cpu: u64,
+}
+
+/// One look at every running inline call; demotes the plugins whose call overran by its own
+/// doing (see the module docs). Returns the calls to look at again on the next tick, keyed by
+/// plugin instance and thread slot.
+fn watch_once(seen: &HashMap<(usize, usize), Sighting>) -> HashMap<(usize, usize), Sighting> {
+    let live: Vec<Arc<Inner>> = {
+        let mut list = watched().lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    let budget = INLINE_BUDGET.as_nanos() as u64;
+    let mut next = HashMap::new();
+    for inner in live {
+        let Some(inline) = &inner.inline else {
+            continue;
+        };
+        if inline.demoted.load(Ordering::Relaxed) {
+            continue;
+        }
+        for (slot, s) in inline.starts.iter().enumerate() {
+            let start = s.load(Ordering::Acquire);
+            if start == 0 || inner.shared.nanos().saturating_sub(start) <= budget {
+                continue;
+            }
+            let probe = SLOT_PROBES[slot].get().copied().flatten();
+            let Some((probe, cpu)) = probe.and_then(|p| Some((p, p.cpu_ns()?))) else {
+                inner.demote("overran its call budget");
+                break;
+            };
+            let at = inner.shared.nanos();
+            let key = (Arc::as_ptr(&inner) as usize, slot);
+            let verdict = match seen.get(&key) {
+                Some(before) if before.start == start => {
+                    let ran = cpu.saturating_sub(before.cpu);
+                    let elapsed = at.saturating_sub(before.at);
+                    sched::judge(ran, elapsed, probe.runnable().unwrap_or(false))
+                }
+                // First sighting: judged on the next tick.
+                _ => Verdict::Preempted,
+            };
+            match verdict {
+                Verdict::Ran => {
+                    inner.demote("overran its call budget (running)");
+                    break;
+                }
+                Verdict::Blocked => {
+                    inner.demote("overran its call budget (blocked)");
+                    break;
+                }
+                Verdict::Preempted => {
+                    next.insert(key, Sighting { start, at, cpu });
+                }
+            }
+        }
+    }
+    next
 }
 
 /// A loaded, running plugin instance; implements [`RuleHandler`]. Dropping the last clone of the
@@ -325,7 +388,10 @@ impl PluginHandler {
         inner.instance.call_message(&msg);
         inline.starts[slot].store(0, Ordering::Release);
         INLINE_ACTIVE.fetch_sub(1, Ordering::AcqRel);
-        if inner.shared.nanos().saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64 {
+        let watched_closely = SLOT_PROBES[slot].get().is_some_and(Option::is_some);
+        if !watched_closely
+            && inner.shared.nanos().saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64
+        {
             inner.demote("overran its call budget");
         }
         Ok(())

@@ -17,6 +17,8 @@
 //! - `worker`: the instance's worker thread(s) (one; one per core for a thread-safe plugin),
 //!   each with a mailbox drained a batch per wake-up; deadlines, failure replies, panic
 //!   breaker; the queue-depth gauge.
+//! - `sched`: a thread's time on and waiting for a CPU (Linux schedstat), so the inline
+//!   watchdog can tell a plugin that blocks or spins from one that is merely preempted.
 //! - `handler`: [`PluginHandler`], the [`RuleHandler`](crate::router::RuleHandler) the router
 //!   calls: queues messages and lifecycle events, each follower's to one worker (picked by its
 //!   identifier, [`crate::router::shard_key`], so its events and messages stay in order), or
@@ -32,6 +34,7 @@ mod error;
 mod handler;
 mod host_api;
 mod loader;
+mod sched;
 mod worker;
 
 pub use crate::file_trust::{check_trusted_file, read_trusted, Owner, UntrustedFile};
