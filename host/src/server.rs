@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -72,9 +72,22 @@ pub struct Host {
 /// Directory (inside `state_dir`) holding the private copies of loaded plugin libraries.
 pub const STAGING_DIR: &str = "plugins-staging";
 
+/// Connections the kernel may hold completed but not yet accepted (capped by
+/// `net.core.somaxconn`). The OS default of 128 drops SYNs when a few hundred followers
+/// reconnect at once (a host restart, a failover), costing each a retransmit of a second or more.
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let map = |source| StartError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(map)?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(map)?;
+    socket.set_reuseaddr(true).map_err(map)?;
+    socket.bind(addr).map_err(map)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(map)?;
     let local = listener.local_addr().map_err(map)?;
     Ok((listener, local))
 }
