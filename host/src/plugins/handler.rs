@@ -248,6 +248,12 @@ fn watch_once(seen: &HashMap<(usize, usize), Sighting>) -> HashMap<(usize, usize
                 // First sighting: judged on the next tick.
                 _ => Verdict::Preempted,
             };
+            // The thread's CPU time and state belong to this call only if it is still running:
+            // one that ended meanwhile (its thread now busy with other work, or idle) says
+            // nothing about the plugin.
+            if s.load(Ordering::Acquire) != start {
+                continue;
+            }
             match verdict {
                 Verdict::Ran => {
                     inner.demote("overran its call budget (running)");
