@@ -14,12 +14,13 @@
 //!   fewer than that many inline calls are running right now, across all plugins;
 //! - the plugin has not been demoted: a call that overran [`INLINE_BUDGET`] by its own doing
 //!   sends its later messages to its own workers like any other plugin's, until it is reloaded.
-//!   The watchdog finds a call past the budget, then looks again one tick later: if its thread
-//!   ran on a CPU for most of that tick (spinning or heavy work) or is asleep (blocking), it
-//!   demotes; if it is runnable but got little CPU — preempted by other busy threads, not the
-//!   plugin's fault and common on a loaded machine — it keeps watching ([`sched`](super::sched)
-//!   reads the thread's CPU clock and state). Where the kernel cannot tell, wall-clock time
-//!   alone decides: one overrun, seen by the watchdog or when the call returns, demotes;
+//!   The watchdog finds a call past the budget, then keeps looking every tick: once the call
+//!   has used a further budget of CPU time (spinning or heavy work), or its thread has been
+//!   found asleep on two looks in a row (blocking), it demotes; while the thread is runnable
+//!   but gets little CPU — preempted by other busy threads, not the plugin's fault and common
+//!   on a loaded machine — it keeps watching ([`sched`](super::sched) reads the thread's CPU
+//!   clock and state). Where the kernel cannot tell, wall-clock time alone decides: one
+//!   overrun, seen by the watchdog or when the call returns, demotes;
 //! - the instance is not waiting for its gate (a reload's predecessor still draining), and
 //!   nothing of it is queued or running on its workers (messages or events), so each
 //!   follower's order holds;
@@ -201,13 +202,20 @@ fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
     })
 }
 
-/// An inline call the watchdog found past its budget: which call (its start), when it looked,
-/// and its thread's CPU time then.
+/// An inline call the watchdog found past its budget: which call (its start), when it looked
+/// last, its thread's CPU time then and at the first look, and for how many looks in a row it
+/// has been found asleep.
 struct Sighting {
     start: u64,
     at: u64,
     cpu: u64,
+    first_cpu: u64,
+    asleep: u32,
 }
+
+/// Looks in a row that must find a call asleep before it counts as blocking (one look could
+/// catch it waiting a moment for a lock whose holder is preempted).
+const ASLEEP_LOOKS: u32 = 2;
 
 /// One look at every running inline call; demotes the plugins whose call overran by its own
 /// doing (see the module docs). Returns the calls to look at again on the next tick, keyed by
@@ -239,34 +247,43 @@ fn watch_once(seen: &HashMap<(usize, usize), Sighting>) -> HashMap<(usize, usize
             };
             let at = inner.shared.nanos();
             let key = (Arc::as_ptr(&inner) as usize, slot);
-            let verdict = match seen.get(&key) {
-                Some(before) if before.start == start => {
-                    let ran = cpu.saturating_sub(before.cpu);
-                    let elapsed = at.saturating_sub(before.at);
-                    sched::judge(ran, elapsed, probe.runnable().unwrap_or(false))
-                }
-                // First sighting: judged on the next tick.
-                _ => Verdict::Preempted,
+            let mut sighting = Sighting {
+                start,
+                at,
+                cpu,
+                first_cpu: cpu,
+                asleep: 0,
             };
+            if let Some(before) = seen.get(&key).filter(|b| b.start == start) {
+                sighting.first_cpu = before.first_cpu;
+                let ran = cpu.saturating_sub(before.cpu);
+                let elapsed = at.saturating_sub(before.at);
+                if sched::judge(ran, elapsed, probe.runnable().unwrap_or(false)) == Verdict::Blocked
+                {
+                    sighting.asleep = before.asleep + 1;
+                }
+            }
             // The thread's CPU time and state belong to this call only if it is still running:
             // one that ended meanwhile (its thread now busy with other work, or idle) says
             // nothing about the plugin.
             if s.load(Ordering::Acquire) != start {
                 continue;
             }
-            match verdict {
-                Verdict::Ran => {
-                    inner.demote("overran its call budget (running)");
-                    break;
-                }
-                Verdict::Blocked => {
-                    inner.demote("overran its call budget (blocked)");
-                    break;
-                }
-                Verdict::Preempted => {
-                    next.insert(key, Sighting { start, at, cpu });
-                }
+            let age_ms = at.saturating_sub(start) as f64 / 1e6;
+            let ran = cpu.saturating_sub(sighting.first_cpu);
+            if ran >= budget {
+                // A further budget of CPU time spent while already past the budget.
+                let ran_ms = ran as f64 / 1e6;
+                inner.demote(&format!("overran its call budget (running: {ran_ms:.1} ms on a CPU since the watchdog first saw it, {age_ms:.1} ms into the call)"));
+                break;
             }
+            if sighting.asleep >= ASLEEP_LOOKS {
+                inner.demote(&format!(
+                    "overran its call budget (blocked: asleep {age_ms:.1} ms into the call)"
+                ));
+                break;
+            }
+            next.insert(key, sighting);
         }
     }
     next
