@@ -1,9 +1,9 @@
 #!/bin/sh
 # How much the inline path of a non-blocking plugin is worth, and when the host gives it up.
 # The host calls a non-blocking, thread-safe plugin (the bundled echo) directly on its async
-# threads, and demotes it to its worker threads for good once a call is seen running longer
-# than 2 ms (wall clock). Under bench.sh's load that happens within seconds, so the matrix
-# measures the worker path. Here, per repeat, on a fresh host pinned to core 0 (generator on
+# threads, and demotes it to its worker threads for good once a call overruns 2 ms by running or
+# blocking (time preempted does not count since main 57ddcb0; before, the budget was wall-clock
+# time and under bench.sh's load the host demoted echo within seconds). Here, per repeat, on a fresh host pinned to core 0 (generator on
 # core 1): echo 50×1 (label host-fresh), echo 50×16 (label host-50x16), echo 50×1 again
 # (label host-after); and echo 50×1 on the Node peer (label node). Each JSON line gets
 # "demoted_during": whether the host logged a demotion during that run, and "demoted_before".
@@ -57,10 +57,10 @@ JSONL=$OUT/results.jsonl
 host_run() { # LABEL ARGS…
     label=$1; shift
     before=$(demotions)
-    lines=$(wc -l < "$JSONL" 2> /dev/null || echo 0)
+    lines=$(wc -l 2> /dev/null < "$JSONL" || echo 0)
     bench_run "$label" "--url $HOST_URL --codes-file $OUT/host/codes.txt --state-dir $OUT/host/bench-identities --host-pid $HOST_PID" "$@"
     after=$(demotions)
-    [ "$(wc -l < "$JSONL" 2> /dev/null || echo 0)" -gt "$lines" ] || return 0
+    [ "$(wc -l 2> /dev/null < "$JSONL" || echo 0)" -gt "$lines" ] || return 0
     last=$(tail -n 1 "$JSONL" | jq -c --argjson b "$before" --argjson a "$after" \
         '. + {demoted_before: ($b > 0), demoted_during: ($a > $b)}')
     sed -i '$d' "$JSONL"
