@@ -93,26 +93,39 @@ mod tests {
 
     #[test]
     fn watches_another_thread_spinning_then_sleeping() {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+        let (spun_tx, spun_rx) = std::sync::mpsc::channel();
+        let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
-            tx.send(ThreadProbe::current()).unwrap();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_millis(30) {
-                std::hint::spin_loop();
+            let me = ThreadProbe::current();
+            probe_tx.send(me).unwrap();
+            let _ = start_rx.recv();
+            // Spin until 20 ms of this thread's own CPU time (however busy the machine is).
+            if let Some(me) = me {
+                let from = me.cpu_ns().unwrap();
+                while me.cpu_ns().unwrap() - from < 20_000_000 {
+                    std::hint::spin_loop();
+                }
             }
+            spun_tx.send(()).unwrap();
             let _ = go_rx.recv();
         });
-        let probe = rx
+        let probe = probe_rx
             .recv()
             .unwrap()
             .expect("this kernel has per-thread CPU clocks");
         let before = probe.cpu_ns().unwrap();
-        std::thread::sleep(Duration::from_millis(60));
-        // It spun for 30 ms, then blocked on the channel.
+        start_tx.send(()).unwrap();
+        spun_rx.recv().unwrap();
         let spun = probe.cpu_ns().unwrap() - before;
-        assert!(spun >= 10_000_000, "spun {spun} ns");
-        assert_eq!(probe.runnable(), Some(false));
+        assert!(spun >= 20_000_000, "seen from here, it spun {spun} ns");
+        // Then it blocks on the channel: asleep, not runnable (within a moment).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while probe.runnable() != Some(false) {
+            assert!(Instant::now() < deadline, "never seen asleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         go_tx.send(()).unwrap();
         t.join().unwrap();
     }
