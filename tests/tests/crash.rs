@@ -48,13 +48,36 @@ async fn sigkill_during_pairing_storms_never_loses_an_acknowledged_pairing() {
     };
     // Another process on a busy machine may take the port while the host is down: then any
     // port will do (what is tested is the state directory).
-    let restart = |port: u16, when: &str| match HostProc::start(tmp.path(), &config(port)) {
-        Ok(host) => host,
-        Err(e) if port != 0 && format!("{e:#}").contains("Address already in use") => {
-            HostProc::start(tmp.path(), &config(0))
-                .unwrap_or_else(|e| panic!("{when}: restart failed: {e:#}"))
+    let restart = |port: u16, when: &str| {
+        let mut port = port;
+        let mut tries = 0;
+        loop {
+            match HostProc::start(tmp.path(), &config(port)) {
+                Ok(host) => break host,
+                Err(e) if port != 0 && format!("{e:#}").contains("Address already in use") => {
+                    port = 0;
+                }
+                // The killed host is gone (waited for); only a process it started could still
+                // hold its lock. Say which, rather than only that it is held.
+                Err(e) if format!("{e:#}").contains("already using state directory") => {
+                    tries += 1;
+                    if tries == 1 {
+                        println!(
+                            "{when}: the state directory is still locked, by {:?}; waiting",
+                            lock_holders(&tmp.path().join("state"))
+                        );
+                    }
+                    if tries > 20 {
+                        panic!(
+                            "{when}: restart failed: {e:#}\nholders of the lock: {:?}",
+                            lock_holders(&tmp.path().join("state"))
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("{when}: restart failed: {e:#}"),
+            }
         }
-        Err(e) => panic!("{when}: restart failed: {e:#}"),
     };
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut acknowledged: BTreeSet<String> = BTreeSet::new();
@@ -292,4 +315,27 @@ async fn soak_round(host: &HostProc, idents: &[Arc<Identity>], secs: u64, round:
         sessions += w.await.unwrap_or(0);
     }
     sessions
+}
+
+/// The processes (pid and command line) with a file of `state_dir` open, from `/proc`.
+fn lock_holders(state_dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.starts_with(state_dir));
+        if holds {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            found.push(format!("{} {cmd}", p.file_name().to_string_lossy()));
+        }
+    }
+    found
 }

@@ -3,6 +3,10 @@
 //!
 //! stdin is null; stdout and stderr are read and dropped, never logged (the program may echo the
 //! code). The run is bounded by a timeout; on timeout the child is killed (`kill_on_drop`).
+//! The child gets no descriptor of the host's beyond stdin, stdout and stderr: every other one
+//! is marked close-on-exec before the program starts (not only those the host opened so), so a notifier
+//! that outlives a crashed host can never hold its state-directory lock or a listening socket
+//! and keep a restarted host from starting.
 
 use super::{NotifyError, PairingNotice};
 use std::process::Stdio;
@@ -31,7 +35,16 @@ impl CommandNotifier {
     /// Runs the program once; success means it exited 0 within the timeout.
     pub(crate) async fn notify(&self, notice: &PairingNotice) -> Result<(), NotifyError> {
         let exe = self.exe();
-        let child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        // SAFETY: the closure runs in the forked child before exec and only makes one raw
+        // system call (async-signal-safe; no allocation, no locks).
+        unsafe {
+            command.pre_exec(|| {
+                close_inherited_descriptors();
+                Ok(())
+            });
+        }
+        let child = command
             .args(self.program.iter().skip(1))
             .env("YONEXUS_IDENTIFIER", &notice.identifier)
             .env("YONEXUS_PAIRING_CODE", &notice.code)
@@ -63,6 +76,23 @@ impl CommandNotifier {
                 status: output.status,
             }),
         }
+    }
+}
+
+/// Mark every descriptor from 3 up close-on-exec (Linux `close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, 5.11+; an older kernel answers an error and the flags already set
+/// alone apply). Marking rather than closing keeps the pipe through which the standard library
+/// reports a failed `exec` to the parent.
+fn close_inherited_descriptors() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes plain integers and touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
     }
 }
 
@@ -114,6 +144,32 @@ mod tests {
         n.notify(&notice()).await.unwrap();
         let got = std::fs::read_to_string(&out).unwrap();
         assert_eq!(got.trim(), format!("node-cmd {CODE} 1700000123"));
+    }
+
+    /// A descriptor the host holds without close-on-exec (as an inherited one would be) does
+    /// not reach the notifier: a notifier outliving a crashed host must not hold its lock.
+    #[tokio::test]
+    async fn the_program_inherits_no_descriptor_of_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = dir.path().join("held");
+        std::fs::write(&held, "").unwrap();
+        let c_path = std::ffi::CString::new(held.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2, "open: {fd}");
+        let out = dir.path().join("out.txt");
+        let script = write_script(
+            dir.path(),
+            "fds.sh",
+            &format!(
+                "if [ -e /proc/self/fd/{fd} ]; then echo leaked > '{o}'; else echo closed > '{o}'; fi",
+                o = out.display()
+            ),
+        );
+        notifier(&script).notify(&notice()).await.unwrap();
+        // SAFETY: our own descriptor, opened above.
+        unsafe { libc::close(fd) };
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "closed");
     }
 
     #[tokio::test]
