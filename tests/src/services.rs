@@ -265,6 +265,41 @@ impl Proc {
     }
 }
 
+/// What `Postgres` and `Nats` do with their (maybe stopped) server process.
+trait ServerProc {
+    fn is_up(&mut self) -> bool;
+    fn up_pid(&mut self) -> Option<u32>;
+    /// SIGINT (each server's clean, fast shutdown), then SIGKILL to the whole tree after
+    /// `timeout`.
+    fn shut_down(&mut self, timeout: Duration);
+    /// SIGKILL to the whole tree, as a crash.
+    fn crash(&mut self);
+}
+
+impl ServerProc for Option<Proc> {
+    fn is_up(&mut self) -> bool {
+        self.as_mut().is_some_and(Proc::running)
+    }
+
+    fn up_pid(&mut self) -> Option<u32> {
+        self.is_up().then(|| self.as_ref().map(Proc::pid)).flatten()
+    }
+
+    fn shut_down(&mut self, timeout: Duration) {
+        if let Some(mut proc) = self.take() {
+            if proc.running() && !proc.signal_and_wait(libc::SIGINT, timeout) {
+                proc.kill_tree();
+            }
+        }
+    }
+
+    fn crash(&mut self) {
+        if let Some(mut proc) = self.take() {
+            proc.kill_tree();
+        }
+    }
+}
+
 fn send_signal(pid: u32, signal: i32) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) has no memory-safety preconditions.
@@ -593,32 +628,24 @@ impl Postgres {
 
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Proc::running)
+        self.proc.is_up()
     }
 
     /// The postmaster's pid, while running.
     pub fn pid(&mut self) -> Option<u32> {
-        self.is_running()
-            .then(|| self.proc.as_ref().map(Proc::pid))
-            .flatten()
+        self.proc.up_pid()
     }
 
     /// Fast shutdown (SIGINT: roll back open transactions, disconnect clients, checkpoint);
     /// killed if that takes longer than 30 s.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            if proc.running() && !proc.signal_and_wait(libc::SIGINT, STOP_TIMEOUT) {
-                proc.kill_tree();
-            }
-        }
+        self.proc.shut_down(STOP_TIMEOUT);
     }
 
     /// SIGKILL the server and all its backends at once, as a crash would. The next
     /// [`Postgres::restart`] runs crash recovery.
     pub fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill_tree();
-        }
+        self.proc.crash();
     }
 
     /// Start it again (stopping it first if it runs) on the same port and data directory.
@@ -645,11 +672,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            if proc.running() && !proc.signal_and_wait(libc::SIGINT, Duration::from_secs(10)) {
-                proc.kill_tree();
-            }
-        }
+        self.proc.shut_down(Duration::from_secs(10));
         // The TempDir field then removes the directory (root may remove the service
         // account's files).
     }
@@ -750,30 +773,22 @@ impl Nats {
 
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Proc::running)
+        self.proc.is_up()
     }
 
     /// The server's pid, while running.
     pub fn pid(&mut self) -> Option<u32> {
-        self.is_running()
-            .then(|| self.proc.as_ref().map(Proc::pid))
-            .flatten()
+        self.proc.up_pid()
     }
 
     /// Clean shutdown (SIGINT: clients see their connection close); killed after 30 s.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            if proc.running() && !proc.signal_and_wait(libc::SIGINT, STOP_TIMEOUT) {
-                proc.kill_tree();
-            }
-        }
+        self.proc.shut_down(STOP_TIMEOUT);
     }
 
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill_tree();
-        }
+        self.proc.crash();
     }
 
     /// Start it again (stopping it first if it runs) on the same port (and JetStream store).
@@ -800,10 +815,6 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            if proc.running() && !proc.signal_and_wait(libc::SIGINT, Duration::from_secs(10)) {
-                proc.kill_tree();
-            }
-        }
+        self.proc.shut_down(Duration::from_secs(10));
     }
 }

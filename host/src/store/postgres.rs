@@ -102,7 +102,11 @@ ON CONFLICT (key) DO UPDATE SET
     window_start = CASE WHEN $2 - r.window_start >= $3 THEN $2 ELSE r.window_start END,
     window_secs = $3
 RETURNING count";
-const SQL_CLAIM: &str = "\
+/// Claim `identifier`'s session for this host (a new epoch from the sequence). The start of
+/// [`SQL_CLAIM`] and [`SQL_RECLAIM`], which differ only in the condition.
+macro_rules! claim_session_sql {
+    () => {
+        "\
 INSERT INTO sessions AS s (identifier, node, conn_id, epoch, connected_since, remote, lease_until)
 VALUES ($1, $2, $3, nextval('session_epochs'), $4, $5, $6)
 ON CONFLICT (identifier) DO UPDATE SET
@@ -112,21 +116,17 @@ ON CONFLICT (identifier) DO UPDATE SET
     connected_since = excluded.connected_since,
     remote = excluded.remote,
     lease_until = excluded.lease_until
-RETURNING epoch";
+"
+    };
+}
+const SQL_CLAIM: &str = concat!(claim_session_sql!(), "RETURNING epoch");
 /// The same claim, made only if nobody else holds a live one (re-claiming a session of this
 /// host whose claim was lost): no row when another host holds it.
-const SQL_RECLAIM: &str = "\
-INSERT INTO sessions AS s (identifier, node, conn_id, epoch, connected_since, remote, lease_until)
-VALUES ($1, $2, $3, nextval('session_epochs'), $4, $5, $6)
-ON CONFLICT (identifier) DO UPDATE SET
-    node = excluded.node,
-    conn_id = excluded.conn_id,
-    epoch = nextval('session_epochs'),
-    connected_since = excluded.connected_since,
-    remote = excluded.remote,
-    lease_until = excluded.lease_until
-WHERE (s.node = excluded.node AND s.conn_id = excluded.conn_id) OR s.lease_until < $7
-RETURNING epoch";
+const SQL_RECLAIM: &str = concat!(
+    claim_session_sql!(),
+    "WHERE (s.node = excluded.node AND s.conn_id = excluded.conn_id) OR s.lease_until < $7
+RETURNING epoch"
+);
 const SQL_RELEASE: &str =
     "DELETE FROM sessions WHERE identifier = $1 AND node = $2 AND conn_id = $3";
 /// Renew the claims of `node`'s live sessions ($3, $4: identifiers and connection ids) and drop
