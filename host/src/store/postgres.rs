@@ -614,39 +614,23 @@ impl PgStore {
         let mut client = self.client(what).await?;
         let c = &mut client;
         let outcome = tokio::time::timeout(OP_TIMEOUT, async {
-            let row = match if_free_at {
-                None => {
-                    let stmt = c.prepare_cached(SQL_CLAIM).await?;
-                    c.query_opt(
-                        &stmt,
-                        &[
-                            &claim.identifier,
-                            &claim.node,
-                            &conn,
-                            &claim.connected_since,
-                            &claim.remote,
-                            &claim.lease_until,
-                        ],
-                    )
-                    .await?
-                }
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+                &claim.identifier,
+                &claim.node,
+                &conn,
+                &claim.connected_since,
+                &claim.remote,
+                &claim.lease_until,
+            ];
+            let sql = match &if_free_at {
+                None => SQL_CLAIM,
                 Some(now) => {
-                    let stmt = c.prepare_cached(SQL_RECLAIM).await?;
-                    c.query_opt(
-                        &stmt,
-                        &[
-                            &claim.identifier,
-                            &claim.node,
-                            &conn,
-                            &claim.connected_since,
-                            &claim.remote,
-                            &claim.lease_until,
-                            &now,
-                        ],
-                    )
-                    .await?
+                    params.push(now);
+                    SQL_RECLAIM
                 }
             };
+            let stmt = c.prepare_cached(sql).await?;
+            let row = c.query_opt(&stmt, &params).await?;
             match row {
                 None => Ok(None),
                 Some(row) => Ok(Some(row.try_get::<_, i64>(0)?)),
