@@ -2,7 +2,7 @@
 //! into the real session state machine ([`Session`]) against a real hub (in-memory trust store,
 //! a notifier that keeps codes in memory, an injected clock), checking invariants after every
 //! step. `fuzz/fuzz_targets/session.rs` calls [`session_sequence`]; the regular test suite
-//! replays its corpus (tests/tests/fuzz_corpus.rs).
+//! replays its corpus (tests/tests/e2e/fuzz_corpus.rs).
 //!
 //! Invariants:
 //! - nothing panics;

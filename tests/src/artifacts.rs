@@ -5,7 +5,7 @@
 //!   …), because their packages have integration tests, into `target/debug/`.
 //! - The bundled plugins are dependencies of this crate (and `cdylib` + `rlib` crates), so
 //!   cargo builds their `.so` together with any of these tests, into `target/debug/deps/`.
-//! - A narrower run (`cargo test -p yonexus-e2e --test hub`) does not build other packages'
+//! - A narrower run (`cargo test -p yonexus-e2e --test e2e hub::`) does not build other packages'
 //!   binaries. A missing artifact, or one older than a source file it is built from (so it
 //!   would test old code), is an error naming the command that builds it.
 

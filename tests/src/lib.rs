@@ -1,4 +1,5 @@
-//! Test harness for the end-to-end tests in `tests/tests/`.
+//! Test harness for the end-to-end tests in `tests/tests/e2e/` (one test binary, a module per
+//! area).
 //!
 //! - [`artifacts`]: the `yonexus` and `yonexus-follower` binaries and the bundled plugins that
 //!   cargo built for this test run ([`bin`], [`plugin`]); a missing or stale one is an error
@@ -119,12 +120,24 @@ impl HostProc {
 
     /// [`HostProc::start`] with `RUST_LOG` set to `rust_log`.
     pub fn start_logging(dir: &Path, config: &str, rust_log: &str) -> Result<HostProc> {
+        Self::spawn(dir, config, rust_log, &[])
+    }
+
+    /// [`HostProc::start`] with extra environment variables for the host (e.g. the variable
+    /// its config names for a token): set on the child only, never on the test process, whose
+    /// other tests run concurrently.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<HostProc> {
+        Self::spawn(dir, config, "debug", env)
+    }
+
+    fn spawn(dir: &Path, config: &str, rust_log: &str, env: &[(&str, &str)]) -> Result<HostProc> {
         let path = dir.join("yonexus.toml");
         std::fs::write(&path, config)?;
         let mut child = Command::new(bin("yonexus"))
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -133,7 +146,7 @@ impl HostProc {
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("YONEXUS_TEST_ECHO_LOGS").is_some() {
                     eprintln!("host: {line}");
@@ -149,14 +162,26 @@ impl HostProc {
             config: path,
             logs,
         };
+        // Until the host says where it listens, or exits (a refused start: stop waiting at
+        // once, after its last stderr line is in).
+        let mut exited = false;
         let addr = wait_for(Duration::from_secs(20), || {
-            host.logs().iter().find_map(|l| {
+            let found = host.logs().iter().find_map(|l| {
                 let v: Value = serde_json::from_str(l).ok()?;
                 (v["fields"]["message"] == "listening")
                     .then(|| v["fields"]["address"].as_str()?.parse().ok())
                     .flatten()
-            })
-        });
+            });
+            exited = found.is_none() && matches!(host.child.try_wait(), Ok(Some(_)));
+            found.map(Some).or(exited.then_some(None))
+        })
+        .flatten();
+        if exited {
+            // The pipe closes with the host (a notifier child could hold it: then do not wait).
+            let _ = wait_for(Duration::from_secs(2), || {
+                reader.is_finished().then_some(())
+            });
+        }
         let wants_admin = !config.contains("listen = \"off\"");
         let admin_line = || {
             host.logs().iter().find_map(|l| {

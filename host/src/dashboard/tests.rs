@@ -1,5 +1,5 @@
 //! The admin port over real sockets: a fixed [`AdminView`] (the host's own view is tested
-//! end to end in `tests/tests/dashboard.rs`) behind the real router and connection loop.
+//! end to end in `tests/tests/e2e/dashboard.rs`) behind the real router and connection loop.
 //! Compiled only under #[cfg(test)] (see `mod.rs`).
 
 use super::event_log::EventLog;

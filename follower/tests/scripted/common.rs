@@ -1,8 +1,5 @@
-//! The host side of the scripted-host tests (`scripted_host.rs`, `cli.rs`): a real WebSocket
+//! The host side of the scripted-host tests (`client.rs`, `cli.rs`): a real WebSocket
 //! listener on an ephemeral loopback port and helpers to read and write frames.
-
-// Each test binary uses a part of this module.
-#![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;

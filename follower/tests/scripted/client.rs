@@ -1,9 +1,7 @@
 //! The real follower client against a small scripted host that plays the host side of the
 //! handshake over a real WebSocket.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};

@@ -160,8 +160,24 @@ async fn twenty_swaps_under_load_lose_nothing_and_keep_order() {
     assert!(total > 100, "the load generator sent too little ({total})");
 }
 
+/// `yonexus reload`; after a success, also waits for the host's log of that reload, so the
+/// log lines it wrote while reloading are all in `host.logs()` (they are read from its stderr
+/// on another thread, and may lag behind the CLI's answer).
 fn reload_cli(host: &HostProc) -> (i32, String, String) {
-    cli(&host.config, &["reload"])
+    let ends =
+        |h: &HostProc| count_logs(h, "reload applied") + count_logs(h, "reload: nothing changed");
+    let before = ends(host);
+    let result = cli(&host.config, &["reload"]);
+    if result.0 == 0 {
+        let logged = wait_for(Duration::from_secs(10), || {
+            (ends(host) > before).then_some(())
+        });
+        assert!(
+            logged.is_some(),
+            "the host did not log the reload it answered"
+        );
+    }
+    result
 }
 
 fn count_logs(host: &HostProc, needle: &str) -> usize {

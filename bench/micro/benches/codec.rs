@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the wire codec and auth verification (no I/O).
 //!
-//! `cargo bench -p yonexus-protocol --bench codec -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench --manifest-path bench/micro/Cargo.toml --bench codec -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;

@@ -3,7 +3,7 @@
 //! `on_message` in the bundled echo `.so` → reply in the follower's outbound queue), and the
 //! full ordered auth check.
 //!
-//! `cargo bench -p yonexus-host --bench plugin_call -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench --manifest-path bench/micro/Cargo.toml --bench plugin_call -- --warm-up-time 1 --measurement-time 3`
 //!
 //! The echo plugin is built in release mode into `target/bench-plugins` first (a separate
 //! target dir: the main one is locked while `cargo bench` runs).
@@ -24,10 +24,8 @@ use yonexus_protocol::envelope::AuthRequest;
 use yonexus_protocol::signing;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host has a parent dir")
-        .to_owned()
+    // bench/micro → the repository root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn echo_so() -> PathBuf {

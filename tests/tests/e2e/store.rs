@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+use yonexus_e2e::bin;
 use yonexus_e2e::services::Postgres;
 use yonexus_host::config::{PostgresUrl, StoreConfig};
 use yonexus_host::store::{
@@ -1166,7 +1167,7 @@ async fn wait_until_answering(store: &Store) {
 // `yonexus migrate` and `yonexus check`
 
 fn yonexus(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_yonexus"))
+    std::process::Command::new(bin("yonexus"))
         .args(args)
         .env_remove("RUST_LOG")
         .output()
@@ -1197,7 +1198,7 @@ fn migrate_and_check_report_the_database_without_its_password() {
         "[store]\nbackend = \"postgres\"\nurl_env = \"YX_TEST_PG_URL\"\n",
     );
     let with_url = |args: &[&str], url: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_yonexus"))
+        std::process::Command::new(bin("yonexus"))
             .args(args)
             .env("YX_TEST_PG_URL", url)
             .env_remove("RUST_LOG")

@@ -1,9 +1,7 @@
 //! The `yonexus-follower` binary against a scripted host: pairing code typed on stdin, rule
 //! lines from stdin to the host, rule messages from the host on stdout, EOF → close 1000.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::process::Stdio;
 use std::time::Duration;

@@ -27,13 +27,6 @@ const TOKEN: &str = "e2e-dashboard-token-5f1c9a0b7d3e";
 const UNSET_ENV: &str = "YONEXUS_E2E_DASHBOARD_TOKEN_UNSET";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Put the token into this process's environment (inherited by the hosts it starts). Set once,
-/// before the first host of the process starts; nothing else here reads or changes it.
-fn token_in_env() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| std::env::set_var(TOKEN_ENV, TOKEN));
-}
-
 fn admin_section(token_env: &str, listen: &str) -> String {
     format!("[admin]\nlisten = \"{listen}\"\ntoken_env = \"{token_env}\"\n")
 }
@@ -46,8 +39,8 @@ fn config(dir: &Path, allow: &[&str], token_env: &str, listen: &str) -> String {
 }
 
 fn start(dir: &Path, allow: &[&str], token_env: &str) -> HostProc {
-    token_in_env();
-    let host = HostProc::start(dir, &config(dir, allow, token_env, "127.0.0.1:0")).unwrap();
+    let config = config(dir, allow, token_env, "127.0.0.1:0");
+    let host = HostProc::start_with_env(dir, &config, &[(TOKEN_ENV, TOKEN)]).unwrap();
     assert!(host.admin.is_some(), "admin port not announced");
     host
 }
