@@ -478,29 +478,9 @@ async fn cli_exec_falling_behind_drops_the_oldest_waiting_and_the_connection_goe
     }
     // A burst (more than the library's event channel holds) while the program is busy.
     const BURST: usize = 600;
-    tokio::time::timeout(WAIT, async {
-        for n in 0..BURST {
-            ws.feed(WsMessage::text(format!("burst::{n}")))
-                .await
-                .unwrap();
-        }
-        ws.flush().await.unwrap();
-    })
-    .await
-    .expect("the follower stopped reading");
+    send_burst(&mut ws, "burst", BURST).await;
     // The connection is not held up by the program: heartbeats (1 s) go on, pings are answered.
-    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
-        .await
-        .unwrap();
-    let (mut heartbeats, mut pong) = (0, false);
-    let window = tokio::time::Instant::now() + Duration::from_millis(2300);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(window, ws.next()).await {
-        match m {
-            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
-            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
-            _ => {}
-        }
-    }
+    let (heartbeats, pong) = ping_and_count_heartbeats(&mut ws, Duration::from_millis(2300)).await;
     assert!(pong, "ping not answered");
     assert!(heartbeats >= 2, "{heartbeats} heartbeats in 2.3 s at 1 s");
 

@@ -882,29 +882,9 @@ async fn an_application_that_does_not_read_never_stalls_the_connection() {
     // The application stops reading events while the host sends far more than the channel
     // and the backlog hold.
     const BURST: usize = 10_000;
-    tokio::time::timeout(WAIT, async {
-        for n in 0..BURST {
-            ws.feed(WsMessage::text(format!("echo::{n}")))
-                .await
-                .unwrap();
-        }
-        ws.flush().await.unwrap();
-    })
-    .await
-    .expect("the follower stopped reading");
+    send_burst(&mut ws, "echo", BURST).await;
     // The connection goes on meanwhile: heartbeats keep coming and a ping is answered.
-    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
-        .await
-        .unwrap();
-    let (mut heartbeats, mut pong) = (0, false);
-    let window = tokio::time::Instant::now() + Duration::from_millis(1000);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(window, ws.next()).await {
-        match m {
-            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
-            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
-            _ => {}
-        }
-    }
+    let (heartbeats, pong) = ping_and_count_heartbeats(&mut ws, Duration::from_millis(1000)).await;
     assert!(pong, "ping not answered");
     assert!(heartbeats >= 3, "{heartbeats} heartbeats in 1 s at 0.2 s");
     assert!(handle.is_authenticated());

@@ -110,3 +110,36 @@ pub async fn pair_failed(ws: &mut Ws, reason: PairFailReason, attempts_left: Opt
     )
     .await;
 }
+
+/// Send `n` rule frames `rule::0`, `rule::1`, … as fast as the follower reads them (fails if it
+/// stops reading for [`WAIT`]).
+pub async fn send_burst(ws: &mut Ws, rule: &str, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        for i in 0..n {
+            ws.feed(WsMessage::text(format!("{rule}::{i}")))
+                .await
+                .unwrap();
+        }
+        ws.flush().await.unwrap();
+    })
+    .await
+    .expect("the follower stopped reading");
+}
+
+/// Ping the follower, then read for `window`: returns the heartbeats received and whether the
+/// ping was answered (the connection goes on while the application is busy).
+pub async fn ping_and_count_heartbeats(ws: &mut Ws, window: Duration) -> (usize, bool) {
+    ws.send(WsMessage::Ping(b"there?".to_vec().into()))
+        .await
+        .unwrap();
+    let (mut heartbeats, mut pong) = (0, false);
+    let until = tokio::time::Instant::now() + window;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, ws.next()).await {
+        match m {
+            WsMessage::Text(t) if is_heartbeat(t.as_str()) => heartbeats += 1,
+            WsMessage::Pong(p) => pong = p.as_ref() == b"there?",
+            _ => {}
+        }
+    }
+    (heartbeats, pong)
+}
