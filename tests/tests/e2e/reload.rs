@@ -184,6 +184,16 @@ fn count_logs(host: &HostProc, needle: &str) -> usize {
     host.logs().iter().filter(|l| l.contains(needle)).count()
 }
 
+/// Wait until the host has logged more reloads than `before` (a count of "reload applied"):
+/// a follower can see a new version before the log lines of that reload are read from the
+/// host's stderr, and counts of them taken earlier would be short.
+fn await_reload_logged(host: &HostProc, before: usize) {
+    let logged = wait_for(Duration::from_secs(10), || {
+        (count_logs(host, "reload applied") > before).then_some(())
+    });
+    assert!(logged.is_some(), "the host did not log the reload");
+}
+
 #[tokio::test]
 async fn in_place_copy_half_written_file_and_touch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -202,7 +212,9 @@ async fn in_place_copy_half_written_file_and_touch() {
         .is_some());
 
     // Written in two parts with a pause shorter than the debounce: never loaded half-written.
+    await_reload_logged(&host, 0);
     let created_before = count_logs(&host, "plugin instance created");
+    let applied_before = count_logs(&host, "reload applied");
     let bytes = versioned_bytes(2);
     let (first, second) = bytes.split_at(bytes.len() / 2);
     {
@@ -216,6 +228,7 @@ async fn in_place_copy_half_written_file_and_touch() {
     assert!(until_version(&mut raw, 2, Duration::from_secs(10))
         .await
         .is_some());
+    await_reload_logged(&host, applied_before);
     assert_eq!(
         count_logs(&host, "reload refused"),
         0,
@@ -229,6 +242,7 @@ async fn in_place_copy_half_written_file_and_touch() {
 
     // A pause longer than the debounce: the torn file is refused (truncated), the old version
     // keeps answering, and the completed file loads.
+    let applied_before = count_logs(&host, "reload applied");
     {
         use std::io::Write;
         let bytes = versioned_bytes(3);
@@ -255,6 +269,7 @@ async fn in_place_copy_half_written_file_and_touch() {
     assert!(until_version(&mut raw, 3, Duration::from_secs(10))
         .await
         .is_some());
+    await_reload_logged(&host, applied_before);
 
     // Touching the file (same content) causes no reload.
     let created = count_logs(&host, "plugin instance created");
