@@ -912,7 +912,7 @@ fn plugin_call_cost() {
 /// The non-blocking contract: a plugin that promised non-blocking calls runs inline on the
 /// dispatching thread; when one call overruns the budget, the watchdog demotes it to its own
 /// threads, so a sender on another thread is served while the slow call still runs. The
-/// watchdog costs nothing while no inline call runs.
+/// watchdog goes to sleep once no inline call has run for its grace period, and a call wakes it.
 #[test]
 fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
     let _serial = inline_tests();
@@ -920,7 +920,9 @@ fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
     let mut alice = follower(&reg, "alice", 1);
     let mut bob = follower(&reg, "bob", 2);
     let h = start(&spec("liar", fixture_so("nonblocking")), &reg);
-    // The watchdog exists now; with no inline call running it does not wake up.
+    // The watchdog exists now (earlier inline tests may have left it ticking out its grace);
+    // with no inline call running it goes to sleep and stays asleep.
+    std::thread::sleep(2 * plugins::WATCHDOG_IDLE_GRACE);
     watchdog_stays_asleep();
     plugins::set_inline_limit(1);
     assert!(h.runs_inline());
@@ -952,8 +954,8 @@ fn a_non_blocking_plugin_that_blocks_is_demoted_and_stalls_nobody() {
         assert_eq!(recv(&mut alice, T), Some(format!("fx::m{i}")));
     }
     plugins::set_inline_limit(0);
-    // No inline call runs any more: back to sleep.
-    std::thread::sleep(Duration::from_millis(20));
+    // No inline call runs any more: back to sleep once its grace has passed.
+    std::thread::sleep(2 * plugins::WATCHDOG_IDLE_GRACE);
     watchdog_stays_asleep();
 }
 

@@ -26,8 +26,12 @@
 //!   follower's order holds;
 //! - the calling thread has one of the watchdog's 64 thread slots.
 //!
-//! Otherwise the message is queued. The watchdog thread sleeps (parked, costing nothing) while
-//! no inline call runs, and checks every `INLINE_BUDGET / 2` while one does.
+//! Otherwise the message is queued. The watchdog thread checks every `INLINE_BUDGET / 2` while
+//! inline calls run, and parks (costing nothing) once it has found none running for
+//! [`WATCHDOG_IDLE_GRACE`]; the next inline call wakes it. Under load calls start thousands of
+//! times per second and each lasts microseconds, so a watchdog that parked whenever it found
+//! none running was woken by almost every tick's next call: a futex wake on the I/O thread
+//! and two more context switches per millisecond on the cores that serve followers.
 
 use super::sched::{self, ThreadProbe, Verdict};
 use super::worker::{self, Instance, Job, Latch, Mailbox, Refused, Shared};
@@ -54,8 +58,12 @@ static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 /// the kernel cannot tell, wall-clock time alone judges).
 static SLOT_PROBES: [OnceLock<Option<ThreadProbe>>; INLINE_SLOTS] =
     [const { OnceLock::new() }; INLINE_SLOTS];
-/// The watchdog thread, unparked when the first inline call starts.
+/// The watchdog thread, unparked when an inline call starts while it is parked.
 static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
+/// Set by the watchdog just before it parks; the call that finds it set wakes it.
+static WATCHDOG_PARKED: AtomicBool = AtomicBool::new(false);
+/// How long the watchdog keeps ticking after it last found an inline call running.
+pub const WATCHDOG_IDLE_GRACE: Duration = Duration::from_millis(50);
 static WATCHDOG_CHECKS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
@@ -88,19 +96,22 @@ pub fn inline_watchdog_checks() -> u64 {
 
 fn try_inline_permit() -> bool {
     let limit = INLINE_LIMIT.load(Ordering::Relaxed);
-    match INLINE_ACTIVE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-        (a < limit).then_some(a + 1)
-    }) {
-        Ok(0) => {
-            // The first inline call: wake the watchdog (cheap when it is not parked).
-            if let Some(watchdog) = WATCHDOG.get() {
-                watchdog.unpark();
-            }
-            true
-        }
-        Ok(_) => true,
-        Err(_) => false,
+    // SeqCst here and in the watchdog's park: either it sees this call running, or this call
+    // sees it parked (and wakes it).
+    if INLINE_ACTIVE
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+            (a < limit).then_some(a + 1)
+        })
+        .is_err()
+    {
+        return false;
     }
+    if WATCHDOG_PARKED.load(Ordering::SeqCst) && WATCHDOG_PARKED.swap(false, Ordering::SeqCst) {
+        if let Some(watchdog) = WATCHDOG.get() {
+            watchdog.unpark();
+        }
+    }
+    true
 }
 
 /// Counters of one plugin instance.
@@ -176,12 +187,20 @@ fn watched() -> &'static Mutex<Vec<Weak<Inner>>> {
             .name("yonexus-inline-watchdog".into())
             .spawn(|| {
                 let mut seen = HashMap::new();
+                let mut last_busy = std::time::Instant::now();
                 loop {
-                    if INLINE_ACTIVE.load(Ordering::Acquire) == 0 {
-                        // Until the next first inline call unparks it (an unpark that comes
+                    if INLINE_ACTIVE.load(Ordering::SeqCst) != 0 {
+                        last_busy = std::time::Instant::now();
+                    } else if last_busy.elapsed() >= WATCHDOG_IDLE_GRACE {
+                        // Until a call finds it parked and unparks it (an unpark that comes
                         // before this park makes it return at once; a spurious return loops).
                         seen.clear();
-                        std::thread::park();
+                        WATCHDOG_PARKED.store(true, Ordering::SeqCst);
+                        if INLINE_ACTIVE.load(Ordering::SeqCst) == 0 {
+                            std::thread::park();
+                        }
+                        WATCHDOG_PARKED.store(false, Ordering::SeqCst);
+                        last_busy = std::time::Instant::now();
                         continue;
                     }
                     std::thread::sleep(INLINE_BUDGET / 2);

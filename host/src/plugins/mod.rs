@@ -42,6 +42,7 @@ pub use abi::{host_target, HeaderInfo};
 pub use error::{LoadErrorKind, PluginLoadError};
 pub use handler::{
     inline_watchdog_checks, set_inline_limit, PluginHandler, PluginStats, INLINE_BUDGET,
+    WATCHDOG_IDLE_GRACE,
 };
 pub use host_api::LOG_TARGET;
 pub use loader::mapped_libraries;
