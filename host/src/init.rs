@@ -123,7 +123,7 @@ allow = ["alpha", "beta"]
 #   discord_bot_token_env = "YONEXUS_DISCORD_TOKEN"
 notify = "log"
 ttl_secs = 300       # how long a code stays valid
-max_attempts = 5     # wrong codes before the pairing is cancelled
+max_attempts = 5     # wrong codes per connection before it is closed; the code stays valid
 
 [liveness]
 # A follower silent (no heartbeat) this long is "unstable", then "offline" and disconnected.

@@ -355,10 +355,81 @@ fn check(config: &Path) -> anyhow::Result<()> {
     println!("  listen {} path {}", c.server.listen, c.server.path);
     println!("  state_dir {}", c.server.state_dir.display());
     println!("  {} allowlisted follower(s)", c.allow.len());
+    let tls = check_tls(&c);
+    let notifier = check_notifier(&c);
     let store = check_store(&c);
     let cluster = check_cluster(&c);
     let plugins = check_plugins(&c);
-    store.and(cluster).and(plugins)
+    tls.and(notifier).and(store).and(cluster).and(plugins)
+}
+
+/// `check`'s TLS line: the certificate chain and key load and form a pair, as `serve` needs.
+fn check_tls(c: &Config) -> anyhow::Result<()> {
+    let Some(tls) = &c.server.tls else {
+        return Ok(());
+    };
+    match yonexus_host::tls::acceptor(tls) {
+        Ok(_) => {
+            println!(
+                "  tls cert {} key {}: usable",
+                tls.cert.display(),
+                tls.key.display()
+            );
+            Ok(())
+        }
+        Err(why) => {
+            println!("  tls NOT USABLE: {why}");
+            anyhow::bail!("{why}")
+        }
+    }
+}
+
+/// `check`'s pairing-notifier line: the notifier builds as `serve` builds it (the Discord bot
+/// token is in its variable), and a command notifier's program is there to run.
+fn check_notifier(c: &Config) -> anyhow::Result<()> {
+    use yonexus_host::notify::{Notifier, NotifierConfig};
+    let notifier = match Notifier::from_config(&c.pairing.notifier) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("  pairing notifier NOT USABLE: {e}");
+            return Err(e.into());
+        }
+    };
+    if let NotifierConfig::Command { program } = &c.pairing.notifier {
+        let exe = program.first().map(String::as_str).unwrap_or("");
+        let Some(found) = find_program(exe) else {
+            println!("  pairing notifier command: {exe} NOT FOUND");
+            anyhow::bail!(
+                "pairing.command: `{exe}` is not an executable file{}: pairing codes could not be delivered",
+                if exe.contains('/') { "" } else { " on PATH" }
+            );
+        };
+        println!("  pairing notifier command: {}", found.display());
+    } else {
+        println!("  pairing notifier {}", notifier.kind());
+    }
+    Ok(())
+}
+
+/// Where `exe` runs from, as the command notifier starts it: a path (with a `/`, relative to
+/// the working directory) or a name looked up on `PATH`; `None` unless it is an executable file.
+fn find_program(exe: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if exe.is_empty() {
+        return None;
+    }
+    if exe.contains('/') {
+        let p = PathBuf::from(exe);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(exe))
+            .find(|p| executable(p))
+    })
 }
 
 /// `check`'s cluster lines: this node's name and whether each NATS server answers (a host

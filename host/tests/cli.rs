@@ -140,6 +140,63 @@ fn check_prints_a_clean_summary_without_log_lines() {
     assert!(out.stderr.is_empty(), "stderr: {}", text(&out.stderr));
 }
 
+/// `check` refuses what `serve` would refuse at start (unusable TLS files, a Discord notifier
+/// without its token), and a pairing command that is not there to run; it passes a good one.
+#[test]
+fn check_refuses_what_serve_would_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |name: &str, extra: &str| {
+        let config = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nstate_dir = \"state-{name}\"\n[followers]\nallow = [\"alpha\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        let out = yonexus(&["check", "--config", config.to_str().unwrap()]);
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    std::fs::write(tmp.path().join("cert.pem"), "not a certificate\n").unwrap();
+    std::fs::write(tmp.path().join("key.pem"), "not a key\n").unwrap();
+    let (ok, stdout, stderr) = check(
+        "tls",
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+    );
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("tls NOT USABLE"), "{stdout}");
+    assert!(stderr.contains("server.tls.cert"), "{stderr}");
+
+    let var = "YONEXUS_CHECK_TEST_TOKEN_THAT_IS_NOT_SET";
+    let (ok, stdout, stderr) = check(
+        "discord",
+        &format!("[pairing]\nnotify = \"discord\"\ndiscord_admin_user_id = \"123456789012345678\"\ndiscord_bot_token_env = \"{var}\"\n"),
+    );
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains(var), "{stderr}");
+
+    let (ok, stdout, stderr) = check(
+        "missing-command",
+        "[pairing]\nnotify = \"command\"\ncommand = [\"yonexus-no-such-notifier\", \"--x\"]\n",
+    );
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("yonexus-no-such-notifier NOT FOUND"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("not an executable file on PATH"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = check(
+        "command",
+        "[pairing]\nnotify = \"command\"\ncommand = [\"sh\", \"-c\", \"true\"]\n",
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("pairing notifier command: /"), "{stdout}");
+}
+
 #[test]
 fn completions_for_each_shell_name_every_subcommand() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
