@@ -75,6 +75,12 @@ pub struct Response {
     pub pairing: Option<Vec<PairingRow>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<bool>,
+    /// `revoke`: whether it was paired (or pairing) until then, and whether its connection to
+    /// this host was closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was_paired: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<crate::reload::ReloadReport>,
 }
@@ -87,6 +93,8 @@ impl Response {
             clients: None,
             pairing: None,
             revoked: None,
+            was_paired: None,
+            disconnected: None,
             reload: None,
         }
     }
@@ -97,6 +105,8 @@ impl Response {
             clients: None,
             pairing: None,
             revoked: None,
+            was_paired: None,
+            disconnected: None,
             reload: None,
         }
     }
@@ -282,10 +292,14 @@ async fn handle(hub: &Hub, reloader: &Reloader, req: Request) -> Response {
         Request::Revoke { identifier } => {
             match crate::lifecycle::revoke(hub, &identifier, "trust revoked by the operator").await
             {
-                Ok(existed) => {
-                    tracing::info!(identifier = %identifier, "revoked by the operator");
+                Ok(r) => {
+                    if r.was_paired || r.disconnected {
+                        tracing::info!(identifier = %identifier, was_paired = r.was_paired, disconnected = r.disconnected, "revoked by the operator");
+                    }
                     Response {
-                        revoked: Some(existed),
+                        revoked: Some(r.existed),
+                        was_paired: Some(r.was_paired),
+                        disconnected: Some(r.disconnected),
                         ..Response::ok()
                     }
                 }

@@ -292,27 +292,51 @@ pub fn sweep_one(
 }
 
 /// Close `identifier`'s connection (if any) with `code`/`reason` and take it offline.
-pub fn disconnect(hub: &Hub, identifier: &str, code: u16, reason: &str) {
-    if let Some(peer) = hub.registry.get(identifier) {
-        peer.close(code, reason);
-        went_offline(hub, &Arc::from(identifier), peer.conn_id);
-    }
+pub fn disconnect(hub: &Hub, identifier: &str, code: u16, reason: &str) -> bool {
+    let Some(peer) = hub.registry.get(identifier) else {
+        return false;
+    };
+    peer.close(code, reason);
+    went_offline(hub, &Arc::from(identifier), peer.conn_id);
+    true
+}
+
+/// What [`revoke`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    /// The follower had a trust record (nothing is changed without one).
+    pub existed: bool,
+    /// It was paired, or a pairing was pending, until now (not for a record never paired or
+    /// already revoked).
+    pub was_paired: bool,
+    /// Its connection to this host was closed.
+    pub disconnected: bool,
 }
 
 /// Revoke trust in `identifier`: the secret is forgotten durably first (so a proof checked
-/// from now on, on any host, fails), then its connection is closed wherever it is. Returns
-/// whether a record existed.
-pub async fn revoke(hub: &Hub, identifier: &str, close_reason: &str) -> Result<bool, StoreError> {
+/// from now on, on any host, fails), then its connection is closed wherever it is.
+pub async fn revoke(
+    hub: &Hub,
+    identifier: &str,
+    close_reason: &str,
+) -> Result<Revocation, StoreError> {
     let now = hub.now();
-    let existed = hub
+    let was_paired = hub
         .store
-        .apply_existing(identifier, |r| r.revoke(now))
-        .await?
-        .is_some();
+        .apply_existing(identifier, |r| {
+            let was = r.has_trust_to_revoke();
+            r.revoke(now);
+            was
+        })
+        .await?;
     hub.guard.forget(identifier);
-    disconnect(hub, identifier, 1008, close_reason);
+    let disconnected = disconnect(hub, identifier, 1008, close_reason);
     if let Some(link) = hub.link() {
         link.publish_revoke(identifier, close_reason);
     }
-    Ok(existed)
+    Ok(Revocation {
+        existed: was_paired.is_some(),
+        was_paired: was_paired.unwrap_or(false),
+        disconnected,
+    })
 }

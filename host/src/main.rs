@@ -594,21 +594,32 @@ fn reload(config: &Path, json: bool) -> anyhow::Result<()> {
 
 fn revoke(config: &Path, identifier: &str, json: bool) -> anyhow::Result<()> {
     let c = load(config)?;
+    yonexus_protocol::validate::identifier(identifier)
+        .map_err(|e| anyhow::anyhow!("{identifier:?} is not a follower identifier: {e}"))?;
     let request = Request::Revoke {
         identifier: identifier.to_owned(),
     };
-    let (revoked, offline) = match admin::request(&c.server.state_dir, &request) {
-        Ok(resp) => (resp.revoked.unwrap_or(false), None),
-        Err(admin::ClientError::NotRunning(_)) => {
-            let o = block_on(false, revoke_offline(&c, identifier))?;
-            (o.existed, Some(o))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (revoked, was_paired, disconnected, offline) =
+        match admin::request(&c.server.state_dir, &request) {
+            Ok(resp) => (
+                resp.revoked.unwrap_or(false),
+                // A host from before these fields: take a revoked record as paired.
+                resp.was_paired.or(resp.revoked).unwrap_or(false),
+                resp.disconnected.unwrap_or(false),
+                None,
+            ),
+            Err(admin::ClientError::NotRunning(_)) => {
+                let o = block_on(false, revoke_offline(&c, identifier))?;
+                (o.existed, o.was_paired, false, Some(o))
+            }
+            Err(e) => return Err(e.into()),
+        };
     if json {
         let mut out = serde_json::json!({
             "identifier": identifier,
             "revoked": revoked,
+            "wasPaired": was_paired,
+            "disconnected": disconnected,
             "hostRunning": offline.is_none(),
         });
         if let Some(Some(told)) = offline.as_ref().map(|o| &o.cluster) {
@@ -617,10 +628,20 @@ fn revoke(config: &Path, identifier: &str, json: bool) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    match (&offline, revoked) {
-        (_, false) => println!("'{identifier}' has no trust record; nothing to revoke"),
-        (None, true) => println!("revoked '{identifier}' and disconnected it"),
-        (Some(o), true) => println!(
+    let connection = if disconnected {
+        " and disconnected it"
+    } else if offline.is_none() {
+        " (it was not connected to this host)"
+    } else {
+        ""
+    };
+    match (&offline, revoked, was_paired) {
+        (_, false, _) => println!("'{identifier}' has no trust record; nothing to revoke"),
+        (_, true, false) => {
+            println!("'{identifier}' was not paired (never, or already revoked); nothing to revoke")
+        }
+        (None, true, true) => println!("revoked '{identifier}'{connection}"),
+        (Some(o), true, true) => println!(
             "revoked '{identifier}' (no host running here; {} updated)",
             o.store
         ),
@@ -648,6 +669,8 @@ fn revoke(config: &Path, identifier: &str, json: bool) -> anyhow::Result<()> {
 struct OfflineRevoke {
     /// Whether the follower had a trust record.
     existed: bool,
+    /// Whether it was paired (or pairing) until now.
+    was_paired: bool,
     /// The store that was changed.
     store: String,
     /// Clustered: whether the other hosts were told to disconnect it.
@@ -664,10 +687,14 @@ async fn revoke_offline(c: &Config, identifier: &str) -> anyhow::Result<OfflineR
     };
     let store = Store::open_without_migrating(&c.store, &c.server.state_dir).await?;
     let now = SystemClock.now();
-    let existed = store
-        .apply_existing(identifier, |r| r.revoke(now))
-        .await?
-        .is_some();
+    let was_paired = store
+        .apply_existing(identifier, |r| {
+            let was = r.has_trust_to_revoke();
+            r.revoke(now);
+            was
+        })
+        .await?;
+    let existed = was_paired.is_some();
     let cluster = match &c.cluster {
         Some(cluster) if existed => Some(
             yonexus_host::cluster::link::announce_revoke(
@@ -682,6 +709,7 @@ async fn revoke_offline(c: &Config, identifier: &str) -> anyhow::Result<OfflineR
     };
     Ok(OfflineRevoke {
         existed,
+        was_paired: was_paired.unwrap_or(false),
         store: store.describe(),
         cluster,
     })

@@ -125,6 +125,14 @@ impl TrustRecord {
         self.pairing_status == PairingStatus::Paired && self.secret.is_some()
     }
 
+    /// Paired, or a pairing under way: what a revocation takes away.
+    pub fn has_trust_to_revoke(&self) -> bool {
+        matches!(
+            self.pairing_status,
+            PairingStatus::Paired | PairingStatus::Pending
+        )
+    }
+
     /// A pending pairing that has not expired at `now`.
     pub fn live_pending(&self, now: i64) -> bool {
         self.pairing_status == PairingStatus::Pending

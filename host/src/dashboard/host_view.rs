@@ -237,11 +237,10 @@ impl AdminView for HostView {
     fn revoke(&self, identifier: String) -> BoxFuture<'static, Result<bool, ActionError>> {
         let (hub, log) = (Arc::clone(&self.hub), Arc::clone(&self.log));
         Box::pin(async move {
-            let existed =
-                crate::lifecycle::revoke(&hub, &identifier, "trust revoked by the operator")
-                    .await
-                    .map_err(action_error)?;
-            if existed {
+            let r = crate::lifecycle::revoke(&hub, &identifier, "trust revoked by the operator")
+                .await
+                .map_err(action_error)?;
+            if r.was_paired || r.disconnected {
                 log.publish(LifecycleEvent {
                     at: hub.now(),
                     kind: EventKind::Revoked,
@@ -250,7 +249,7 @@ impl AdminView for HostView {
                     node: None,
                 });
             }
-            Ok(existed)
+            Ok(r.existed)
         })
     }
 

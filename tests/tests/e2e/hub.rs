@@ -469,8 +469,44 @@ async fn admin_cli_clients_and_revoke() {
 
     let (status, out, err) = cli(&host.config, &["revoke", "alpha", "--json"]);
     assert_eq!(status, 0, "{err}");
-    assert!(out.contains("\"revoked\":true"), "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["revoked"], true, "{out}");
+    assert_eq!(answer["wasPaired"], true, "{out}");
+    assert_eq!(answer["disconnected"], true, "{out}");
     assert_eq!(raw.closed().await.unwrap().0, 1008);
+    // Revoked already, not connected, no record, not an identifier: each said as it is, and
+    // only a revocation that changed something is logged.
+    let (status, out, _) = cli(&host.config, &["revoke", "alpha"]);
+    assert_eq!(status, 0);
+    assert!(out.contains("'alpha' was not paired"), "{out}");
+    for never_paired in ["beta", "zeta"] {
+        let (status, out, _) = cli(&host.config, &["revoke", never_paired]);
+        assert_eq!(status, 0);
+        assert!(
+            out.contains(&format!("'{never_paired}' has no trust record")),
+            "{out}"
+        );
+    }
+    let (status, _, err) = cli(&host.config, &["revoke", "a::b"]);
+    assert_ne!(status, 0);
+    assert!(err.contains("not a follower identifier"), "{err}");
+    let revocations: Vec<String> = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("admin") && l.contains("revoked by the operator"))
+        .collect();
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    assert!(revocations[0].contains("alpha"), "{revocations:?}");
+    let mut raw = Raw::connect(&host.url()).await.unwrap();
+    assert_eq!(ident.hello(&mut raw).await.unwrap(), "pair_required");
+    raw.close().await;
+    // Now pending again: a revocation takes that away, with nothing to disconnect.
+    let (status, out, _) = cli(&host.config, &["revoke", "alpha"]);
+    assert_eq!(status, 0);
+    assert!(
+        out.contains("revoked 'alpha' (it was not connected to this host)"),
+        "{out}"
+    );
     let mut raw = Raw::connect(&host.url()).await.unwrap();
     assert_eq!(ident.hello(&mut raw).await.unwrap(), "pair_required");
     raw.close().await;
