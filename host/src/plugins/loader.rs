@@ -212,6 +212,21 @@ pub(crate) fn stage(name: &str, bytes: &[u8], dir: &Path) -> Result<PathBuf, Loa
     }
 }
 
+/// The loader's own words for why `dlopen` failed (libloading's message is only "dlopen
+/// failed"; the system's reason — a missing symbol or library — is its source), without the
+/// private staging path the system names, which means nothing to the operator.
+fn dlopen_reason(e: &libloading::Error) -> String {
+    use std::error::Error as _;
+    let Some(reason) = e.source().map(ToString::to_string) else {
+        return e.to_string();
+    };
+    // "<staged path>: undefined symbol: x" → "undefined symbol: x".
+    match reason.split_once(": ") {
+        Some((path, rest)) if path.starts_with('/') => rest.to_owned(),
+        _ => reason,
+    }
+}
+
 /// `dlopen` the staged copy and look up `symbol`. The library joins the never-unloaded list as
 /// soon as it is mapped (its ELF initializers have run). Returns the symbol's address, or
 /// `None` when the library does not export it.
@@ -219,7 +234,7 @@ pub(crate) fn open(path: &Path, symbol: &[u8]) -> Result<Option<*const u8>, Load
     // SAFETY: dlopen runs the library's ELF initializers; plugins are trusted code from the
     // operator's configured paths (documented), and the staged copy is private to us.
     let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .map_err(|e| LoadErrorKind::Dlopen(e.to_string()))?;
+        .map_err(|e| LoadErrorKind::Dlopen(dlopen_reason(&e)))?;
     // SAFETY: we only take the symbol's address; nothing is called and nothing is read here.
     let addr = unsafe { lib.get::<*const u8>(symbol) }
         .ok()

@@ -218,7 +218,7 @@ async fn the_c_plugin_answers_logs_events_and_hot_reloads() {
 }
 
 #[test]
-fn a_c_plugin_with_a_wrong_header_or_loose_permissions_is_refused_by_check() {
+fn a_c_plugin_with_a_wrong_header_a_missing_symbol_or_loose_permissions_is_refused_by_check() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -246,6 +246,14 @@ fn a_c_plugin_with_a_wrong_header_or_loose_permissions_is_refused_by_check() {
                 "#undef YONEXUS_TARGET_TRIPLE\n#define YONEXUS_TARGET_TRIPLE \"riscv64gc-unknown-linux-gnu\"",
             ),
             "built for target riscv64gc-unknown-linux-gnu, host is ",
+        ),
+        (
+            build_broken(
+                dir,
+                "undefined",
+                "extern void yonexus_no_such_function(void);\n__attribute__((constructor)) static void uses_it(void) { yonexus_no_such_function(); }",
+            ),
+            "the dynamic loader refused it: undefined symbol: yonexus_no_such_function",
         ),
         (
             {
