@@ -157,6 +157,21 @@ impl Reloader {
             Ok(config) => self.apply(&mut applied, config).await,
             Err(e) => Err(e),
         };
+        if result.is_err() {
+            // Refused (a plugin file missing or not loadable yet, say): watch the files the
+            // refused config names too, so the fix — the build landing — is picked up like any
+            // other change.
+            let path = self.config_path.clone();
+            let named = tokio::task::spawn_blocking(move || Config::plugin_files(&path))
+                .await
+                .unwrap_or_default();
+            let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+            for file in named {
+                if !watched.contains(&file) {
+                    watched.push(file);
+                }
+            }
+        }
         match &result {
             Ok(r) if r.changes.is_empty() && r.needs_restart.is_empty() => {
                 crate::metrics::reload("unchanged");

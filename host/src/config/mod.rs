@@ -138,6 +138,21 @@ impl Config {
         Config::parse(file, &text)
     }
 
+    /// The plugin files the config at `file` names, resolved, without validating anything else
+    /// (empty when it cannot be read or is not TOML of the right shape): what to watch after a
+    /// reload was refused because one of them is missing or broken, so the fix is picked up.
+    pub fn plugin_files(file: &Path) -> Vec<PathBuf> {
+        let Ok(bytes) = crate::file_trust::read_trusted(file) else {
+            return Vec::new();
+        };
+        let Ok(raw) = std::str::from_utf8(&bytes).map(toml::from_str::<RawConfig>) else {
+            return Vec::new();
+        };
+        let paths = paths::Paths::for_config(file);
+        raw.map(|r| r.plugins.iter().map(|p| paths.resolve(p.path())).collect())
+            .unwrap_or_default()
+    }
+
     /// Parse and validate config text that came from `file` (used for messages and for
     /// resolving relative paths).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -304,7 +319,12 @@ mod tests {
             (
                 "[[plugins]]\nname = \"relay\"\npath = \"lib/relay.so\"\nrules = [\"x\"]",
                 "plugins[0].path",
-                "plugin 'relay': plugin file '/etc/yonexus/lib/relay.so' does not exist (relative paths are resolved against the config file's folder '/etc/yonexus')",
+                "plugin 'relay': plugin file '/etc/yonexus/lib/relay.so' does not exist (the config names 'lib/relay.so', relative to its folder '/etc/yonexus')",
+            ),
+            (
+                "[[plugins]]\nname = \"w\"\npath = \"/bin/sh\"\nrules = [\"x\", \"x\"]",
+                "plugins[0].rules[1]",
+                "plugin 'w': rule 'x' is listed twice",
             ),
             (
                 "[reload]\ndebounce_ms = 1",
@@ -324,7 +344,7 @@ mod tests {
             (
                 "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"",
                 "server.tls.cert",
-                "'/etc/yonexus/c.pem' does not exist (relative paths",
+                "'/etc/yonexus/c.pem' does not exist (the config names 'c.pem', relative to its folder '/etc/yonexus')",
             ),
         ] {
             let e = parse(text).unwrap_err();

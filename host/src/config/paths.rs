@@ -31,16 +31,23 @@ impl Paths {
         }
     }
 
-    /// A hint for "file not found" messages about `configured` (the path as written): where a
-    /// relative path was looked for. Empty for absolute paths.
+    /// A hint for "file not found" messages about `configured` (the path as written): what the
+    /// config said and what it is relative to, so a resolved path like `target/x.so` (from
+    /// `../target/x.so` in `examples/`) is not mistaken for one under the config's folder.
+    /// Empty for absolute paths.
     pub fn relative_hint(&self, configured: &Path) -> String {
         if configured.is_absolute() {
             return String::new();
         }
         let folder = normalize(&self.base);
+        let folder = if folder.as_os_str().is_empty() || folder == Path::new(".") {
+            "the current directory".to_owned()
+        } else {
+            format!("its folder '{}'", folder.display())
+        };
         format!(
-            " (relative paths are resolved against the config file's folder '{}')",
-            folder.display()
+            " (the config names '{}', relative to {folder})",
+            configured.display()
         )
     }
 }
@@ -104,7 +111,14 @@ mod tests {
         assert_eq!(p.resolve(Path::new("/abs/./x")), PathBuf::from("/abs/x"));
         let bare = Paths::for_config(Path::new("yonexus.toml"));
         assert_eq!(bare.resolve(Path::new("./state")), PathBuf::from("state"));
-        assert!(bare.relative_hint(Path::new("x")).contains("folder '.'"));
+        assert_eq!(
+            bare.relative_hint(Path::new("x")),
+            " (the config names 'x', relative to the current directory)"
+        );
+        assert_eq!(
+            p.relative_hint(Path::new("../target/debug/libx.so")),
+            " (the config names '../target/debug/libx.so', relative to its folder 'examples')"
+        );
         assert_eq!(bare.relative_hint(Path::new("/x")), "");
     }
 }

@@ -7,7 +7,7 @@ use super::error::Invalid;
 use super::paths::Paths;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use yonexus_protocol::validate;
 
 /// One `[[plugins]]` entry.
@@ -45,6 +45,13 @@ pub(super) struct RawPlugin {
     panic_limit: u32,
     #[serde(default = "default_panic_window_secs")]
     panic_window_secs: u64,
+}
+
+impl RawPlugin {
+    /// The path as written in the config.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 fn default_queue_capacity() -> usize {
@@ -109,7 +116,11 @@ pub(super) fn validate(raw: Vec<RawPlugin>, paths: &Paths) -> Result<Vec<PluginC
             if let Some((other, other_name)) = owners.insert(rule.clone(), (i, name.clone())) {
                 return Err(invalid(
                     &field,
-                    format!("rule '{rule}' is claimed by both plugin '{other_name}' (plugins[{other}]) and plugin '{name}' (plugins[{i}])"),
+                    if other == i {
+                        format!("rule '{rule}' is listed twice")
+                    } else {
+                        format!("rule '{rule}' is claimed by both plugin '{other_name}' (plugins[{other}]) and plugin '{name}' (plugins[{i}])")
+                    },
                 ));
             }
         }

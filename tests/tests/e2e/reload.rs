@@ -351,6 +351,52 @@ async fn bad_replacements_are_refused_while_the_old_version_answers() {
     assert_eq!(rule(&mut raw).await, "ver::c@YNXVER-0005");
 }
 
+/// A config naming a plugin file that is not there yet is refused; the file is watched all the
+/// same, so the build landing there loads it without anyone asking for a reload.
+#[tokio::test]
+async fn a_plugin_refused_for_a_missing_file_loads_when_the_file_lands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_so, text) = setup(tmp.path(), &["alpha"], "debounce_ms = 100\n");
+    let host = HostProc::start(tmp.path(), &text).unwrap();
+    let (mut alpha, _) = paired_session(&host, "alpha").await.unwrap();
+    let refused = count_logs(&host, "reload refused");
+    let original = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        format!("{original}[[plugins]]\nname = \"late\"\npath = \"plugins/late.so\"\nrules = [\"late\"]\n"),
+    )
+    .unwrap();
+    let seen = wait_for(Duration::from_secs(10), || {
+        (count_logs(&host, "reload refused") > refused).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the config naming a missing file was not refused"
+    );
+    let plugins = tmp.path().join("plugins");
+    let staged = plugins.join(".late.so.new");
+    std::fs::write(&staged, versioned_bytes(7)).unwrap();
+    std::fs::rename(&staged, plugins.join("late.so")).unwrap();
+    let started = Instant::now();
+    let answered = loop {
+        alpha.send_text("late::probe").await.unwrap();
+        match alpha.recv().await.unwrap() {
+            Incoming::Rule(r) if r.ends_with("@YNXVER-0007") => break true,
+            Incoming::Rule(r) => panic!("unexpected answer {r}"),
+            Incoming::Control(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Incoming::Control(_) => break false,
+            Incoming::Closed(c) => panic!("closed: {c:?}"),
+        }
+    };
+    assert!(
+        answered,
+        "the plugin file landed but the host never loaded it: {:?}",
+        host.logs().iter().rev().take(5).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn config_reloads_are_atomic_and_apply_live() {
     let tmp = tempfile::tempdir().unwrap();
