@@ -551,8 +551,19 @@ fn prepare(
         };
         let previous = old.get(&pc.name);
         let same_library = previous.filter(|p| p.hash == hash && p.config.path == pc.path);
+        // A disabled (repeated panics) or demoted (broke its non-blocking promise) instance
+        // is re-created by any reload, also one that changes nothing else.
+        let fault = same_library.and_then(|p| {
+            if p.handler.is_disabled() {
+                Some("it was disabled after repeated panics")
+            } else if p.handler.stats().demoted {
+                Some("it was demoted from inline calls")
+            } else {
+                None
+            }
+        });
         let (lib, what) = match same_library {
-            Some(p) if same_instance_settings(&p.config, pc) => {
+            Some(p) if fault.is_none() && same_instance_settings(&p.config, pc) => {
                 // Untouched (perhaps re-routed): keep the running instance.
                 let kept = ActivePlugin {
                     config: pc.clone(),
@@ -563,10 +574,16 @@ fn prepare(
             }
             Some(p) => (
                 p.lib.clone(),
-                format!(
-                    "plugin '{}': settings changed, instance re-created on the loaded library",
-                    pc.name
-                ),
+                match fault {
+                    Some(why) if same_instance_settings(&p.config, pc) => format!(
+                        "plugin '{}': instance re-created on the loaded library ({why})",
+                        pc.name
+                    ),
+                    _ => format!(
+                        "plugin '{}': settings changed, instance re-created on the loaded library",
+                        pc.name
+                    ),
+                },
             ),
             None => match plugins::load(&spec, staging) {
                 Ok(lib) => {

@@ -140,6 +140,16 @@ async fn panicking_slow_and_busy_plugins_do_not_hurt_the_hub() {
     assert_eq!(alpha.error().await.unwrap().0, "HANDLER_FAILED");
     alpha.send_text("echo::fine").await.unwrap();
     assert_eq!(rule(&mut alpha).await, "echo::fine");
+
+    // A reload re-creates the disabled instance, though nothing else changed.
+    let (status, out, err) = cli(&host.config, &["reload"]);
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(
+        out.contains("plugin 'fx': instance re-created on the loaded library (it was disabled after repeated panics)"),
+        "{out}"
+    );
+    alpha.send_text("fx::back again").await.unwrap();
+    assert_eq!(rule(&mut alpha).await, "fx::back again");
 }
 
 #[test]
