@@ -89,7 +89,7 @@ fn thread_slot() -> Option<usize> {
 }
 
 /// How many times the inline watchdog has looked at the running inline calls (diagnostics and
-/// tests: it stays put while no inline call runs).
+/// tests: it parks once no inline call has run for [`WATCHDOG_IDLE_GRACE`]).
 pub fn inline_watchdog_checks() -> u64 {
     WATCHDOG_CHECKS.load(Ordering::Relaxed)
 }

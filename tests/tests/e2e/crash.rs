@@ -339,3 +339,47 @@ fn lock_holders(state_dir: &std::path::Path) -> Vec<String> {
     }
     found
 }
+
+/// A host whose stderr goes away (the reader of its log pipe died) keeps serving and still stops
+/// on SIGTERM: an unwritable log line is dropped, not a panic in the task that logged it (it was
+/// the signal handler's, and the host then ignored SIGTERM until SIGKILL).
+#[test]
+fn a_host_whose_log_pipe_closed_still_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("yonexus.toml");
+    std::fs::write(&config, config_text(tmp.path(), 0, &["alpha"], "")).unwrap();
+    let mut child = Command::new(bin("yonexus"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"));
+    assert!(listening.is_some(), "the host did not start");
+    drop(lines); // the log pipe's reader goes away
+                 // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("the host ignored SIGTERM once its stderr was closed");
+    assert!(status.success(), "{status:?}");
+}
