@@ -99,7 +99,9 @@ async fn main() -> ExitCode {
 
     let (handle, events) = match spawn(config, provider) {
         Ok(x) => x,
-        Err(e @ FollowerError::InvalidConfig(_)) => {
+        // Needs a person (a bad setting, a state file to repair or move away): exit 2, which
+        // the unit's RestartPreventExitStatus keeps from restarting in a loop.
+        Err(e @ (FollowerError::InvalidConfig(_) | FollowerError::StateCorrupt { .. })) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }

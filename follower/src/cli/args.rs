@@ -34,7 +34,8 @@ pub enum LogFormat {
 /// With several --url, the follower moves to the next host when one is unreachable or drops the
 /// connection (hosts of one cluster share their trust, so no new pairing is needed).
 ///
-/// Exit status: 0 after end of stdin or a signal, 2 for bad arguments or configuration,
+/// Exit status: 0 after end of stdin or a signal, 2 for bad arguments or configuration (or a
+/// state file that cannot be used),
 /// 3 when every host refused the identifier (ask the admin to add it to the allowlist),
 /// 1 for other errors.
 #[derive(Debug, Parser)]

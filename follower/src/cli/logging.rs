@@ -29,9 +29,12 @@ pub fn silenced(target: &str) -> bool {
 pub fn init(format: LogFormat) {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let frames = filter::filter_fn(|meta| !silenced(meta.target()));
+    // An unwritable line (stderr closed) is dropped: reporting it would panic in the task
+    // that logged (see the host's `init_logging`).
     let layer = fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     let registry = tracing_subscriber::registry().with(frames).with(env);
     let installed = match format {
         LogFormat::Text => registry.with(layer).try_init(),

@@ -185,7 +185,8 @@ async fn cli_fails_with_one_line_on_a_corrupt_state_file_or_bad_arguments() {
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success());
+    // 2: a person has to look (a service manager should not restart it in a loop).
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
