@@ -583,7 +583,27 @@ fn reload(config: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.changes.is_empty() {
-        println!("reloaded: nothing changed");
+        match &report.previous {
+            Some(p) => {
+                println!(
+                    "reloaded: nothing changed since the last reload ({}, {}), which {}",
+                    when(Some(p.at), SystemClock.now()),
+                    p.trigger,
+                    if p.changes.is_empty() {
+                        "changed only settings that need a restart"
+                    } else {
+                        "applied:"
+                    }
+                );
+                for change in &p.changes {
+                    println!("  {change}");
+                }
+                for key in &p.needs_restart {
+                    eprintln!("needs a restart to take effect: {key}");
+                }
+            }
+            None => println!("reloaded: nothing changed"),
+        }
     } else {
         println!("reloaded in {} ms:", report.took_ms);
         for change in &report.changes {

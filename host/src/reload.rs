@@ -56,6 +56,9 @@ struct Applied {
     plugins: BTreeMap<String, ActivePlugin>,
 }
 
+/// The trigger the file watcher reloads with (its reloads that change nothing log at debug).
+pub const FILE_CHANGE: &str = "file change";
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +69,22 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
     /// Milliseconds from the start of the reload until new instances were serving.
     pub took_ms: u64,
+    /// When this one changed nothing: the last reload that did (the file watcher often applies
+    /// an edit before `yonexus reload` asks), so the caller can say what it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousReload>,
+}
+
+/// The last reload that applied a change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousReload {
+    /// UTC unix seconds.
+    pub at: i64,
+    /// What started it (`file change`, `SIGHUP`, `yonexus reload`, `dashboard`).
+    pub trigger: String,
+    pub changes: Vec<String>,
+    pub needs_restart: Vec<String>,
 }
 
 /// The plugins prepared for a switch (all loaded and created, not yet serving).
@@ -114,6 +133,8 @@ pub struct Reloader {
     applied: tokio::sync::Mutex<Option<Applied>>,
     /// The files whose change triggers a reload (config + plugin files).
     watched: Mutex<Vec<PathBuf>>,
+    /// The last reload that applied a change.
+    last_applied: Mutex<Option<PreviousReload>>,
 }
 
 impl Reloader {
@@ -124,6 +145,7 @@ impl Reloader {
             staging: staging.to_owned(),
             applied: tokio::sync::Mutex::new(None),
             watched: Mutex::new(vec![config_path.to_owned()]),
+            last_applied: Mutex::new(None),
         }
     }
 
@@ -172,12 +194,30 @@ impl Reloader {
                 }
             }
         }
-        match &result {
+        let mut result = result;
+        match &mut result {
             Ok(r) if r.changes.is_empty() && r.needs_restart.is_empty() => {
                 crate::metrics::reload("unchanged");
-                tracing::debug!(trigger, "reload: nothing changed");
+                if trigger == FILE_CHANGE {
+                    tracing::debug!(trigger, "reload: nothing changed");
+                } else {
+                    // Asked for: the operator looks for the answer in the log too.
+                    tracing::info!(trigger, "reload: nothing changed");
+                }
+                r.previous = self
+                    .last_applied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
             }
             Ok(r) => {
+                *self.last_applied.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(PreviousReload {
+                        at: self.hub.now(),
+                        trigger: trigger.to_owned(),
+                        changes: r.changes.clone(),
+                        needs_restart: r.needs_restart.clone(),
+                    });
                 crate::metrics::reload("applied");
                 tracing::info!(trigger, changes = ?r.changes, took_ms = r.took_ms, "reload applied");
                 for key in &r.needs_restart {

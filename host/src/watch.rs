@@ -117,7 +117,7 @@ pub async fn run(reloader: Arc<Reloader>, debounce: Duration, shutdown: Cancella
                 break;
             }
         }
-        let _ = reloader.reload("file change").await;
+        let _ = reloader.reload(crate::reload::FILE_CHANGE).await;
         refresh(&mut watcher, &mut dirs, &mut interest);
     }
 }

@@ -71,7 +71,8 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .route("/healthz", get(|| async { text(StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .merge(page_and_api)
-        .fallback(|| async { text(StatusCode::NOT_FOUND, "not found\n") })
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(security_headers))
         .with_state(dash)
@@ -88,6 +89,30 @@ async fn loopback_host(request: Request, next: Next) -> Response {
             );
             error(refusal.status, refusal.message)
         }
+    }
+}
+
+/// A path nothing serves: JSON under `/api/`, like every other API answer; text elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        error(
+            StatusCode::NOT_FOUND,
+            "no such API endpoint (see docs/api.md)",
+        )
+    } else {
+        text(StatusCode::NOT_FOUND, "not found\n")
+    }
+}
+
+/// A served path asked with a method it does not take.
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed for this endpoint (see docs/api.md)",
+        )
+    } else {
+        text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
     }
 }
 

@@ -243,6 +243,16 @@ async fn answers_each_path() {
         header(&r, "allow").is_some_and(|a| a.contains("GET")),
         "{r}"
     );
+    // Under /api/ the refusals are JSON like every other API answer.
+    let r = get(srv.addr, "/api/nope").await;
+    assert!(body(&r).starts_with("{\"error\":"), "{r}");
+    let r = request(srv.addr, "DELETE", "/api/followers", "").await;
+    assert_eq!(status(&r), "HTTP/1.1 405 Method Not Allowed");
+    assert!(body(&r).starts_with("{\"error\":"), "{r}");
+    assert!(
+        header(&r, "allow").is_some_and(|a| a.contains("GET")),
+        "{r}"
+    );
 
     let r = exchange(
         srv.addr,

@@ -395,6 +395,14 @@ async fn a_plugin_refused_for_a_missing_file_loads_when_the_file_lands() {
         "the plugin file landed but the host never loaded it: {:?}",
         host.logs().iter().rev().take(5).collect::<Vec<_>>()
     );
+    // `yonexus reload` now finds nothing to do, and says what the watcher's reload applied.
+    let (status, out, err) = reload_cli(&host);
+    assert_eq!(status, 0, "{err}");
+    assert!(
+        out.contains("nothing changed since the last reload") && out.contains("file change"),
+        "{out}"
+    );
+    assert!(out.contains("plugin 'late': loaded"), "{out}");
 }
 
 #[tokio::test]
