@@ -156,12 +156,60 @@ impl Config {
     /// Parse and validate config text that came from `file` (used for messages and for
     /// resolving relative paths).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // toml's message already carries the line, column and offending key.
-            Invalid::new("", format!("invalid TOML: {}", e.to_string().trim_end())).in_file(file)
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| toml_error(text, &e).in_file(file))?;
         raw.validate(file).map_err(|e| e.in_file(file))
     }
+}
+
+/// A TOML error as one line: the key (its table and name, from the line the error points
+/// at), the line and column, and toml's message. Only a syntax error is called "invalid TOML":
+/// an unknown key or a value of the wrong type is well-formed TOML.
+fn toml_error(text: &str, e: &toml::de::Error) -> Invalid {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    const SCHEMA: [&str; 6] = [
+        "unknown field",
+        "invalid type",
+        "missing field",
+        "invalid value",
+        "unknown variant",
+        "duplicate field",
+    ];
+    let message = if SCHEMA.iter().any(|p| message.starts_with(p)) {
+        message
+    } else {
+        format!("invalid TOML: {message}")
+    };
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        return Invalid::new("", message);
+    };
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let here = text[line_start..].lines().next().unwrap_or("").trim();
+    // The key on that line (never its value, which could be a secret), under its table.
+    let name = here
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = match (table, name) {
+        (Some(t), Some(n)) => format!("{t}.{n}"),
+        (None, Some(n)) => n.to_owned(),
+        _ => String::new(),
+    };
+    Invalid::new(key, format!("{message} (line {line}, column {column})"))
 }
 
 #[cfg(test)]
@@ -274,8 +322,9 @@ mod tests {
                 "server.listen",
                 "not an IP:port",
             ),
-            ("[server]\nlisten = 5", "", "invalid TOML"),
-            ("[server]\nlistne = \"x\"", "", "unknown field"),
+            ("[server]\nlisten = 5", "server.listen", "invalid type"),
+            ("[server]\nlistne = \"x\"", "server.listne", "unknown field"),
+            ("[server\nlisten = 5", "", "invalid TOML"),
             (
                 "[followers]\nallow = [\"a::b\"]",
                 "followers.allow[0]",
