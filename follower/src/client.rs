@@ -188,9 +188,31 @@ impl Runner {
             _ = shutdown_signal(&mut self.ctx.shutdown) => Connect::Shutdown,
             r = connect => match r {
                 Err(_) => Connect::Failed(format!("connect to {url} timed out")),
-                Ok(Err(e)) => Connect::Failed(format!("connect to {url} failed: {e}")),
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    Connect::Failed(format!("connect to {url} failed: {e}{}", connect_hint(url, &e)))
+                }
                 Ok(Ok((ws, _response))) => Connect::Open(Box::new(ws)),
             },
         }
+    }
+}
+
+/// What a connect error usually means, for the mistakes the bare error does not explain: a
+/// host certificate nothing here vouches for, and a `ws://`/`wss://` mix-up.
+fn connect_hint(url: &str, error: &str) -> &'static str {
+    if error.contains("UnknownIssuer") || error.contains("invalid peer certificate") {
+        " (the host's certificate is not signed by a CA this follower trusts: pass the CA's \
+         certificate with --ca-file, or fix the host's chain)"
+    } else if url.starts_with("ws://") && error.contains("invalid HTTP version") {
+        " (the host answered with something other than HTTP: does it serve TLS? then use wss://)"
+    } else if url.starts_with("wss://")
+        && (error.contains("tls handshake eof")
+            || error.contains("InvalidContentType")
+            || error.contains("corrupt message"))
+    {
+        " (no TLS at the other end: does the host serve plain ws://?)"
+    } else {
+        ""
     }
 }

@@ -359,6 +359,33 @@ async fn tls_round_trip_with_a_certificate_made_at_test_time() {
     let url = format!("wss://localhost:{}/", host.addr.port());
     // A plain ws:// client cannot talk to it.
     assert!(Raw::connect(&host.url()).await.is_err());
+    // The follower says what the usual mistakes mean: no CA for a self-signed host, ws:// for
+    // a TLS port.
+    for (url, ca, hint) in [
+        (url.clone(), false, "--ca-file"),
+        (host.url(), true, "use wss://"),
+    ] {
+        let mut config =
+            yonexus_follower::Config::new(url, "alpha", tmp.path().join("follower-mistake"));
+        if ca {
+            config.ca_file = Some(tmp.path().join("cert.pem"));
+        }
+        let (handle, mut events) =
+            yonexus_follower::spawn(config, code_provider(tmp.path())).unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(ev) = events.recv().await {
+                if let yonexus_follower::Event::Disconnected { reason } = ev {
+                    return Some(reason);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap()
+        .unwrap_or_default();
+        assert!(reason.contains(hint), "{reason}");
+        handle.shutdown().await;
+    }
     let codes = code_provider(tmp.path());
     let mut config = yonexus_follower::Config::new(url, "alpha", tmp.path().join("follower"));
     config.ca_file = Some(tmp.path().join("cert.pem"));
