@@ -144,12 +144,51 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+std::thread_local! {
+    /// Whether this thread is inside a shim (a panic is caught and reported to the host).
+    static IN_SHIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last panic caught in a shim on this thread happened.
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Once per library: a panic hook that, inside a shim, only notes where the panic happened
+/// (the shim reports it with its message through the host, into the host's log and its
+/// format) instead of printing the default lines to stderr, which broke a host logging JSON.
+/// Panics elsewhere (threads the plugin started, `Drop` in `destroy`) go to the hook that was
+/// there before.
+fn quiet_panics_in_shims() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_SHIM.with(std::cell::Cell::get) {
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Run `f`, mapping `Err((status, message))` and panics to a status plus a message in `*err`.
 fn guard(err: *mut FfiBuf, f: impl FnOnce() -> Result<(), (Status, String)>) -> Status {
-    let (status, message) = match catch_unwind(AssertUnwindSafe(f)) {
+    quiet_panics_in_shims();
+    let outer = IN_SHIM.with(|s| s.replace(true));
+    let caught = catch_unwind(AssertUnwindSafe(f));
+    IN_SHIM.with(|s| s.set(outer));
+    let (status, message) = match caught {
         Ok(Ok(())) => return STATUS_OK,
         Ok(Err(e)) => e,
-        Err(payload) => (STATUS_PANIC, panic_message(&*payload)),
+        Err(payload) => {
+            let mut message = panic_message(&*payload);
+            if let Some(at) = PANIC_AT.with(|p| p.borrow_mut().take()) {
+                message.push_str(&format!(" (at {at})"));
+            }
+            (STATUS_PANIC, message)
+        }
     };
     if !err.is_null() {
         // SAFETY: the host passes a valid, writable FfiBuf slot (or null, checked above).
@@ -402,9 +441,10 @@ mod tests {
             assert_eq!(call("err", &mut err), STATUS_ERROR);
             assert_eq!(take(std::mem::replace(&mut err, FfiBuf::empty())), "nope");
             assert_eq!(call("panic", &mut err), STATUS_PANIC);
-            assert_eq!(
-                take(std::mem::replace(&mut err, FfiBuf::empty())),
-                "panicked: boom"
+            let message = take(std::mem::replace(&mut err, FfiBuf::empty()));
+            assert!(
+                message.starts_with("panicked: boom (at plugin-api/src/export.rs:"),
+                "{message}"
             );
             // Still serving after the panic.
             assert_eq!(call("again", &mut err), STATUS_OK);
@@ -566,7 +606,11 @@ mod tests {
             )
         };
         assert_eq!(st, STATUS_PANIC);
-        assert_eq!(take(err), "panicked: shared boom");
+        let message = take(err);
+        assert!(
+            message.starts_with("panicked: shared boom (at plugin-api/src/export.rs:"),
+            "{message}"
+        );
         let overlap = inst_plugin_max_inside(&inst.0);
         assert!(
             overlap >= 2,

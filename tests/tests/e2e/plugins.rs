@@ -81,6 +81,20 @@ async fn panicking_slow_and_busy_plugins_do_not_hurt_the_hub() {
     assert_eq!(code, "HANDLER_FAILED");
     alpha.send_text("fx::still alive").await.unwrap();
     assert_eq!(rule(&mut alpha).await, "fx::still alive");
+    // The panic is in the host's log, in its format (JSON here), with where it happened; the
+    // plugin's own panic hook printed nothing of its own to the host's stderr.
+    let logged = wait_for(Duration::from_secs(5), || {
+        host.logs()
+            .into_iter()
+            .find(|l| l.contains("plugin panicked") && l.contains("(at "))
+    });
+    assert!(logged.is_some(), "{:?}", host.logs());
+    let stray: Vec<String> = host
+        .logs()
+        .into_iter()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+        .collect();
+    assert!(stray.is_empty(), "lines that are not JSON: {stray:?}");
 
     // Plugin logging reaches the host log with the plugin's name.
     alpha
