@@ -110,6 +110,8 @@ pub struct HostProc {
     pub dir: PathBuf,
     pub config: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread reading the host's stderr into `logs` (it ends when the pipe closes).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HostProc {
@@ -161,6 +163,7 @@ impl HostProc {
             dir: dir.to_owned(),
             config: path,
             logs,
+            reader: None,
         };
         // Until the host says where it listens, or exits (a refused start: stop waiting at
         // once, after its last stderr line is in).
@@ -199,6 +202,7 @@ impl HostProc {
             None
         };
         host.admin = admin;
+        host.reader = Some(reader);
         match addr {
             Some(a) => host.addr = a,
             None => {
@@ -218,6 +222,19 @@ impl HostProc {
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every line the host wrote, all of it: stops the host, then waits (up to 5 s) for the
+    /// reader to take in the rest of its stderr. For checks that something never appears in
+    /// the log (a secret), which [`HostProc::logs`] could pass while lines are still in flight.
+    pub fn all_logs(&mut self) -> Vec<String> {
+        self.stop();
+        if let Some(reader) = self.reader.take() {
+            let _ = wait_for(Duration::from_secs(5), || {
+                reader.is_finished().then_some(())
+            });
+        }
+        self.logs()
     }
 
     /// Send SIGTERM and wait for exit; returns the exit code.

@@ -132,7 +132,7 @@ fn is_visible(selector: &str) -> String {
 #[tokio::test]
 async fn the_page_follows_followers_live_and_acts_with_the_token() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = start(tmp.path(), &["alpha", "beta", "gamma"], TOKEN_ENV);
+    let mut host = start(tmp.path(), &["alpha", "beta", "gamma"], TOKEN_ENV);
     let admin = host.admin.unwrap();
     let (mut alpha, _) = paired_session(&host, "alpha").await.unwrap();
     let (mut beta, _) = paired_session(&host, "beta").await.unwrap();
@@ -382,7 +382,7 @@ async fn the_page_follows_followers_live_and_acts_with_the_token() {
     );
     assert_eq!(browser.page_errors(), Vec::<String>::new());
     // The token never reaches the logs.
-    assert!(!host.logs().iter().any(|l| l.contains(TOKEN)));
+    assert!(!host.all_logs().iter().any(|l| l.contains(TOKEN)));
 }
 
 #[tokio::test]

@@ -312,7 +312,7 @@ async fn unattended_follower_pairs_from_a_code_file_and_hands_messages_to_exec()
 #[tokio::test]
 async fn trace_logs_never_show_the_pairing_code_or_the_secret() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = HostProc::start_logging(
+    let mut host = HostProc::start_logging(
         tmp.path(),
         &config_text(tmp.path(), 0, &["alpha"], ""),
         "trace",
@@ -368,7 +368,7 @@ async fn trace_logs_never_show_the_pairing_code_or_the_secret() {
     assert!(!stderr.contains("tungstenite"), "{stderr}");
     assert!(!stderr.contains("pair_confirm"), "{stderr}");
     // The host, at trace level too, through pairing and auth.
-    let host_logs = host.logs().join("\n");
+    let host_logs = host.all_logs().join("\n");
     assert!(host_logs.contains("TRACE"), "the host logged at trace");
     for (what, value) in [("pairing code", &code), ("secret", &secret)] {
         assert!(

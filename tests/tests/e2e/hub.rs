@@ -13,7 +13,7 @@ fn start(dir: &std::path::Path, allow: &[&str]) -> HostProc {
 #[tokio::test]
 async fn pair_auth_heartbeat_echo_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = start(tmp.path(), &["alpha"]);
+    let mut host = start(tmp.path(), &["alpha"]);
     let (mut raw, ident) = paired_session(&host, "alpha").await.unwrap();
 
     raw.send(
@@ -49,7 +49,7 @@ async fn pair_auth_heartbeat_echo_round_trip() {
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(text.contains("\"pairingStatus\": \"paired\""), "{text}");
     let code = codes_for(tmp.path(), "alpha").pop().unwrap();
-    let logs = host.logs().join("\n");
+    let logs = host.all_logs().join("\n");
     assert!(!logs.contains(&code), "pairing code leaked into logs");
     assert!(
         !logs.contains(ident.secret.as_deref().unwrap()),
