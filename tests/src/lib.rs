@@ -101,6 +101,56 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Let the kernel kill the child (SIGKILL) when the thread that starts it ends — with the test
+/// that owns it, or with the whole test binary when that is killed (a CI timeout, Ctrl-C), which
+/// runs no `Drop`: the hosts of the tests then running no longer outlive it. A test's own
+/// thread lives as long as its host, which it drops (and so stops) first.
+pub fn die_with_this_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: it would never fire (an OS error, no allocation).
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Start `command` from a thread that lives as long as the test process, with
+/// [`die_with_this_thread`]: for a service shared by many tests (PostgreSQL, nats-server), which
+/// must outlive the test that first needed it, but not the test binary.
+pub fn spawn_for_the_process(command: Command) -> std::io::Result<Child> {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: OnceLock<std::io::Result<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("process-keeper".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    die_with_this_thread(&mut command);
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map(|_| tx)
+    });
+    let gone = || std::io::Error::other("the process-keeper thread is gone");
+    let keeper = keeper
+        .as_ref()
+        .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    keeper.send((command, tx)).map_err(|_| gone())?;
+    rx.recv().map_err(|_| gone())?
+}
+
 /// The real host binary, running.
 pub struct HostProc {
     child: Child,
@@ -135,7 +185,9 @@ impl HostProc {
     fn spawn(dir: &Path, config: &str, rust_log: &str, env: &[(&str, &str)]) -> Result<HostProc> {
         let path = dir.join("yonexus.toml");
         std::fs::write(&path, config)?;
-        let mut child = Command::new(bin("yonexus"))
+        let mut command = Command::new(bin("yonexus"));
+        die_with_this_thread(&mut command);
+        let mut child = command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", rust_log)

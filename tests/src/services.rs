@@ -147,12 +147,14 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 fn spawn(mut cmd: Command, label: &'static str, log: &Log) -> Result<Proc> {
     let first_line = log.lock().map(|l| l.len()).unwrap_or(0);
-    let mut child = cmd
-        .stdin(Stdio::null())
+    let program = cmd.get_program().to_owned();
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {label} ({:?})", cmd.get_program()))?;
+        .stderr(Stdio::piped());
+    // Shared by many tests: started from a thread that outlives them all, and killed by the
+    // kernel with the test binary however it ends.
+    let mut child = crate::spawn_for_the_process(cmd)
+        .with_context(|| format!("spawning {label} ({program:?})"))?;
     let outputs: [Option<Box<dyn Read + Send>>; 2] = [
         child
             .stdout

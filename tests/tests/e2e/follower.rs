@@ -43,7 +43,9 @@ impl FollowerProc {
         stdin: Stdio,
         env: &[(&str, &str)],
     ) -> FollowerProc {
-        let mut child = Command::new(bin("yonexus-follower"))
+        let mut command = Command::new(bin("yonexus-follower"));
+        die_with_this_thread(&mut command);
+        let mut child = command
             .args(["--id", id, "--heartbeat-secs", "1", "--state"])
             .arg(state)
             .args(args)
