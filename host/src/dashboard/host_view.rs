@@ -204,6 +204,7 @@ impl AdminView for HostView {
                     } else {
                         Breaker::Closed
                     },
+                    demoted: stats.demoted,
                 }
             })
             .collect();

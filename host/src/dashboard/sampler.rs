@@ -366,6 +366,7 @@ mod tests {
             panics: 0,
             errors: 0,
             breaker: Breaker::Closed,
+            demoted: false,
         }
     }
 

@@ -93,6 +93,9 @@ pub struct PluginRow {
     pub panics: u64,
     pub errors: u64,
     pub breaker: Breaker,
+    /// A non-blocking plugin whose call overran the inline budget: its calls now go to its own
+    /// threads, until a reload.
+    pub demoted: bool,
 }
 
 /// What happened to a follower (or, for `reload`, to the host).
