@@ -350,7 +350,9 @@ fn a_host_whose_log_pipe_closed_still_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("yonexus.toml");
     std::fs::write(&config, config_text(tmp.path(), 0, &["alpha"], "")).unwrap();
-    let mut child = Command::new(bin("yonexus"))
+    let mut command = Command::new(bin("yonexus"));
+    die_with_this_thread(&mut command);
+    let mut child = command
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -368,18 +370,11 @@ fn a_host_whose_log_pipe_closed_still_stops_on_sigterm() {
     drop(lines); // the log pipe's reader goes away
                  // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for(Duration::from_secs(15), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let status = status.expect("the host ignored SIGTERM once its stderr was closed");
     assert!(status.success(), "{status:?}");
 }
