@@ -203,7 +203,8 @@ fn toml_error(text: &str, e: &toml::de::Error) -> Invalid {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim());
+        .and_then(|h| h.trim_start_matches('[').split(']').next())
+        .map(str::trim);
     let key = match (table, name) {
         (Some(t), Some(n)) => format!("{t}.{n}"),
         (None, Some(n)) => n.to_owned(),
@@ -325,6 +326,11 @@ mod tests {
             ("[server]\nlisten = 5", "server.listen", "invalid type"),
             ("[server]\nlistne = \"x\"", "server.listne", "unknown field"),
             ("[server\nlisten = 5", "", "invalid TOML"),
+            (
+                "[server] # the listener\nlisten = 5",
+                "server.listen",
+                "invalid type",
+            ),
             (
                 "[followers]\nallow = [\"a::b\"]",
                 "followers.allow[0]",
