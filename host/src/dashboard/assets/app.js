@@ -477,7 +477,12 @@ function init() {
     b.textContent = "Reloading…";
     const r = await action("/api/reload", "reload");
     if (r) {
-      const what = r.changes.length ? r.changes.join("; ") : "nothing changed";
+      const p = r.previous;
+      const earlier = p
+        ? ` since the last reload (${p.trigger}, ${new Date(p.at * 1000).toLocaleTimeString()}), which applied: ${p.changes.join("; ") || "no change"}`
+          + (p.needsRestart.length ? ` (needs a restart: ${p.needsRestart.join(", ")})` : "")
+        : "";
+      const what = r.changes.length ? r.changes.join("; ") : `nothing changed${earlier}`;
       const restart = r.needsRestart.length ? ` (needs a restart: ${r.needsRestart.join(", ")})` : "";
       notice(`Reloaded in ${r.tookMs} ms: ${what}${restart}`);
     }
