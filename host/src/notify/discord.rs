@@ -276,12 +276,14 @@ mod tests {
     }
 
     fn notifier(token_env: &str, token: &str, api_base: &str) -> Notifier {
-        std::env::set_var(token_env, token);
-        Notifier::from_config(&NotifierConfig::Discord {
-            token_env: token_env.into(),
-            admin_user_id: "112233445566".into(),
-            api_base: api_base.into(),
-        })
+        Notifier::from_config_with_env(
+            &NotifierConfig::Discord {
+                token_env: token_env.into(),
+                admin_user_id: "112233445566".into(),
+                api_base: api_base.into(),
+            },
+            |v| (v == token_env).then(|| token.to_owned()),
+        )
         .unwrap()
     }
 

@@ -141,6 +141,15 @@ impl Notifier {
     /// Builds a notifier. The Discord token is read from its environment variable now, so a
     /// missing token fails at startup rather than at the first pairing.
     pub fn from_config(cfg: &NotifierConfig) -> Result<Notifier, NotifyError> {
+        Notifier::from_config_with_env(cfg, |var| std::env::var(var).ok())
+    }
+
+    /// [`Notifier::from_config`] reading environment variables through `env` (tests give it
+    /// their own values instead of changing the process's environment under other threads).
+    pub(crate) fn from_config_with_env(
+        cfg: &NotifierConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Notifier, NotifyError> {
         let kind = match cfg {
             NotifierConfig::Log => Kind::Log,
             NotifierConfig::Command { program } => Kind::Command(command::CommandNotifier::new(
@@ -152,8 +161,8 @@ impl Notifier {
                 admin_user_id,
                 api_base,
             } => {
-                let token = match std::env::var(token_env) {
-                    Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+                let token = match env(token_env) {
+                    Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
                     _ => {
                         return Err(NotifyError::MissingToken {
                             var: token_env.clone(),
@@ -272,12 +281,14 @@ mod tests {
     #[test]
     fn from_config_missing_token_names_the_variable() {
         let var = "YONEXUS_TEST_NOTIFY_MISSING_TOKEN_7f3a";
-        std::env::remove_var(var);
-        let err = Notifier::from_config(&NotifierConfig::Discord {
-            token_env: var.into(),
-            admin_user_id: "1".into(),
-            api_base: "http://127.0.0.1:1".into(),
-        })
+        let err = Notifier::from_config_with_env(
+            &NotifierConfig::Discord {
+                token_env: var.into(),
+                admin_user_id: "1".into(),
+                api_base: "http://127.0.0.1:1".into(),
+            },
+            |_| None,
+        )
         .unwrap_err();
         assert!(matches!(err, NotifyError::MissingToken { .. }));
         assert!(err.to_string().contains(var), "{err}");
@@ -286,12 +297,14 @@ mod tests {
     #[test]
     fn from_config_empty_token_is_an_error() {
         let var = "YONEXUS_TEST_NOTIFY_EMPTY_TOKEN_91c2";
-        std::env::set_var(var, "  ");
-        let err = Notifier::from_config(&NotifierConfig::Discord {
-            token_env: var.into(),
-            admin_user_id: "1".into(),
-            api_base: "http://127.0.0.1:1".into(),
-        })
+        let err = Notifier::from_config_with_env(
+            &NotifierConfig::Discord {
+                token_env: var.into(),
+                admin_user_id: "1".into(),
+                api_base: "http://127.0.0.1:1".into(),
+            },
+            |v| (v == var).then(|| "  ".to_owned()),
+        )
         .unwrap_err();
         assert!(err.to_string().contains(var), "{err}");
     }
@@ -319,12 +332,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.kind(), "command");
         let var = "YONEXUS_TEST_NOTIFY_KIND_TOKEN_55d0";
-        std::env::set_var(var, "tok-SUPERSECRET");
-        let d = Notifier::from_config(&NotifierConfig::Discord {
-            token_env: var.into(),
-            admin_user_id: "1".into(),
-            api_base: "http://127.0.0.1:1/".into(),
-        })
+        let d = Notifier::from_config_with_env(
+            &NotifierConfig::Discord {
+                token_env: var.into(),
+                admin_user_id: "1".into(),
+                api_base: "http://127.0.0.1:1/".into(),
+            },
+            |v| (v == var).then(|| "tok-SUPERSECRET".to_owned()),
+        )
         .unwrap();
         assert_eq!(d.kind(), "discord");
         assert!(!format!("{d:?}").contains("SUPERSECRET"));
