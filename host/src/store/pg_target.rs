@@ -29,6 +29,16 @@ impl Target {
     /// Read the URL (`url`, or the variable `url_env` names) and set the timeouts.
     pub fn from_config(url: &PostgresUrl) -> Result<Target, StoreError> {
         let raw = url.resolve().map_err(StoreError::Config)?;
+        if unencoded_at_in_userinfo(&raw) {
+            // The driver would take the text after the first `@` for the host: part of the
+            // password would end up in every message that names the database.
+            return Err(StoreError::Config(
+                "the PostgreSQL URL has more than one '@' before the host: an '@' in the user \
+                 name or password must be percent-encoded as %40 (the URL is not shown: it \
+                 holds the password)"
+                    .into(),
+            ));
+        }
         let mut secrets = secrets_in(&raw);
         let mut config: tokio_postgres::Config = raw.parse().map_err(|e| {
             StoreError::Config(scrub(
@@ -157,6 +167,14 @@ fn secrets_in(raw: &str) -> Vec<String> {
     }
     out.retain(|s| !s.is_empty());
     out
+}
+
+/// Whether a URL's authority (between `://` and the path or query) holds more than one `@`.
+fn unencoded_at_in_userinfo(raw: &str) -> bool {
+    raw.split_once("://").is_some_and(|(_, rest)| {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        authority.matches('@').count() > 1
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -304,5 +322,20 @@ mod tests {
         );
         assert!(Target::from_config(&url("postgres://db/x?sslmode=prefer")).is_ok());
         assert!(Target::from_config(&url("postgres://db/x?sslmode=disable")).is_ok());
+        // An '@' left unencoded in the password: the driver would read the rest as the host,
+        // and messages naming the database would show that part of the password.
+        let Err(e) = Target::from_config(&url(
+            "postgres://yonexus:Tr0ub4dor@3xyzSecret@127.0.0.1:55432/yonexus",
+        )) else {
+            panic!("accepted an unencoded '@' in the password");
+        };
+        let text = e.to_string();
+        assert!(text.contains("%40"), "{text}");
+        assert!(
+            !text.contains("Tr0ub4dor") && !text.contains("3xyzSecret"),
+            "{text}"
+        );
+        // An '@' elsewhere (the query) is not the user's or password's.
+        assert!(Target::from_config(&url("postgres://db/x?application_name=a@b")).is_ok());
     }
 }
