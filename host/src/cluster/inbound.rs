@@ -99,8 +99,14 @@ async fn reconcile(hub: &Hub, link: &Link) {
         lifecycle::replaced_elsewhere(hub, &identifier, c.epoch);
         remote.push((identifier, remote_of(c)));
     }
-    for (identifier, node) in link.presence.reset(remote, now) {
+    let learned = link.presence.reset(remote, now);
+    for (identifier, node) in learned.vanished {
         lifecycle::remote_event(hub, &node, now, FollowerEvent::Disconnected { identifier });
+    }
+    // Connected elsewhere without this host hearing it (NATS was down): the plugins hear it
+    // now (a late duplicate of an event in flight is harmless: presence reports changes only).
+    for (identifier, node) in learned.appeared {
+        lifecycle::remote_event(hub, &node, now, FollowerEvent::Authenticated { identifier });
     }
     // A local session without its claim (it expired while the store was down): claim it
     // again, unless another host holds a live claim meanwhile — then that session is newer.

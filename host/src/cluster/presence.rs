@@ -17,6 +17,15 @@ pub struct RemoteFollower {
     pub lease_until: i64,
 }
 
+/// What a reconciliation learned: (identifier, host) pairs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Connected elsewhere until their lease ran out, and no longer listed anywhere.
+    pub vanished: Vec<(Arc<str>, Arc<str>)>,
+    /// Listed by the store, not known here before.
+    pub appeared: Vec<(Arc<str>, Arc<str>)>,
+}
+
 /// identifier → where it is connected (other hosts only).
 #[derive(Debug, Default)]
 pub struct Presence {
@@ -102,24 +111,34 @@ impl Presence {
             .collect()
     }
 
-    /// Replace everything known about other hosts with `claims` (the store's view). Returns
-    /// the followers that were connected elsewhere (with a live lease at `now`) and no longer
-    /// are anywhere else (their host crashed, or their disconnect was missed), with the host
-    /// they were on.
-    pub fn reset(
-        &self,
-        claims: Vec<(Arc<str>, RemoteFollower)>,
-        now: i64,
-    ) -> Vec<(Arc<str>, Arc<str>)> {
+    /// Replace what is known about other hosts with `claims` (the store's live claims at
+    /// `now`). An entry the store no longer lists stays while its own lease runs (its host may
+    /// not have renewed yet — after a store outage every claim lapsed at once — or its
+    /// disconnect event is on its way); once that lease has run out it is dropped and reported
+    /// in [`Reconciled::vanished`] (its host crashed, or the disconnect was missed), so the
+    /// plugins hear of it once. Followers the store lists that were not known are reported in
+    /// [`Reconciled::appeared`] (their connect was missed, e.g. while NATS was down).
+    pub fn reset(&self, claims: Vec<(Arc<str>, RemoteFollower)>, now: i64) -> Reconciled {
         let mut map = self.write();
-        let fresh: HashMap<Arc<str>, RemoteFollower> = claims.into_iter().collect();
-        let vanished = map
+        let mut fresh: HashMap<Arc<str>, RemoteFollower> = claims.into_iter().collect();
+        let appeared = fresh
             .iter()
-            .filter(|(id, r)| r.lease_until >= now && !fresh.contains_key(*id))
+            .filter(|(id, _)| !map.contains_key(*id))
             .map(|(id, r)| (Arc::clone(id), Arc::clone(&r.node)))
             .collect();
+        let mut vanished = Vec::new();
+        for (id, r) in map.drain() {
+            if fresh.contains_key(&id) {
+                continue;
+            }
+            if r.lease_until >= now {
+                fresh.insert(id, r);
+            } else {
+                vanished.push((id, r.node));
+            }
+        }
         *map = fresh;
-        vanished
+        Reconciled { vanished, appeared }
     }
 
     /// How many followers are connected to other hosts (live leases at `now`).
@@ -173,16 +192,31 @@ mod tests {
     }
 
     #[test]
-    fn reset_reports_who_vanished_and_hold_keeps_leases() {
+    fn reset_reports_who_vanished_and_appeared_and_hold_keeps_leases() {
         let p = Presence::default();
         p.claimed("a".into(), at("b", 1, 100));
         p.claimed("c".into(), at("b", 2, 100));
         p.claimed("old".into(), at("b", 3, 10));
-        let vanished = p.reset(vec![("c".into(), at("d", 4, 100))], 50);
-        assert_eq!(vanished, vec![("a".into(), "b".into())]);
+        let r = p.reset(
+            vec![
+                ("c".into(), at("d", 4, 100)),
+                ("new".into(), at("d", 5, 100)),
+            ],
+            50,
+        );
+        // "old": its lease ran out and the store lists it no more (its host crashed).
+        assert_eq!(r.vanished, vec![("old".into(), "b".into())]);
+        assert_eq!(r.appeared, vec![("new".into(), "d".into())]);
         assert_eq!(p.get("c", 50).map(|r| r.node), Some("d".into()));
-        assert_eq!(p.count(50), 1);
-        p.hold(200);
-        assert!(p.get("c", 150).is_some(), "held while the store is down");
+        // "a" is not listed but its lease still runs: kept until it has run out.
+        assert!(p.get("a", 50).is_some());
+        assert_eq!(p.count(50), 3);
+        let r = p.reset(vec![("c".into(), at("d", 4, 200))], 150);
+        assert_eq!(r.vanished.len(), 2, "{r:?}");
+        assert!(r.vanished.contains(&("a".into(), "b".into())));
+        assert!(r.vanished.contains(&("new".into(), "d".into())));
+        assert!(r.appeared.is_empty());
+        p.hold(300);
+        assert!(p.get("c", 250).is_some(), "held while the store is down");
     }
 }

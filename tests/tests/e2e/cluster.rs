@@ -244,6 +244,48 @@ async fn three_hosts_act_as_one_hub() {
     assert_eq!(alpha.hello(&mut again).await.unwrap(), "pair_required");
 }
 
+/// A host killed with SIGKILL sends no disconnect events: once its leases have run out, the
+/// other hosts' plugins hear that its followers left (presence reports them offline), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_followers_go_offline_in_the_other_hosts_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = Postgres::start().unwrap();
+    let nats = Nats::start().unwrap();
+    let mut a = start_node(tmp.path(), "a", &pg, &nats);
+    let b = start_node(tmp.path(), "b", &pg, &nats);
+    let (mut watcher, _) = pair_on(&b, "alpha").await;
+    watcher.send_text("presence::subscribe").await.unwrap();
+    let (_gamma_a, _gamma) = pair_on(&a, "gamma").await;
+    let online = async {
+        while let Some(r) = next_rule(&mut watcher, Duration::from_secs(20)).await {
+            if r == "presence::gamma::online" {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(online.await, "B's presence saw gamma come online on A");
+    a.host.kill();
+    let started = Instant::now();
+    let lease = Duration::from_secs(30);
+    let mut offline = 0;
+    // The lease, then a reconciliation (every 10 s), and some slack for a loaded machine.
+    while let Some(r) = next_rule(&mut watcher, lease + Duration::from_secs(30)).await {
+        if r == "presence::gamma::offline" {
+            offline += 1;
+            println!("offline after {:?}", started.elapsed());
+            break;
+        }
+    }
+    assert_eq!(offline, 1, "B's plugins never heard that gamma left");
+    assert!(
+        started.elapsed() >= lease - Duration::from_secs(2),
+        "gone before its lease ran out"
+    );
+    // Once only.
+    assert_eq!(next_rule(&mut watcher, Duration::from_secs(12)).await, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_logins_on_two_hosts_leave_one_session() {
     let tmp = tempfile::tempdir().unwrap();
