@@ -188,7 +188,9 @@ fn main() -> ExitCode {
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
         // Reads and removes NOTIFY_SOCKET & co. from the environment.
         systemd::init_from_env();
-        "info"
+        // The NATS client's own info lines repeat every few seconds while a server is away and
+        // name none; the cluster link logs what matters (unreachable, back) itself.
+        "info,async_nats=warn"
     } else {
         exit_quietly_on_closed_stdout();
         "warn"

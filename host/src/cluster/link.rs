@@ -178,6 +178,18 @@ impl Link {
             .connect(addrs)
             .await
             .map_err(|e| err(e.to_string()))?;
+        // It connects in the background; if the first attempts fail no "disconnected" event
+        // follows, so say so once the first attempt has had its time.
+        let (first, first_servers) = (client.clone(), servers.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            if first.connection_state() != State::Connected {
+                tracing::warn!(
+                    servers = %first_servers,
+                    "cluster link: NATS not reachable; followers on other hosts are offline from here until it answers (retrying)"
+                );
+            }
+        });
         let sub = |subject: String| {
             let client = client.clone();
             async move { client.subscribe(subject).await }
