@@ -103,6 +103,63 @@ enum Outgoing {
     },
 }
 
+/// Refuse to join as `node` while another running host uses that name: two hosts under one
+/// name take each other's session claims and messages. Each host answers on its node's
+/// `whoami` subject; the client does not hear its own messages (`no_echo`), so any answer is
+/// another host's. Checked only if NATS answers within 2 s of the start (a host that starts
+/// while NATS is away is checked by the next one that starts under its name).
+async fn unique_node(
+    client: &async_nats::Client,
+    node: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let subject = format!("yonexus.node.{node}.whoami");
+    let mut asks = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (answers, stop) = (client.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ask = futures_util::StreamExt::next(&mut asks) => match ask {
+                    Some(ask) => {
+                        if let Some(reply) = ask.reply {
+                            let _ = answers.publish(reply, Bytes::from_static(b"here")).await;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    let connected = async {
+        while client.connection_state() != State::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(2), connected)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        client.request(subject, Bytes::new()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Err(format!(
+            "another running host already uses node name {node:?} (cluster.node must be unique \
+             per host: two hosts under one name take each other's sessions and messages)"
+        )),
+        // No responders, or no answer: nobody else has that name.
+        _ => Ok(()),
+    }
+}
+
 /// This host's link to the others.
 pub struct Link {
     pub node: Arc<str>,
@@ -211,6 +268,7 @@ impl Link {
                 .await
                 .map_err(|e| err(e.to_string()))?,
         };
+        unique_node(&client, node, &shutdown).await.map_err(err)?;
         let (outbox, rx) = mpsc::channel(OUTBOX);
         let link = Arc::new(Link {
             node: node.into(),

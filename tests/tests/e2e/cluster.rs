@@ -102,6 +102,17 @@ async fn three_hosts_act_as_one_hub() {
     let b = start_node(tmp.path(), "b", &pg, &nats);
     let c = start_node(tmp.path(), "c", &pg, &nats);
 
+    // A second host under a name that is taken is refused at start, and says why.
+    let dup = tmp.path().join("a-again");
+    std::fs::create_dir_all(&dup).unwrap();
+    match HostProc::start(&dup, &node_config(&dup, "a", &pg.url(), &nats.url(), 0)) {
+        Ok(_) => panic!("a second host started as node \"a\""),
+        Err(e) => assert!(
+            e.to_string().contains("already uses node name \"a\""),
+            "{e:#}"
+        ),
+    }
+
     // Paired through A, authenticated on B with the same secret.
     let (first, alpha) = pair_on(&a, "alpha").await;
     first.close().await;
