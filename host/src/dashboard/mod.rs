@@ -56,6 +56,10 @@ pub struct Dashboard {
     /// The port listens on a loopback address: the page and the API answer only requests
     /// addressed to a loopback name (see [`auth::check_loopback_host`]).
     pub loopback_only: bool,
+    /// Event streams open now, at most [`stream::MAX_STREAMS`]: a stream holds its connection
+    /// for as long as its client likes, and the port's connections are capped, so without a
+    /// cap of their own, streams (never read, say) could take every slot from `/healthz`.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The admin port, bound and with its token read, not serving yet (the host binds its ports
@@ -141,6 +145,7 @@ pub fn spawn(
         sampler,
         shutdown: shutdown.clone(),
         loopback_only,
+        streams: Arc::new(tokio::sync::Semaphore::new(stream::MAX_STREAMS)),
     });
     tokio::spawn(listener::run(
         listener,

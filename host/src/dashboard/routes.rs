@@ -213,7 +213,16 @@ async fn rates(State(dash): Dash) -> Response {
 }
 
 async fn stream(State(dash): Dash) -> Response {
-    let mut response = super::stream::open(&dash).into_response();
+    let Some(events) = super::stream::open(&dash) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open already; try again later",
+                super::stream::MAX_STREAMS
+            ),
+        );
+    };
+    let mut response = events.into_response();
     // Reverse proxies must pass events on as they come.
     response
         .headers_mut()

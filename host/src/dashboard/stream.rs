@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 const RETRY: Duration = Duration::from_secs(2);
 
 struct State {
+    /// This stream's place among [`MAX_STREAMS`], given back when it ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     events: broadcast::Receiver<LifecycleEvent>,
     events_open: bool,
@@ -64,8 +66,15 @@ impl State {
 }
 
 /// The event stream for one page.
-pub fn open(dash: &Arc<Dashboard>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// Event streams open at once; the rest of the port's connections (see
+/// [`listener::MAX_CONNECTIONS`](super::listener::MAX_CONNECTIONS)) stay for requests.
+pub const MAX_STREAMS: usize = 16;
+
+/// A stream for the caller, or `None` when [`MAX_STREAMS`] are open.
+pub fn open(dash: &Arc<Dashboard>) -> Option<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let slot = Arc::clone(&dash.streams).try_acquire_owned().ok()?;
     let mut state = State {
+        _slot: slot,
         snapshots: dash.sampler.watch(),
         events: dash.view.subscribe(),
         events_open: true,
@@ -77,7 +86,7 @@ pub fn open(dash: &Arc<Dashboard>) -> Sse<impl Stream<Item = Result<Event, Infal
     state.queue.push_back(Event::default().retry(RETRY));
     // Nothing from the snapshot yet: the sampler publishes a fresh one for the new stream (see
     // `Sampler::watch`); the one it holds may be older than what the page just read from `/api`.
-    Sse::new(stream::unfold(state, next))
+    Some(Sse::new(stream::unfold(state, next)))
 }
 
 async fn next(mut state: State) -> Option<(Result<Event, Infallible>, State)> {

@@ -428,6 +428,50 @@ async fn actions_need_the_token_json_and_the_same_origin() {
     read_only.shutdown.cancel();
 }
 
+/// Event streams have a cap of their own: streams nobody reads cannot take the connections
+/// `/healthz` and the API need, and a stream that ends gives its place back.
+#[tokio::test]
+async fn event_streams_cannot_take_every_connection() {
+    let srv = start().await;
+    let mut held = Vec::new();
+    for _ in 0..super::stream::MAX_STREAMS {
+        let mut s = TcpStream::connect(srv.addr).await.expect("connect");
+        s.write_all(format!("GET /api/stream HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).as_bytes())
+            .await
+            .expect("write");
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head).await.expect("read");
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let r = get(srv.addr, "/api/stream").await;
+    assert_eq!(status(&r), "HTTP/1.1 503 Service Unavailable", "{r}");
+    assert!(body(&r).starts_with("{\"error\":"), "{r}");
+    assert_eq!(status(&get(srv.addr, "/healthz").await), "HTTP/1.1 200 OK");
+    drop(held.pop());
+    let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut s = TcpStream::connect(srv.addr).await.expect("connect");
+            s.write_all(
+                format!("GET /api/stream HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut head = [0u8; 64];
+            let n = s.read(&mut head).await.unwrap_or(0);
+            if String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        reopened.is_ok(),
+        "a closed stream's place was not given back"
+    );
+}
+
 #[tokio::test]
 async fn the_event_stream_sends_lists_and_lifecycle_events() {
     let srv = start().await;
