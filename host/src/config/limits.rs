@@ -57,7 +57,11 @@ impl Default for LimitsConfig {
             auth_timeout_secs: 10,
             max_unauthenticated: 1_000,
             max_unauthenticated_per_ip: 20,
-            max_unauthenticated_message: 64 * 1024,
+            // Before authentication only hello, pair_confirm and auth_request arrive, each well
+            // under 1 KiB. A frame held half-sent keeps up to this much per connection: at most
+            // max_unauthenticated (1000) × 4 KiB = 4 MiB for a stranger to pin (64 KiB let one
+            // pin about 70 MiB).
+            max_unauthenticated_message: 4 * 1024,
             max_message_size: 1024 * 1024,
             rate_per_sec: 1_000,
             rate_burst: 2_000,
