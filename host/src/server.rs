@@ -165,7 +165,6 @@ impl Host {
             None => None,
         };
         let scheme = if tls.is_some() { "wss" } else { "ws" };
-        tracing::info!(address = %local_addr, path = %config.server.path, scheme, plugins = config.plugins.len(), "listening");
 
         let ready = Arc::new(AtomicBool::new(false));
         let admin_addr = admin_http.map(|bound| {
@@ -198,6 +197,8 @@ impl Host {
             shutdown.clone(),
         ));
         ready.store(true, Ordering::Release);
+        // Logged once /readyz says ready: whoever waits for this line may rely on it.
+        tracing::info!(address = %local_addr, path = %config.server.path, scheme, plugins = config.plugins.len(), "listening");
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),
             listener,
