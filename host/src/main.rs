@@ -165,8 +165,14 @@ fn use_colour() -> bool {
 
 /// `default` applies unless `RUST_LOG` is set.
 fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The file watcher's own trace lines, whatever RUST_LOG says: with the log file in a
+    // watched folder each line written is an event it traces, which is written, … (100 MB in
+    // seconds at `RUST_LOG=trace`). Its warnings still show.
+    if let Ok(quiet) = "notify=warn".parse() {
+        filter = filter.add_directive(quiet);
+    }
     // A log line that cannot be written (stderr closed: the reader of a pipe went away) is
     // dropped. Reporting it would print to that same stderr, and that panic would end whichever
     // task logged — the signal handler's, so SIGTERM no longer stopped the host.
