@@ -326,13 +326,31 @@ impl Drop for HostProc {
 
 /// GET `path` from the host's admin HTTP endpoint; returns (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http(addr, "GET", path, &[], "")
+}
+
+/// One HTTP/1.1 request to `addr` (addressed to it by `Host`, a loopback name for a loopback
+/// admin port), `Connection: close`; returns (status code, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     let status = text
