@@ -202,17 +202,8 @@ fn the_plugin_template_builds_outside_the_workspace_and_passes_check() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bin("yonexus"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, stdout, stderr) = cli(&config, &["check"]);
+    assert_eq!(status, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("plugin 'mine'") && stdout.contains("ABI 1."),
         "{stdout}"
@@ -220,12 +211,7 @@ fn the_plugin_template_builds_outside_the_workspace_and_passes_check() {
 
     // A file that is not a plugin is refused by `check` with the reason.
     std::fs::write(&so, b"definitely not an ELF file").unwrap();
-    let out = std::process::Command::new(bin("yonexus"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    let (status, stdout, _) = cli(&config, &["check"]);
+    assert_ne!(status, 0);
     assert!(stdout.contains("REFUSED plugin 'mine'"), "{stdout}");
 }
