@@ -34,6 +34,12 @@ use tokio_util::sync::CancellationToken;
 use yonexus_protocol::envelope::ErrorCode;
 
 /// How long a closing connection may take to flush its last frames and see the peer's close.
+/// Frames a connection may send before it authenticates: a burst, then a steady rate. A
+/// follower sends three to five (hello, pair_confirm or auth_request, a ping now and then while
+/// a pairing is awaited); a peer over the budget is closed (1008) without an answer, so a
+/// stranger cannot make the host answer pings or errors at the network's speed.
+const UNAUTHENTICATED_FRAME_BURST: NonZeroU32 = NonZeroU32::new(32).unwrap();
+const UNAUTHENTICATED_FRAMES_PER_SEC: NonZeroU32 = NonZeroU32::new(4).unwrap();
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read per read call (on the stack, never held while idle).
 const READ_CHUNK: usize = 4096;
@@ -399,6 +405,9 @@ async fn serve<S>(
     let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
     let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
     let mut limited_in_a_row = 0u32;
+    let unauthenticated_budget = RateLimiter::direct(
+        Quota::per_second(UNAUTHENTICATED_FRAMES_PER_SEC).allow_burst(UNAUTHENTICATED_FRAME_BURST),
+    );
 
     let opened = Instant::now();
     let ping_every = Duration::from_secs(limits.ping_interval_secs);
@@ -431,59 +440,75 @@ async fn serve<S>(
             };
             let Some(mut s) = session.take() else { break };
             last_heard = Instant::now();
-            let flow = match message {
-                codec::Message::Text(text) => {
-                    if limiter.check().is_err() {
-                        metrics::rate_limited();
-                        limited_in_a_row += 1;
-                        if limited_in_a_row >= limits.rate_abuse_close_after {
-                            if authenticated || hub.may_log_refusal() {
-                                tracing::warn!(remote = %remote, conn = conn_id, identifier = peer.identity().map_or("-", |i| &**i), "persistent rate-limit abuse: closing");
-                            }
-                            Flow::Close {
-                                code: 1008,
-                                reason: "rate limit exceeded".into(),
-                            }
-                        } else {
-                            let _ = peer.send(crate::reply::error(
-                                ErrorCode::RateLimited,
-                                format!(
-                                    "more than {} messages per second; message dropped",
-                                    limits.rate_per_sec
-                                ),
-                                hub.now(),
-                                None,
-                            ));
-                            Flow::Continue
-                        }
-                    } else {
-                        limited_in_a_row = 0;
-                        match s.on_text_now(&hub, text) {
-                            Step::Done(flow) => flow,
-                            Step::Control(env) => {
-                                let hub = Arc::clone(&hub);
-                                op = Some(Box::pin(async move {
-                                    let flow = s.on_control(&hub, env).await;
-                                    (s, flow)
-                                }));
-                                break;
-                            }
-                        }
+            // Every frame but a close counts: before authentication against a small fixed
+            // budget (a stranger gets no answers to flood with), after it against the
+            // connection's rate limit.
+            let over = match &message {
+                codec::Message::Close(_) => false,
+                _ if !authenticated => unauthenticated_budget.check().is_err(),
+                _ => limiter.check().is_err(),
+            };
+            let flow = if over {
+                metrics::rate_limited();
+                limited_in_a_row += 1;
+                if !authenticated {
+                    metrics::abuser_closed("frames");
+                    if hub.may_log_refusal() {
+                        tracing::warn!(remote = %remote, conn = conn_id, "more frames before authentication than a follower sends: closing");
                     }
-                }
-                codec::Message::Binary(len) => s.on_binary(&hub, len),
-                codec::Message::Ping(payload) => {
-                    let _ = peer.send(codec::pong(&payload));
+                    Flow::Close {
+                        code: 1008,
+                        reason: "rate limit exceeded".into(),
+                    }
+                } else if limited_in_a_row >= limits.rate_abuse_close_after {
+                    tracing::warn!(remote = %remote, conn = conn_id, identifier = peer.identity().map_or("-", |i| &**i), "persistent rate-limit abuse: closing");
+                    Flow::Close {
+                        code: 1008,
+                        reason: "rate limit exceeded".into(),
+                    }
+                } else if matches!(message, codec::Message::Text(_)) {
+                    let _ = peer.send(crate::reply::error(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} messages per second; message dropped",
+                            limits.rate_per_sec
+                        ),
+                        hub.now(),
+                        None,
+                    ));
+                    Flow::Continue
+                } else {
+                    // A ping, pong or binary frame over the limit: dropped unanswered.
                     Flow::Continue
                 }
-                codec::Message::Pong => Flow::Continue,
-                codec::Message::Close(frame) => {
-                    // Answer the peer's close with its code, then end.
-                    let code = frame.map_or(1000, |(c, _)| c);
-                    sock.read_closed = true;
-                    Flow::Close {
-                        code,
-                        reason: "".into(),
+            } else {
+                limited_in_a_row = 0;
+                match message {
+                    codec::Message::Text(text) => match s.on_text_now(&hub, text) {
+                        Step::Done(flow) => flow,
+                        Step::Control(env) => {
+                            let hub = Arc::clone(&hub);
+                            op = Some(Box::pin(async move {
+                                let flow = s.on_control(&hub, env).await;
+                                (s, flow)
+                            }));
+                            break;
+                        }
+                    },
+                    codec::Message::Binary(len) => s.on_binary(&hub, len),
+                    codec::Message::Ping(payload) => {
+                        let _ = peer.send(codec::pong(&payload));
+                        Flow::Continue
+                    }
+                    codec::Message::Pong => Flow::Continue,
+                    codec::Message::Close(frame) => {
+                        // Answer the peer's close with its code, then end.
+                        let code = frame.map_or(1000, |(c, _)| c);
+                        sock.read_closed = true;
+                        Flow::Close {
+                            code,
+                            reason: "".into(),
+                        }
                     }
                 }
             };

@@ -234,7 +234,7 @@ fn register_fixed_series() {
     for kind in ["address", "identifier", "pairing"] {
         counter!(THROTTLED, "kind" => kind).increment(0);
     }
-    for kind in ["auth", "pairing"] {
+    for kind in ["auth", "pairing", "frames"] {
         counter!(ABUSERS_CLOSED, "reason" => kind).increment(0);
     }
     for state in [
@@ -471,7 +471,8 @@ pub fn auth_refused(kind: &'static str) {
     counter!(AUTH_REFUSED, "reason" => kind).increment(1);
 }
 
-/// A connection closed for repeated failures (`"auth"`, `"pairing"`).
+/// A connection closed for repeated failures (`"auth"`, `"pairing"`) or for more frames
+/// before authentication than a follower sends (`"frames"`).
 pub fn abuser_closed(kind: &'static str) {
     counter!(ABUSERS_CLOSED, "reason" => kind).increment(1);
 }

@@ -186,6 +186,72 @@ async fn rate_limit_answers_then_closes_persistent_abuse() {
     assert!(metric(&text, "yonexus_rate_limited_total") >= 20.0);
 }
 
+/// Send `n` pings, then count the pongs until the host closes the connection.
+async fn flood_pings(
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    n: usize,
+) -> (usize, Option<u16>) {
+    let (mut sink, mut stream) = ws.split();
+    for i in 0..n {
+        if sink
+            .send(Message::Ping(vec![i as u8; 8].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (mut pongs, mut close) = (0, None);
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        match msg {
+            Ok(Message::Pong(_)) => pongs += 1,
+            Ok(Message::Close(f)) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (pongs, close)
+}
+
+#[tokio::test]
+async fn ping_floods_are_cut_short_before_and_after_authentication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = host_with(
+        tmp.path(),
+        &["alpha", "beta"],
+        "rate_per_sec = 5\nrate_burst = 5\nrate_abuse_close_after = 20\n",
+    );
+    let (mut alpha, _) = paired_session(&host, "alpha").await.unwrap();
+
+    // A stranger who never says hello: a small budget of frames, then closed unanswered.
+    let (ws, _) = tokio_tungstenite::connect_async(host.url()).await.unwrap();
+    let (pongs, close) = flood_pings(ws, 500).await;
+    assert!(
+        (1..=40).contains(&pongs),
+        "{pongs} pongs before authentication"
+    );
+    assert_eq!(close, Some(1008));
+
+    // An authenticated follower: pings over its rate limit go unanswered, and persistent
+    // abuse is closed like any other.
+    let (beta, _) = paired_session(&host, "beta").await.unwrap();
+    let (pongs, close) = flood_pings(beta.into_inner(), 500).await;
+    assert!(
+        (1..=10).contains(&pongs),
+        "{pongs} pongs after authentication"
+    );
+    assert_eq!(close, Some(1008));
+
+    echo_ok(&mut alpha, "unaffected").await;
+    let (_, text) = http_get(host.admin.unwrap(), "/metrics").unwrap();
+    assert!(metric(&text, "yonexus_abusers_closed_total{reason=\"frames\"}") >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_slow_consumers_are_closed_and_memory_stays_bounded() {
     let tmp = tempfile::tempdir().unwrap();
