@@ -4,6 +4,9 @@
 
 use crate::guard::FRESHNESS_SECS;
 use crate::trust::TrustRecord;
+use ed25519_dalek::VerifyingKey;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use yonexus_protocol::envelope::{AuthFailReason, AuthRequest};
 use yonexus_protocol::{signing, validate};
 
@@ -87,10 +90,42 @@ pub fn check(
     let Ok(signature) = signing::decode_signature(&req.signature) else {
         return refuse(InvalidSignature, "bad_signature");
     };
-    if !signing::verify(&key, secret, &req.nonce, req.proof_timestamp, &signature) {
+    // A paired key is seen at every login: decompressed once. A key being bound is not kept
+    // (it may never prove anything).
+    let verifying = if bind_key.is_none() {
+        paired_key_point(&key)
+    } else {
+        signing::verifying_key(&key)
+    };
+    let valid = verifying.is_some_and(|k| {
+        signing::verify_with(&k, secret, &req.nonce, req.proof_timestamp, &signature)
+    });
+    if !valid {
         return refuse(InvalidSignature, "bad_signature");
     }
     AuthOutcome::Accepted { bind_key }
+}
+
+/// Paired keys kept decompressed, at most this many (then the memo starts over).
+const KEY_MEMO_CAP: usize = 65_536;
+
+/// The decompressed point of a paired follower's key, from a process-wide memo: decompressing
+/// is a square root in the field, about 5 % of the host's CPU per login. The memo maps key
+/// bytes to what they always decompress to, so revocation and re-pairing need no invalidation;
+/// only keys of paired records enter it (bounded by the allowlist, and by [`KEY_MEMO_CAP`]).
+fn paired_key_point(raw: &[u8; 32]) -> Option<VerifyingKey> {
+    static MEMO: LazyLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = LazyLock::new(Mutex::default);
+    let lock = || MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(k) = lock().get(raw) {
+        return Some(*k);
+    }
+    let key = signing::verifying_key(raw)?;
+    let mut memo = lock();
+    if memo.len() >= KEY_MEMO_CAP {
+        memo.clear();
+    }
+    memo.insert(*raw, key);
+    Some(key)
 }
 
 #[cfg(test)]

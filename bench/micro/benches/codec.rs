@@ -97,6 +97,15 @@ fn auth_verify(c: &mut Criterion) {
             Some(signing::verify(&k, secret, nonce, ts, &s))
         })
     });
+    // What the host does for a paired key it has seen before (auth.rs keeps it decompressed).
+    let raw = signing::decode_public_key(&pk).expect("own key");
+    let kept = signing::verifying_key(&raw).expect("own key is a point");
+    c.bench_function("auth/verify (kept key: decode signature + verify_strict)", |b| {
+        b.iter(|| {
+            let s = signing::decode_signature(black_box(&sig)).ok()?;
+            Some(signing::verify_with(black_box(&kept), secret, nonce, ts, &s))
+        })
+    });
     c.bench_function("auth/sign (follower side)", |b| {
         b.iter(|| signing::sign(&key, black_box(secret), nonce, ts))
     });
