@@ -199,7 +199,10 @@ pub async fn run(hub: Arc<Hub>, link: Arc<Link>, subs: Subscriptions, shutdown: 
                 let Some(m) = json::<RevokeMsg>(&msg) else { continue };
                 hub.guard.forget(&m.identifier);
                 link.presence.gone(&m.identifier, None);
-                lifecycle::disconnect(&hub, &m.identifier, 1008, &m.reason);
+                // Named only when connected here: then it is one of ours, not text off the bus.
+                if lifecycle::disconnect(&hub, &m.identifier, 1008, &m.reason) {
+                    tracing::info!(identifier = %m.identifier, "trust revoked on another host: connection closed");
+                }
             }
             else => return,
         }

@@ -251,6 +251,16 @@ async fn three_hosts_act_as_one_hub() {
     assert_eq!(status, 0, "{out}{err}");
     let (code, _) = on_a.closed().await.unwrap();
     assert_eq!(code, 1008);
+    assert!(
+        wait_for(Duration::from_secs(5), || a
+            .host
+            .logs()
+            .iter()
+            .any(|l| l.contains("trust revoked on another host") && l.contains("alpha"))
+            .then_some(()))
+        .is_some(),
+        "A says why it closed alpha"
+    );
     let mut again = Raw::connect(&b.host.url()).await.unwrap();
     assert_eq!(alpha.hello(&mut again).await.unwrap(), "pair_required");
     // NATS answered from the start: no host warned that it did not (the check runs 4 s after
