@@ -258,6 +258,8 @@ mod tests {
                 "[store]\nbackend = \"postgres\"\nurl_env = \"1X\"",
                 "store.url_env",
             ),
+            ("[store]\nurl_env = \"YX_PG\"", "store.url_env"),
+            ("[store]\nurl = \"postgres://y@h/y\"", "store.url"),
             ("[cluster]\nnode = \"a\"", "cluster.nats"),
             ("[cluster]\nnats = \"nats://x:1\"", "cluster.node"),
             (

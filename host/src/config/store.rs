@@ -76,9 +76,14 @@ impl RawStore {
         match self.backend.as_deref().unwrap_or("file") {
             "file" => {
                 if self.url.is_some() || self.url_env.is_some() {
+                    let key = if self.url.is_some() {
+                        "store.url"
+                    } else {
+                        "store.url_env"
+                    };
                     return Err(Invalid::new(
-                        "store.url",
-                        "url and url_env are for backend = \"postgres\"",
+                        key,
+                        "url and url_env are for backend = \"postgres\" (the file store is the default backend)",
                     ));
                 }
                 Ok(StoreConfig::File)
