@@ -260,11 +260,14 @@ struct Ctx {
 struct ServersCpu(Vec<CpuWindow>);
 
 impl ServersCpu {
-    fn start(procs: &[Proc]) -> Result<Option<ServersCpu>> {
+    fn start(procs: &[Proc], tck: u64) -> Result<Option<ServersCpu>> {
         if procs.is_empty() {
             return Ok(None);
         }
-        let w = procs.iter().map(CpuWindow::start).collect::<Result<_>>()?;
+        let w = procs
+            .iter()
+            .map(|p| CpuWindow::start(p, tck))
+            .collect::<Result<_>>()?;
         Ok(Some(ServersCpu(w)))
     }
 
@@ -379,8 +382,8 @@ impl Ctx {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let host_rss_before_kib = self.host.as_ref().and_then(|h| h.rss_kib().ok());
 
-        let host_cpu = ServersCpu::start(&self.servers)?;
-        let my_cpu = CpuWindow::start(&Proc::me())?;
+        let host_cpu = ServersCpu::start(&self.servers, self.tck)?;
+        let my_cpu = CpuWindow::start(&Proc::me(), self.tck)?;
         let cores0 = procfs::cores();
         let t1 = Instant::now();
         let sem = Arc::new(Semaphore::new(self.common.connect_concurrency.max(1)));
@@ -507,8 +510,8 @@ async fn run_load(
         let _ = wired.writers[i].send(Ctl::Credit(args.window));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let host_cpu = ServersCpu::start(&ctx.servers)?;
-    let my_cpu = CpuWindow::start(&me)?;
+    let host_cpu = ServersCpu::start(&ctx.servers, ctx.tck)?;
+    let my_cpu = CpuWindow::start(&me, ctx.tck)?;
     let cores0 = procfs::cores();
     let t_measure = Instant::now();
     shared.phase.store(MEASURE, Relaxed);
@@ -665,8 +668,8 @@ async fn run_idle(c: &IdleCmd) -> Result<Value> {
             let _ = sink.close().await;
         }));
     }
-    let host_cpu = ServersCpu::start(&ctx.servers)?;
-    let my_cpu = CpuWindow::start(&Proc::me())?;
+    let host_cpu = ServersCpu::start(&ctx.servers, ctx.tck)?;
+    let my_cpu = CpuWindow::start(&Proc::me(), ctx.tck)?;
     let cores0 = procfs::cores();
     tokio::time::sleep(Duration::from_secs_f64(c.hold)).await;
     let host_pct = host_cpu.map(|w| w.percent(ctx.tck)).transpose()?;
