@@ -33,13 +33,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use yonexus_protocol::envelope::ErrorCode;
 
-/// How long a closing connection may take to flush its last frames and see the peer's close.
 /// Frames a connection may send before it authenticates: a burst, then a steady rate. A
-/// follower sends three to five (hello, pair_confirm or auth_request, a ping now and then while
-/// a pairing is awaited); a peer over the budget is closed (1008) without an answer, so a
-/// stranger cannot make the host answer pings or errors at the network's speed.
+/// follower sends a handful (hello, auth_request; while a pairing is awaited, up to
+/// `pairing.max_attempts` codes and a pong or ping every half minute); a peer over the budget
+/// is closed (1008) without an answer, so a stranger cannot make the host answer pings or
+/// errors at the network's speed.
 const UNAUTHENTICATED_FRAME_BURST: NonZeroU32 = NonZeroU32::new(32).unwrap();
 const UNAUTHENTICATED_FRAMES_PER_SEC: NonZeroU32 = NonZeroU32::new(4).unwrap();
+/// How long a closing connection may take to flush its last frames and see the peer's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read per read call (on the stack, never held while idle).
 const READ_CHUNK: usize = 4096;
@@ -442,16 +443,18 @@ async fn serve<S>(
             last_heard = Instant::now();
             // Every frame but a close counts: before authentication against a small fixed
             // budget (a stranger gets no answers to flood with), after it against the
-            // connection's rate limit.
+            // connection's rate limit. Asked of the session, not of `authenticated`: frames
+            // that arrived in one read with the auth_request are handled after it succeeded.
+            let pre_auth = s.authenticated_as().is_none();
             let over = match &message {
                 codec::Message::Close(_) => false,
-                _ if !authenticated => unauthenticated_budget.check().is_err(),
+                _ if pre_auth => unauthenticated_budget.check().is_err(),
                 _ => limiter.check().is_err(),
             };
             let flow = if over {
                 metrics::rate_limited();
                 limited_in_a_row += 1;
-                if !authenticated {
+                if pre_auth {
                     metrics::abuser_closed("frames");
                     if hub.may_log_refusal() {
                         tracing::warn!(remote = %remote, conn = conn_id, "more frames before authentication than a follower sends: closing");

@@ -192,14 +192,17 @@ fn describe_all() {
         SLOW_CONSUMER_CLOSES,
         "Connections closed because their outbound queue was full."
     );
-    describe_counter!(RATE_LIMITED, "Messages refused by a rate limit.");
+    describe_counter!(
+        RATE_LIMITED,
+        "Frames over a rate limit (messages refused, pings unanswered, connections over the budget before authentication)."
+    );
     describe_counter!(
         AUTH_REFUSED,
         "Refused proofs and hellos, by what failed (not_allowed, not_paired, malformed_nonce, stale, future, replayed, wrong_key, bad_signature)."
     );
     describe_counter!(
         ABUSERS_CLOSED,
-        "Connections closed for repeated failures, by kind (auth, pairing)."
+        "Connections closed for repeated failures or too many frames before authentication, by kind (auth, pairing, frames)."
     );
     describe_counter!(
         THROTTLED,

@@ -176,7 +176,7 @@ async fn rate_limit_answers_then_closes_persistent_abuse() {
             _ => {}
         }
     }
-    // The burst (5) is shared with the handshake's own frames.
+    // The burst is 5 (the handshake's frames count against their own budget).
     assert!((1..=10).contains(&echoes), "{echoes} echoes");
     assert!(limited >= 10, "{limited} RATE_LIMITED errors");
     assert_eq!(close, Some(1008));
@@ -250,6 +250,50 @@ async fn ping_floods_are_cut_short_before_and_after_authentication() {
     echo_ok(&mut alpha, "unaffected").await;
     let (_, text) = http_get(host.admin.unwrap(), "/metrics").unwrap();
     assert!(metric(&text, "yonexus_abusers_closed_total{reason=\"frames\"}") >= 1.0);
+}
+
+/// A follower that sends its rule messages right behind its auth_request, without waiting for
+/// auth_success, has them handled as an authenticated follower's: the frames read with the
+/// auth_request do not count against the budget before authentication.
+#[tokio::test]
+async fn messages_pipelined_behind_the_auth_request_are_all_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = host_with(tmp.path(), &["gamma"], "");
+    let (first, ident) = paired_session(&host, "gamma").await.unwrap();
+    first.close().await;
+    let (ws, _) = tokio_tungstenite::connect_async(host.url()).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let builtin = |kind: &str, payload: serde_json::Value| {
+        let envelope = serde_json::json!({"type": kind, "timestamp": now(), "payload": payload});
+        Message::text(format!("builtin::{envelope}"))
+    };
+    let hello = serde_json::json!({"identifier": "gamma", "protocolVersion": "1",
+        "publicKey": ident.public_key(), "hasSecret": true, "hasKeyPair": true});
+    sink.feed(builtin("hello", hello)).await.unwrap();
+    let nonce = yonexus_protocol::validate::generate_nonce();
+    sink.feed(builtin("auth_request", ident.auth_payload(&nonce, now())))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        sink.feed(Message::text(format!("echo::p{i}")))
+            .await
+            .unwrap();
+    }
+    sink.flush().await.unwrap();
+    let mut echoes = 0;
+    while echoes < 100 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with("echo::") => {
+                assert_eq!(t.as_str(), format!("echo::p{echoes}"));
+                echoes += 1;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => {
+                assert!(!t.contains("\"error\""), "{t}");
+            }
+            Ok(Some(Ok(Message::Close(f)))) => panic!("closed after {echoes} echoes: {f:?}"),
+            other => panic!("after {echoes} echoes: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
