@@ -507,6 +507,52 @@ pub fn render(runs: &[Value], host: &str, base: &str, max_others: Option<f64>) -
         );
     }
 
+    // The same latencies ended at the reply's arrival in the generator's kernel (no verdict:
+    // the goals are on the round trip as the generator sees it).
+    let arrival: Vec<&Group> = groups
+        .iter()
+        .filter(|g| g.case.kind() == Section::Messages)
+        .filter(|g| {
+            g.host
+                .iter()
+                .chain(&g.base)
+                .any(|r| !r["latency_at_arrival_us"].is_null())
+        })
+        .collect();
+    if !arrival.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nLatency at arrival: the same round trips, ended when the reply's packet reached the generator's kernel (its `SO_TIMESTAMPNS` time stamp) instead of when the generator read it; the difference is the generator's own wait, large where it is at its core's limit.\n\n| scenario | p50 ms {host} / {base} | p99 ms {host} / {base} | p99 {host}/{base}: median of pairs (range) | p99 as read, {host}/{base} |\n|---|---|---|---|---|"
+        );
+        for g in arrival {
+            let msg_rate = |r: &Value| num(r, &["msgs_per_host_cpu_sec"]);
+            let (h, b) = (median(&g.host, &msg_rate), median(&g.base, &msg_rate));
+            let get = |r: Option<&Value>, p: &[&str]| r.and_then(|r| num(r, p));
+            let at = |r: &Value| num(r, &["latency_at_arrival_us", "p99"]);
+            let read = |r: &Value| num(r, &["latency_us", "p99"]);
+            let median_of =
+                |s: Option<Spread>| s.map_or("—".into(), |s| format!("{:.2}", s.median));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                g.case.title(),
+                pair(
+                    ms(get(h, &["latency_at_arrival_us", "p50"])),
+                    ms(get(b, &["latency_at_arrival_us", "p50"]))
+                ),
+                pair(
+                    ms(get(h, &["latency_at_arrival_us", "p99"])),
+                    ms(get(b, &["latency_at_arrival_us", "p99"]))
+                ),
+                spread(pair_ratios(g, &at, false)).map_or("—".into(), |s| format!(
+                    "{:.2} ({:.2}–{:.2})",
+                    s.median, s.min, s.max
+                )),
+                median_of(spread(pair_ratios(g, &read, false))),
+            );
+        }
+    }
+
     let cpu_us = |r: &Value| num(r, &["connect_auth", "host_cpu_us_per_connect"]);
     let connect: Vec<&Group> = groups
         .iter()
@@ -658,6 +704,35 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| {start}")))
             .unwrap_or_else(|| panic!("no row {start} in\n{table}"))
+    }
+
+    #[test]
+    fn latency_at_arrival_gets_its_own_table_without_a_verdict() {
+        let mut h = load("host", 500, 2, 200e3, 12e3);
+        h["latency_at_arrival_us"] = json!({"p50": 3e3, "p99": 6e3});
+        let mut n = load("node", 500, 2, 100e3, 20e3);
+        n["latency_at_arrival_us"] = json!({"p50": 10e3, "p99": 16e3});
+        let t = render(&[h, n], "host", "node", None);
+        assert!(t.contains("Latency at arrival"), "{t}");
+        let rows: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("| echo 500×2"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{t}");
+        // The goal's verdict stays on the round trip as read: 12 / 20 = 0.6 > 0.5.
+        assert!(rows[0].contains("**missed**"), "{}", rows[0]);
+        assert_eq!(
+            rows[1],
+            "| echo 500×2, 100 B | 3.00 / 10.0 | 6.00 / 16.0 | 0.38 (0.38–0.38) | 0.60 |"
+        );
+        // Runs without time stamps: no such table.
+        let t = render(
+            &[load("host", 50, 1, 1e5, 1e3), load("node", 50, 1, 1e5, 2e3)],
+            "host",
+            "node",
+            None,
+        );
+        assert!(!t.contains("Latency at arrival"), "{t}");
     }
 
     #[test]

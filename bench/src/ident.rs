@@ -2,6 +2,7 @@
 //! delivered (the file the host's `command` notifier appends to, or the Node peer's directory of
 //! `<identifier>.code` files), and the real pairing and authentication flows.
 
+use crate::stamped::StampedTcp;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -14,13 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use yonexus_protocol::envelope::{Message as Msg, NextAction};
 use yonexus_protocol::{signing, validate, Envelope, Frame};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A follower's socket: plain `ws://` over a TCP stream whose reads are time-stamped.
+pub type Ws = WebSocketStream<StampedTcp>;
 
 /// How long to wait for any single reply during pairing and authentication.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -42,9 +45,24 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(1 << 20))
 }
 
-/// Open a WebSocket to `url` with Nagle disabled.
+/// Open a WebSocket to `url` (`ws://` only) with Nagle disabled and arrival time stamps on.
 pub async fn connect(url: &str) -> Result<Ws> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+    let uri: Uri = url.parse().with_context(|| format!("{url}: not a URL"))?;
+    if uri.scheme_str() != Some("ws") {
+        bail!("{url}: the bench speaks plain ws:// only");
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("{url}: no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tcp.set_nodelay(true)?;
+    let io = StampedTcp::new(tcp).context("turning on SO_TIMESTAMPNS")?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config()))
         .await
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)

@@ -9,6 +9,7 @@
 //! `window` messages in flight.
 
 use crate::ident::Ws;
+use crate::stamped::wall_nanos;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -63,6 +64,9 @@ pub struct Shared {
     pub errors: AtomicU64,
     pub error_codes: Mutex<BTreeMap<String, u64>>,
     pub hist: Mutex<Histogram<u64>>,
+    /// Latency from the send to the reply's arrival in this machine's kernel (its packet's
+    /// time stamp): the round trip without the generator's own wait to read the reply.
+    pub hist_arrival: Mutex<Histogram<u64>>,
     /// Longest time between consecutive deliveries on one connection during MEASURE.
     pub max_gap_ns: AtomicU64,
     /// Readers that ended with a socket error instead of a close.
@@ -82,6 +86,7 @@ impl Shared {
             errors: AtomicU64::new(0),
             error_codes: Mutex::new(BTreeMap::new()),
             hist: Mutex::new(new_histogram()),
+            hist_arrival: Mutex::new(new_histogram()),
             max_gap_ns: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
@@ -232,8 +237,16 @@ pub struct RecvSpec {
     pub own: Option<UnboundedSender<Ctl>>,
 }
 
-pub async fn reader(mut stream: SplitStream<Ws>, spec: RecvSpec, shared: Arc<Shared>) {
+/// Read deliveries on one connection; `arrived` is its socket's latest arrival time stamp
+/// ([`crate::stamped::StampedTcp::arrivals`]).
+pub async fn reader(
+    mut stream: SplitStream<Ws>,
+    spec: RecvSpec,
+    arrived: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+) {
     let mut hist = new_histogram();
+    let mut hist_arrival = new_histogram();
     let mut next_seq = 1u64;
     let mut last_rx: Option<Instant> = None;
     let mut max_gap = 0u64;
@@ -286,7 +299,15 @@ pub async fn reader(mut stream: SplitStream<Ws>, spec: RecvSpec, shared: Arc<Sha
                 delivered += 1;
                 if phase == MEASURE {
                     measured += 1;
-                    hist.saturating_record(now.saturating_sub(at).max(1));
+                    let latency = now.saturating_sub(at);
+                    hist.saturating_record(latency.max(1));
+                    // The frame was complete after the latest read, whose data arrived this
+                    // long ago (0: no time stamp, nothing recorded).
+                    let stamp = arrived.load(Relaxed);
+                    if stamp > 0 {
+                        let waited = wall_nanos().saturating_sub(stamp);
+                        hist_arrival.saturating_record(latency.saturating_sub(waited).max(1));
+                    }
                     let t = Instant::now();
                     if let Some(last) = last_rx {
                         max_gap = max_gap.max(t.duration_since(last).as_nanos() as u64);
@@ -331,6 +352,11 @@ pub async fn reader(mut stream: SplitStream<Ws>, spec: RecvSpec, shared: Arc<Sha
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .add(&hist);
+    let _ = shared
+        .hist_arrival
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add(&hist_arrival);
 }
 
 /// The wiring of one scenario: one writer and one reader per connection.
@@ -394,6 +420,7 @@ pub fn wire(kind: Kind, links: Vec<(String, Ws)>, size: usize, shared: &Arc<Shar
     let mut tasks = Vec::with_capacity(2 * n);
     let mut senders = Vec::new();
     for (i, (_, ws)) in links.into_iter().enumerate().rev() {
+        let arrived = ws.get_ref().arrivals();
         let (sink, stream) = ws.split();
         let (send, recv) = match kind {
             Kind::Echo => {
@@ -462,7 +489,12 @@ pub fn wire(kind: Kind, links: Vec<(String, Ws)>, size: usize, shared: &Arc<Shar
         }
         let rx = rxs.pop().unwrap_or_else(|| unbounded_channel().1);
         tasks.push(tokio::spawn(writer(sink, rx, send, Arc::clone(shared))));
-        tasks.push(tokio::spawn(reader(stream, recv, Arc::clone(shared))));
+        tasks.push(tokio::spawn(reader(
+            stream,
+            recv,
+            arrived,
+            Arc::clone(shared),
+        )));
     }
     Wired {
         writers: txs,

@@ -7,6 +7,7 @@ mod hostcfg;
 mod ident;
 mod load;
 mod procfs;
+mod stamped;
 mod table;
 
 use anyhow::{bail, Context, Result};
@@ -565,6 +566,11 @@ async fn run_load(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let hist_arrival = shared
+        .hist_arrival
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let rate = measured as f64 / secs;
     let per_host_cpu = host_pct.filter(|p| *p > 0.0).map(|p| rate / (p / 100.0));
     let generator_bound = bench_pct >= 90.0;
@@ -582,6 +588,19 @@ async fn run_load(
             "p99_9": pct(&hist, 0.999), "max": hist.max() as f64 / 1000.0,
         }),
     );
+    // The same round trips, ended when the reply's packet reached this machine's kernel
+    // instead of when the generator read it (see stamped.rs).
+    if !hist_arrival.is_empty() {
+        r.insert(
+            "latency_at_arrival_us".into(),
+            json!({
+                "count": hist_arrival.len(),
+                "p50": pct(&hist_arrival, 0.50), "p90": pct(&hist_arrival, 0.90),
+                "p99": pct(&hist_arrival, 0.99), "p99_9": pct(&hist_arrival, 0.999),
+                "max": hist_arrival.max() as f64 / 1000.0,
+            }),
+        );
+    }
     r.insert("sent".into(), json!(sent));
     r.insert("expected_deliveries".into(), json!(expected));
     r.insert("delivered".into(), json!(delivered));
@@ -759,6 +778,17 @@ fn summary(r: &mut Value) {
             f(&l["p99_9"]),
             f(&l["max"])
         );
+        let a = &r["latency_at_arrival_us"];
+        if !a.is_null() {
+            println!(
+                "latency at arrival us (the reply's packet reaching this machine): p50 {} p90 {} p99 {} p99.9 {} max {}",
+                f(&a["p50"]),
+                f(&a["p90"]),
+                f(&a["p99"]),
+                f(&a["p99_9"]),
+                f(&a["max"])
+            );
+        }
         println!(
             "sent {} expected {} delivered {} lost {} mismatched {} errors {} {}",
             r["sent"],
