@@ -9,7 +9,7 @@
 //! `window` messages in flight.
 
 use crate::ident::Ws;
-use crate::stamped::wall_nanos;
+use crate::stamped::{wall_nanos, Arrivals};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -237,14 +237,28 @@ pub struct RecvSpec {
     pub own: Option<UnboundedSender<Ctl>>,
 }
 
-/// Read deliveries on one connection; `arrived` is its socket's latest arrival time stamp
-/// ([`crate::stamped::StampedTcp::arrivals`]).
+/// Bytes a server's (unmasked) frame with `payload` bytes takes on the wire.
+fn frame_len(payload: usize) -> u64 {
+    let header = match payload {
+        0..126 => 2,
+        126..65536 => 4,
+        _ => 10,
+    };
+    (header + payload) as u64
+}
+
+/// Read deliveries on one connection; `arrived` is what its socket's latest read brought
+/// ([`crate::stamped::StampedTcp::arrivals`]). Nothing is buffered unread when it starts (the
+/// handshake's last reply was read whole).
 pub async fn reader(
     mut stream: SplitStream<Ws>,
     spec: RecvSpec,
-    arrived: Arc<AtomicU64>,
+    arrived: Arc<Arrivals>,
     shared: Arc<Shared>,
 ) {
+    // Bytes of the frames handed out so far, counted like the socket's reads: a frame that
+    // brings this to the end of the latest read was the last thing that read brought.
+    let mut consumed = arrived.bytes_end.load(Relaxed);
     let mut hist = new_histogram();
     let mut hist_arrival = new_histogram();
     let mut next_seq = 1u64;
@@ -253,6 +267,11 @@ pub async fn reader(
     let (mut delivered, mut measured, mut mismatched) = (0u64, 0u64, 0u64);
     let mut clean = false;
     while let Some(item) = stream.next().await {
+        consumed += match &item {
+            Ok(Message::Text(t)) => frame_len(t.len()),
+            Ok(Message::Ping(p) | Message::Pong(p)) => frame_len(p.len()),
+            _ => 0,
+        };
         let text = match item {
             Ok(Message::Text(t)) => t,
             Ok(Message::Close(_)) => {
@@ -301,10 +320,10 @@ pub async fn reader(
                     measured += 1;
                     let latency = now.saturating_sub(at);
                     hist.saturating_record(latency.max(1));
-                    // The frame was complete after the latest read, whose data arrived this
-                    // long ago (0: no time stamp, nothing recorded).
-                    let stamp = arrived.load(Relaxed);
-                    if stamp > 0 {
+                    // A frame that ended the latest read arrived with its last packet, this
+                    // long ago (no time stamp, or more after it in that read: not recorded).
+                    let stamp = arrived.stamp.load(Relaxed);
+                    if stamp > 0 && consumed == arrived.bytes_end.load(Relaxed) {
                         let waited = wall_nanos().saturating_sub(stamp);
                         hist_arrival.saturating_record(latency.saturating_sub(waited).max(1));
                     }

@@ -1,9 +1,13 @@
 //! A TCP stream that remembers when the kernel received the bytes of its latest read
-//! (`SO_TIMESTAMPNS`: the arrival of the last packet that read consumed). A reply's latency can
-//! then also be taken at its arrival on this machine, which leaves out how long the generator
-//! took to get round to reading it: at loads where the generator is at its core's limit, that
-//! wait is a large part of the round trip it measures, and it is the generator's, not the
-//! server's.
+//! (`SO_TIMESTAMPNS`: the arrival of the last packet that read consumed) and how many bytes had
+//! arrived by the end of it. A reply's latency can then also be taken at its arrival on this
+//! machine, which leaves out how long the generator took to get round to reading it: at loads
+//! where the generator is at its core's limit, that wait is a large part of the round trip it
+//! measures, and it is the generator's, not the server's.
+//!
+//! The time stamp is exact only for a frame that ends where its read ended (its last packet is
+//! the read's last); an earlier frame in the same read may have arrived sooner. The reader
+//! therefore records arrival latency only for frames that end a read ([`Arrivals`]).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -22,10 +26,21 @@ pub fn wall_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// A connected TCP stream whose reads record their arrival time in [`StampedTcp::arrivals`].
+/// What the latest read of a [`StampedTcp`] brought.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    /// Wall-clock nanoseconds at which the kernel received the read's last packet; 0 when the
+    /// read carried no time stamp (the kernel turns stamping on shortly after the first socket
+    /// asks for it, so the first packets of a fresh machine may have none).
+    pub stamp: AtomicU64,
+    /// Bytes read from the socket since it was opened, up to the end of that read.
+    pub bytes_end: AtomicU64,
+}
+
+/// A connected TCP stream whose reads record what they brought in [`StampedTcp::arrivals`].
 pub struct StampedTcp {
     io: TcpStream,
-    arrived: Arc<AtomicU64>,
+    arrived: Arc<Arrivals>,
 }
 
 impl StampedTcp {
@@ -47,20 +62,18 @@ impl StampedTcp {
         }
         Ok(StampedTcp {
             io,
-            arrived: Arc::new(AtomicU64::new(0)),
+            arrived: Arc::default(),
         })
     }
 
-    /// Wall-clock nanoseconds at which the kernel received the data of the latest read; 0 when
-    /// that read carried no time stamp (the kernel turns stamping on shortly after the first
-    /// socket asks for it, so the first packets of a fresh machine may have none).
-    pub fn arrivals(&self) -> Arc<AtomicU64> {
+    /// What the latest read brought (shared: the reader of the split socket keeps it).
+    pub fn arrivals(&self) -> Arc<Arrivals> {
         Arc::clone(&self.arrived)
     }
 }
 
-/// One `recvmsg` into `buf`, storing the time stamp it carries in `arrived`.
-fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &AtomicU64) -> io::Result<usize> {
+/// One `recvmsg` into `buf`, recording what it brought in `arrived`.
+fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &Arrivals) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -96,7 +109,8 @@ fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &AtomicU64) -> io::Res
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    arrived.store(stamp, Relaxed);
+    arrived.stamp.store(stamp, Relaxed);
+    arrived.bytes_end.fetch_add(n as u64, Relaxed);
     Ok(n as usize)
 }
 
@@ -170,7 +184,7 @@ mod tests {
         let mut client = StampedTcp::new(client.unwrap()).unwrap();
         let (mut server, _) = server.unwrap();
         let arrivals = client.arrivals();
-        assert_eq!(arrivals.load(Relaxed), 0);
+        assert_eq!(arrivals.stamp.load(Relaxed), 0);
         // The kernel switches stamping on a moment after the first socket asks (deferred work).
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let before = wall_nanos();
@@ -180,7 +194,8 @@ mod tests {
         let n = client.read(&mut buf).await.unwrap();
         let read_at = wall_nanos();
         assert_eq!(&buf[..n], b"hello");
-        let at = arrivals.load(Relaxed);
+        let at = arrivals.stamp.load(Relaxed);
+        assert_eq!(arrivals.bytes_end.load(Relaxed), 5);
         // Stamped on arrival, not when it was read 50 ms later.
         assert!(
             at >= before && at <= read_at,
