@@ -1,6 +1,11 @@
 //! `yonexus-bench`: drives a running Yonexus host with real followers (paired through the real
 //! pairing flow, authenticated with Ed25519) and reports throughput, latency, loss, CPU and
 //! memory. See `bench/README.md`.
+//!
+//! Modules: `ident` (identities, pairing codes, the pairing and auth flows), `load` (the
+//! message scenarios: writers, readers, credits), `stamped` (sockets whose reads carry arrival
+//! time stamps), `procfs` (CPU and memory of processes), `hostcfg` (the host config it writes),
+//! `compare` and `table` (the side-by-side tables).
 
 mod compare;
 mod hostcfg;
