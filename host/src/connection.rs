@@ -38,8 +38,16 @@ use yonexus_protocol::envelope::ErrorCode;
 /// `pairing.max_attempts` codes and a pong or ping every half minute); a peer over the budget
 /// is closed (1008) without an answer, so a stranger cannot make the host answer pings or
 /// errors at the network's speed.
-const UNAUTHENTICATED_FRAME_BURST: NonZeroU32 = NonZeroU32::new(32).unwrap();
-const UNAUTHENTICATED_FRAMES_PER_SEC: NonZeroU32 = NonZeroU32::new(4).unwrap();
+const UNAUTHENTICATED_FRAME_BURST: NonZeroU32 = non_zero(32);
+const UNAUTHENTICATED_FRAMES_PER_SEC: NonZeroU32 = non_zero(4);
+
+/// `n` as a `NonZeroU32` (0 becomes 1).
+const fn non_zero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
 /// How long a closing connection may take to flush its last frames and see the peer's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read per read call (on the stack, never held while idle).
@@ -402,8 +410,8 @@ async fn serve<S>(
     let auth_timeout = Duration::from_secs(limits.auth_timeout_secs);
     let mut auth_deadline = Instant::now() + auth_timeout;
 
-    let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN);
-    let rate = NonZeroU32::new(limits.rate_per_sec).unwrap_or(NonZeroU32::MIN);
+    let burst = non_zero(limits.rate_burst);
+    let rate = non_zero(limits.rate_per_sec);
     let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
     let mut limited_in_a_row = 0u32;
     let unauthenticated_budget = RateLimiter::direct(
