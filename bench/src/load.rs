@@ -9,7 +9,7 @@
 //! `window` messages in flight.
 
 use crate::ident::Ws;
-use crate::stamped::{wall_nanos, Arrivals};
+use crate::stamped::wall_nanos;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -237,28 +237,14 @@ pub struct RecvSpec {
     pub own: Option<UnboundedSender<Ctl>>,
 }
 
-/// Bytes a server's (unmasked) frame with `payload` bytes takes on the wire.
-fn frame_len(payload: usize) -> u64 {
-    let header = match payload {
-        0..126 => 2,
-        126..65536 => 4,
-        _ => 10,
-    };
-    (header + payload) as u64
-}
-
-/// Read deliveries on one connection; `arrived` is what its socket's latest read brought
-/// ([`crate::stamped::StampedTcp::arrivals`]). Nothing is buffered unread when it starts (the
-/// handshake's last reply was read whole).
+/// Read deliveries on one connection; `arrived` is its socket's latest read time stamp
+/// ([`crate::stamped::StampedTcp::arrivals`]).
 pub async fn reader(
     mut stream: SplitStream<Ws>,
     spec: RecvSpec,
-    arrived: Arc<Arrivals>,
+    arrived: Arc<AtomicU64>,
     shared: Arc<Shared>,
 ) {
-    // Bytes of the frames handed out so far, counted like the socket's reads: a frame that
-    // brings this to the end of the latest read was the last thing that read brought.
-    let mut consumed = arrived.bytes_end.load(Relaxed);
     let mut hist = new_histogram();
     let mut hist_arrival = new_histogram();
     let mut next_seq = 1u64;
@@ -267,11 +253,6 @@ pub async fn reader(
     let (mut delivered, mut measured, mut mismatched) = (0u64, 0u64, 0u64);
     let mut clean = false;
     while let Some(item) = stream.next().await {
-        consumed += match &item {
-            Ok(Message::Text(t)) => frame_len(t.len()),
-            Ok(Message::Ping(p) | Message::Pong(p)) => frame_len(p.len()),
-            _ => 0,
-        };
         let text = match item {
             Ok(Message::Text(t)) => t,
             Ok(Message::Close(_)) => {
@@ -308,7 +289,7 @@ pub async fn reader(
             }
             continue;
         }
-        let now = nanos();
+        let (now, wall) = (nanos(), wall_nanos());
         let phase = shared.phase();
         let parsed = text
             .strip_prefix(spec.prefix.as_str())
@@ -320,12 +301,14 @@ pub async fn reader(
                     measured += 1;
                     let latency = now.saturating_sub(at);
                     hist.saturating_record(latency.max(1));
-                    // A frame that ended the latest read arrived with its last packet, this
-                    // long ago (no time stamp, or more after it in that read: not recorded).
-                    let stamp = arrived.stamp.load(Relaxed);
-                    if stamp > 0 && consumed == arrived.bytes_end.load(Relaxed) {
-                        let waited = wall_nanos().saturating_sub(stamp);
-                        hist_arrival.saturating_record(latency.saturating_sub(waited).max(1));
+                    // The read that completed this frame is the latest one (tungstenite reads
+                    // only when no whole frame is buffered); its stamp is its last packet's,
+                    // which arrived at or after this frame's end: an upper bound. No stamp, or
+                    // a clock step that puts the arrival before the send: not recorded.
+                    let stamp = arrived.load(Relaxed);
+                    let waited = wall.saturating_sub(stamp);
+                    if stamp > 0 && waited <= latency {
+                        hist_arrival.saturating_record((latency - waited).max(1));
                     }
                     let t = Instant::now();
                     if let Some(last) = last_rx {

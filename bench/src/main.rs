@@ -15,6 +15,9 @@ mod procfs;
 mod stamped;
 mod table;
 
+/// How `latency_at_arrival_us` is sampled (recorded with it; `compare` uses only this kind).
+pub const ARRIVAL_SAMPLING: &str = "every reply, its read's time stamp (upper bound)";
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures_util::future::join_all;
@@ -593,12 +596,14 @@ async fn run_load(
             "p99_9": pct(&hist, 0.999), "max": hist.max() as f64 / 1000.0,
         }),
     );
-    // The same round trips, ended when the reply's packet reached this machine's kernel
-    // instead of when the generator read it (see stamped.rs).
+    // The same round trips, ended at the time stamp of the read that completed each reply
+    // (its last packet: at or after the reply's arrival) instead of when the generator read it
+    // (see stamped.rs).
     if !hist_arrival.is_empty() {
         r.insert(
             "latency_at_arrival_us".into(),
             json!({
+                "sampling": ARRIVAL_SAMPLING,
                 "count": hist_arrival.len(),
                 "p50": pct(&hist_arrival, 0.50), "p90": pct(&hist_arrival, 0.90),
                 "p99": pct(&hist_arrival, 0.99), "p99_9": pct(&hist_arrival, 0.999),
@@ -786,7 +791,7 @@ fn summary(r: &mut Value) {
         let a = &r["latency_at_arrival_us"];
         if !a.is_null() {
             println!(
-                "latency at arrival us (the reply's packet reaching this machine): p50 {} p90 {} p99 {} p99.9 {} max {}",
+                "latency at arrival us (upper bound: the read's last packet reaching this machine): p50 {} p90 {} p99 {} p99.9 {} max {}",
                 f(&a["p50"]),
                 f(&a["p90"]),
                 f(&a["p99"]),

@@ -1,13 +1,10 @@
 //! A TCP stream that remembers when the kernel received the bytes of its latest read
-//! (`SO_TIMESTAMPNS`: the arrival of the last packet that read consumed) and how many bytes had
-//! arrived by the end of it. A reply's latency can then also be taken at its arrival on this
-//! machine, which leaves out how long the generator took to get round to reading it: at loads
-//! where the generator is at its core's limit, that wait is a large part of the round trip it
-//! measures, and it is the generator's, not the server's.
-//!
-//! The time stamp is exact only for a frame that ends where its read ended (its last packet is
-//! the read's last); an earlier frame in the same read may have arrived sooner. The reader
-//! therefore records arrival latency only for frames that end a read ([`Arrivals`]).
+//! (`SO_TIMESTAMPNS`: the arrival of the last packet that read consumed; packets merged in the
+//! receive queue keep the later one's). A reply completed by that read arrived at or before
+//! that time, so its latency can also be taken at arrival on this machine, as an upper bound,
+//! leaving out how long the generator took to get round to reading it: at loads where the
+//! generator is at its core's limit, that wait is a large part of the round trip it measures,
+//! and it is the generator's, not the server's.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -26,21 +23,10 @@ pub fn wall_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// What the latest read of a [`StampedTcp`] brought.
-#[derive(Debug, Default)]
-pub struct Arrivals {
-    /// Wall-clock nanoseconds at which the kernel received the read's last packet; 0 when the
-    /// read carried no time stamp (the kernel turns stamping on shortly after the first socket
-    /// asks for it, so the first packets of a fresh machine may have none).
-    pub stamp: AtomicU64,
-    /// Bytes read from the socket since it was opened, up to the end of that read.
-    pub bytes_end: AtomicU64,
-}
-
-/// A connected TCP stream whose reads record what they brought in [`StampedTcp::arrivals`].
+/// A connected TCP stream whose reads record their time stamp in [`StampedTcp::arrivals`].
 pub struct StampedTcp {
     io: TcpStream,
-    arrived: Arc<Arrivals>,
+    arrived: Arc<AtomicU64>,
 }
 
 impl StampedTcp {
@@ -66,14 +52,17 @@ impl StampedTcp {
         })
     }
 
-    /// What the latest read brought (shared: the reader of the split socket keeps it).
-    pub fn arrivals(&self) -> Arc<Arrivals> {
+    /// Wall-clock nanoseconds at which the kernel received the last packet of the latest read;
+    /// 0 when that read carried no time stamp (the kernel turns stamping on shortly after the
+    /// first socket asks for it, so the first packets of a fresh machine may have none).
+    /// Shared: the reader of the split socket keeps it.
+    pub fn arrivals(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.arrived)
     }
 }
 
-/// One `recvmsg` into `buf`, recording what it brought in `arrived`.
-fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &Arrivals) -> io::Result<usize> {
+/// One `recvmsg` into `buf`, storing its time stamp (or 0) in `arrived`.
+fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &AtomicU64) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -91,14 +80,20 @@ fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &Arrivals) -> io::Resu
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // A read without a time stamp leaves 0 (none), not the previous read's.
+    // A read without a (whole) time stamp leaves 0, not the previous read's.
     let mut stamp = 0;
+    // SAFETY: arithmetic on a length, no memory touched.
+    let stamp_len =
+        unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) } as usize;
     // SAFETY: walking the control messages the kernel wrote into `control`, within
     // `msg_controllen`, with the libc macros made for it; the payload is read unaligned.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                && (*cmsg).cmsg_len as usize >= stamp_len
+                && msg.msg_flags & libc::MSG_CTRUNC == 0
             {
                 let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
                 let (Ok(s), Ok(ns)) = (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec)) else {
@@ -109,8 +104,7 @@ fn recv_stamped(fd: libc::c_int, buf: &mut [u8], arrived: &Arrivals) -> io::Resu
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    arrived.stamp.store(stamp, Relaxed);
-    arrived.bytes_end.fetch_add(n as u64, Relaxed);
+    arrived.store(stamp, Relaxed);
     Ok(n as usize)
 }
 
@@ -184,7 +178,7 @@ mod tests {
         let mut client = StampedTcp::new(client.unwrap()).unwrap();
         let (mut server, _) = server.unwrap();
         let arrivals = client.arrivals();
-        assert_eq!(arrivals.stamp.load(Relaxed), 0);
+        assert_eq!(arrivals.load(Relaxed), 0);
         // The kernel switches stamping on a moment after the first socket asks (deferred work).
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let before = wall_nanos();
@@ -194,8 +188,7 @@ mod tests {
         let n = client.read(&mut buf).await.unwrap();
         let read_at = wall_nanos();
         assert_eq!(&buf[..n], b"hello");
-        let at = arrivals.stamp.load(Relaxed);
-        assert_eq!(arrivals.bytes_end.load(Relaxed), 5);
+        let at = arrivals.load(Relaxed);
         // Stamped on arrival, not when it was read 50 ms later.
         assert!(
             at >= before && at <= read_at,
