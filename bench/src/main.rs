@@ -483,6 +483,33 @@ fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// A latency histogram (ns) as the report's JSON object, in microseconds.
+fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50": pct(h, 0.50), "p90": pct(h, 0.90), "p99": pct(h, 0.99),
+        "p99_9": pct(h, 0.999), "max": h.max() as f64 / 1000.0,
+    })
+}
+
+/// A number of a report with one decimal, or `n/a`.
+fn one_decimal(v: &Value) -> String {
+    v.as_f64().map_or("n/a".into(), |x| format!("{x:.1}"))
+}
+
+/// A report's latency object ([`percentiles`]) as one line of the human summary.
+fn percentiles_line(l: &Value) -> String {
+    let f = one_decimal;
+    format!(
+        "p50 {} p90 {} p99 {} p99.9 {} max {}",
+        f(&l["p50"]),
+        f(&l["p90"]),
+        f(&l["p99"]),
+        f(&l["p99_9"]),
+        f(&l["max"])
+    )
+}
+
 async fn run_load(
     kind: Kind,
     args: &LoadArgs,
@@ -588,28 +615,14 @@ async fn run_load(
     r.insert("warmup_secs".into(), json!(args.warmup));
     r.insert("measure_secs".into(), json!(secs));
     r.insert("msgs_per_sec".into(), json!(rate));
-    r.insert(
-        "latency_us".into(),
-        json!({
-            "count": hist.len(),
-            "p50": pct(&hist, 0.50), "p90": pct(&hist, 0.90), "p99": pct(&hist, 0.99),
-            "p99_9": pct(&hist, 0.999), "max": hist.max() as f64 / 1000.0,
-        }),
-    );
+    r.insert("latency_us".into(), percentiles(&hist));
     // The same round trips, ended at the time stamp of the read that completed each reply
     // (its last packet: at or after the reply's arrival) instead of when the generator read it
     // (see stamped.rs).
     if !hist_arrival.is_empty() {
-        r.insert(
-            "latency_at_arrival_us".into(),
-            json!({
-                "sampling": ARRIVAL_SAMPLING,
-                "count": hist_arrival.len(),
-                "p50": pct(&hist_arrival, 0.50), "p90": pct(&hist_arrival, 0.90),
-                "p99": pct(&hist_arrival, 0.99), "p99_9": pct(&hist_arrival, 0.999),
-                "max": hist_arrival.max() as f64 / 1000.0,
-            }),
-        );
+        let mut arrival = percentiles(&hist_arrival);
+        arrival["sampling"] = json!(ARRIVAL_SAMPLING);
+        r.insert("latency_at_arrival_us".into(), arrival);
     }
     r.insert("sent".into(), json!(sent));
     r.insert("expected_deliveries".into(), json!(expected));
@@ -734,7 +747,7 @@ async fn run_idle(c: &IdleCmd) -> Result<Value> {
 
 /// Print the human summary (stdout) for a finished report.
 fn summary(r: &mut Value) {
-    let f = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.1}"));
+    let f = one_decimal;
     let s = r["scenario"].as_str().unwrap_or("?").to_owned();
     println!("== yonexus-bench {s} ==");
     println!(
@@ -780,23 +793,12 @@ fn summary(r: &mut Value) {
             r["window"],
             r["size"]
         );
-        println!(
-            "latency us: p50 {} p90 {} p99 {} p99.9 {} max {}",
-            f(&l["p50"]),
-            f(&l["p90"]),
-            f(&l["p99"]),
-            f(&l["p99_9"]),
-            f(&l["max"])
-        );
+        println!("latency us: {}", percentiles_line(l));
         let a = &r["latency_at_arrival_us"];
         if !a.is_null() {
             println!(
-                "latency at arrival us (upper bound: the read's last packet reaching this machine): p50 {} p90 {} p99 {} p99.9 {} max {}",
-                f(&a["p50"]),
-                f(&a["p90"]),
-                f(&a["p99"]),
-                f(&a["p99_9"]),
-                f(&a["max"])
+                "latency at arrival us (upper bound: the read's last packet reaching this machine): {}",
+                percentiles_line(a)
             );
         }
         println!(
