@@ -94,25 +94,35 @@ async fn loopback_host(request: Request, next: Next) -> Response {
 
 /// A path nothing serves: JSON under `/api/`, like every other API answer; text elsewhere.
 async fn not_found(uri: axum::http::Uri) -> Response {
-    if uri.path().starts_with("/api/") {
-        error(
-            StatusCode::NOT_FOUND,
-            "no such API endpoint (see docs/api.md)",
-        )
-    } else {
-        text(StatusCode::NOT_FOUND, "not found\n")
-    }
+    refuse_path(
+        &uri,
+        StatusCode::NOT_FOUND,
+        "no such API endpoint (see docs/api.md)",
+        "not found\n",
+    )
 }
 
 /// A served path asked with a method it does not take.
 async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    refuse_path(
+        &uri,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed for this endpoint (see docs/api.md)",
+        "method not allowed\n",
+    )
+}
+
+/// `status` as a JSON error under `/api/` (`api`), as plain text elsewhere (`plain`).
+fn refuse_path(
+    uri: &axum::http::Uri,
+    status: StatusCode,
+    api: &str,
+    plain: &'static str,
+) -> Response {
     if uri.path().starts_with("/api/") {
-        error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed for this endpoint (see docs/api.md)",
-        )
+        error(status, api)
     } else {
-        text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        text(status, plain)
     }
 }
 
