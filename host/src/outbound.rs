@@ -222,6 +222,13 @@ impl Peer {
         q.close.is_some() || q.closed
     }
 
+    /// For the connection task, before it handles messages whose replies it takes in the same
+    /// poll: sends until its next [`Peer::take`] need not wake it. (A send meanwhile from
+    /// elsewhere is not lost: `take` registers again before it takes.)
+    pub fn quiet_wakes(&self) {
+        drop(self.waker.take());
+    }
+
     /// For the connection task: register for wake-ups, then take everything queued (only the
     /// close instruction when `frames` is false: the socket is still busy with the last batch)
     /// and the close instruction, once. Register-then-take means no send can be missed.
@@ -308,6 +315,43 @@ mod tests {
             p.take(&Context::from_waker(&waker), true).close.is_none(),
             "taken once"
         );
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl futures_util::task::ArcWake for Count {
+        fn wake_by_ref(c: &Arc<Self>) {
+            c.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn quiet_wakes_spare_the_wake_until_the_next_take_and_lose_no_frame() {
+        let p = peer(QueueLimits::UNLIMITED);
+        let count = Arc::new(Count(Default::default()));
+        let waker = futures_util::task::waker(Arc::clone(&count));
+        let cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(p.take(&cx, true).frames.is_empty());
+        p.send(codec::text("a")).unwrap();
+        assert_eq!(wakes(), 1, "a send to an empty queue wakes the task");
+        assert_eq!(p.take(&cx, true).frames.len(), 1);
+
+        // The task handles its own messages: their replies need no wake.
+        p.quiet_wakes();
+        p.send(codec::text("b")).unwrap();
+        assert_eq!(wakes(), 1, "no wake between quiet_wakes and take");
+        assert_eq!(p.take(&cx, true).frames.len(), 1, "the reply is taken");
+
+        // `take` registered again: the next send from elsewhere wakes as before.
+        p.send(codec::text("c")).unwrap();
+        assert_eq!(wakes(), 2);
+        // A close is never missed either.
+        assert_eq!(p.take(&cx, true).frames.len(), 1);
+        p.quiet_wakes();
+        p.close(1000, "bye");
+        assert_eq!(wakes(), 2);
+        assert_eq!(p.take(&cx, true).close.map(|c| c.code), Some(1000));
     }
 
     #[test]

@@ -427,13 +427,11 @@ impl PluginHandler {
         }
         let start = inner.shared.nanos();
         inline.starts[slot].store(start, Ordering::Release);
-        inner.instance.call_message(&msg);
+        let end = inner.instance.call_message(&msg, start);
         inline.starts[slot].store(0, Ordering::Release);
         INLINE_ACTIVE.fetch_sub(1, Ordering::AcqRel);
         let watched_closely = SLOT_PROBES[slot].get().is_some_and(Option::is_some);
-        if !watched_closely
-            && inner.shared.nanos().saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64
-        {
+        if !watched_closely && end.saturating_sub(start) > INLINE_BUDGET.as_nanos() as u64 {
             inner.demote("overran its call budget");
         }
         Ok(())

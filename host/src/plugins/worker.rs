@@ -267,10 +267,10 @@ fn take_err(free: FreeBufFn, buf: FfiBuf) -> String {
 
 impl Instance {
     /// Handle one message on the calling thread (a worker, or an async thread for a
-    /// non-blocking plugin). `started` is taken by the caller for its own bookkeeping.
-    pub fn call_message(&self, msg: &RuleMessage) {
+    /// non-blocking plugin). `start` is [`Shared::nanos`] as the caller took it for its own
+    /// bookkeeping just before; returns it at the end (one clock read each, shared).
+    pub fn call_message(&self, msg: &RuleMessage, start: u64) -> u64 {
         super::host_api::set_current_sender(Some(msg.sender.clone()));
-        let started = Instant::now();
         let mut err = FfiBuf::empty();
         // SAFETY: live instance (destroyed only after every caller is gone), calls serialized
         // unless the plugin is thread-safe, strings valid across the call.
@@ -284,7 +284,10 @@ impl Instance {
             )
         };
         super::host_api::set_current_sender(None);
-        self.finish(status, err, started.elapsed(), Some(&msg.sender), "message");
+        let end = self.shared.nanos();
+        let elapsed = Duration::from_nanos(end.saturating_sub(start));
+        self.finish(status, err, elapsed, Some(&msg.sender), "message");
+        end
     }
 
     fn call_event(&self, ev: &FollowerEvent) {
@@ -379,11 +382,12 @@ fn serve(instance: &Instance, mailbox: &Mailbox) {
     while let Some(batch) = mailbox.take_all() {
         for job in batch {
             shared.stuck_reported.store(false, Ordering::Relaxed);
-            mailbox
-                .call_started
-                .store(shared.nanos(), Ordering::Release);
+            let start = shared.nanos();
+            mailbox.call_started.store(start, Ordering::Release);
             match &job {
-                Job::Message(m) => instance.call_message(m),
+                Job::Message(m) => {
+                    instance.call_message(m, start);
+                }
                 Job::Event(ev) => instance.call_event(ev),
             }
             mailbox.call_started.store(0, Ordering::Release);
