@@ -815,6 +815,39 @@ fn panicking_plugin_keeps_serving_and_others_are_unaffected() {
 }
 
 #[test]
+fn messages_queued_when_the_panic_breaker_trips_are_refused_not_handled() {
+    let reg = Arc::new(Registry::new());
+    let mut alice = follower(&reg, "alice", 1);
+    let mut s = spec("fx", fixture_so("ok"));
+    s.panic_limit = 2;
+    let h = start(&s, &reg);
+    // The first call sleeps: the others queue up behind it, before the breaker trips.
+    for content in [
+        "sleep:300",
+        "panic",
+        "panic",
+        "after the trip",
+        "and another",
+    ] {
+        h.dispatch(msg(&alice, content)).unwrap();
+    }
+    assert_eq!(recv(&mut alice, T).as_deref(), Some("fx::slept"));
+    for _ in 0..2 {
+        let e = recv(&mut alice, T).unwrap();
+        assert!(e.contains("HANDLER_FAILED") && e.contains("panic"), "{e}");
+    }
+    for _ in 0..2 {
+        let e = recv(&mut alice, T).unwrap();
+        assert!(
+            e.contains("HANDLER_FAILED") && e.contains("disabled after repeated panics"),
+            "a message queued before the trip reached the disabled plugin: {e}"
+        );
+    }
+    let st = stats_once(&h, |st| st.queued == 0);
+    assert_eq!((st.calls, st.panics, st.disabled), (3, 2, true));
+}
+
+#[test]
 fn slow_plugin_does_not_delay_another() {
     let reg = Arc::new(Registry::new());
     let mut alice = follower(&reg, "alice", 1);

@@ -448,10 +448,7 @@ impl RuleHandler for PluginHandler {
         if inner.shared.disabled.load(Ordering::Relaxed) {
             return Err(DispatchError::Failed {
                 rule: msg.rule_id().to_owned(),
-                reason: format!(
-                    "plugin '{}' is disabled after repeated panics until it is reloaded",
-                    inner.name
-                ),
+                reason: worker::disabled_reason(&inner.name),
             });
         }
         let msg = match self.try_inline(msg) {

@@ -228,6 +228,11 @@ impl Shared {
     }
 }
 
+/// Why a disabled plugin's messages are refused (answered `HANDLER_FAILED`).
+pub(crate) fn disabled_reason(name: &str) -> String {
+    format!("plugin '{name}' is disabled after repeated panics until it is reloaded")
+}
+
 /// Settings the workers need.
 pub(crate) struct WorkerConfig {
     pub name: String,
@@ -288,6 +293,19 @@ impl Instance {
         let elapsed = Duration::from_nanos(end.saturating_sub(start));
         self.finish(status, err, elapsed, Some(&msg.sender), "message");
         end
+    }
+
+    /// Answer a message queued before the panic breaker tripped without calling the plugin:
+    /// the sender gets the `HANDLER_FAILED` that dispatch now gives everyone.
+    fn refuse_disabled(&self, msg: &RuleMessage) {
+        let frame = reply::error(
+            ErrorCode::HandlerFailed,
+            disabled_reason(&self.cfg.name),
+            self.ctx.clock.now(),
+            None,
+        );
+        // The sender may be gone; nothing else to do then.
+        let _ = msg.sender.peer.send(frame);
     }
 
     fn call_event(&self, ev: &FollowerEvent) {
@@ -384,10 +402,14 @@ fn serve(instance: &Instance, mailbox: &Mailbox) {
             shared.stuck_reported.store(false, Ordering::Relaxed);
             let start = shared.nanos();
             mailbox.call_started.store(start, Ordering::Release);
+            // Once the breaker has tripped, what is still queued is not handed to the plugin.
+            let disabled = shared.disabled.load(Ordering::Acquire);
             match &job {
+                Job::Message(m) if disabled => instance.refuse_disabled(m),
                 Job::Message(m) => {
                     instance.call_message(m, start);
                 }
+                Job::Event(_) if disabled => {}
                 Job::Event(ev) => instance.call_event(ev),
             }
             mailbox.call_started.store(0, Ordering::Release);
