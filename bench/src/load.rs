@@ -67,6 +67,8 @@ pub struct Shared {
     /// Latency from the send to the reply's arrival in this machine's kernel (its packet's
     /// time stamp): the round trip without the generator's own wait to read the reply.
     pub hist_arrival: Mutex<Histogram<u64>>,
+    /// Measured replies left out of `hist_arrival`: their read had no usable time stamp.
+    pub unstamped: AtomicU64,
     /// Longest time between consecutive deliveries on one connection during MEASURE.
     pub max_gap_ns: AtomicU64,
     /// Readers that ended with a socket error instead of a close.
@@ -87,6 +89,7 @@ impl Shared {
             error_codes: Mutex::new(BTreeMap::new()),
             hist: Mutex::new(new_histogram()),
             hist_arrival: Mutex::new(new_histogram()),
+            unstamped: AtomicU64::new(0),
             max_gap_ns: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
@@ -250,7 +253,7 @@ pub async fn reader(
     let mut next_seq = 1u64;
     let mut last_rx: Option<Instant> = None;
     let mut max_gap = 0u64;
-    let (mut delivered, mut measured, mut mismatched) = (0u64, 0u64, 0u64);
+    let (mut delivered, mut measured, mut mismatched, mut unstamped) = (0u64, 0u64, 0u64, 0u64);
     let mut clean = false;
     while let Some(item) = stream.next().await {
         let text = match item {
@@ -309,6 +312,8 @@ pub async fn reader(
                     let waited = wall.saturating_sub(stamp);
                     if stamp > 0 && waited <= latency {
                         hist_arrival.saturating_record((latency - waited).max(1));
+                    } else {
+                        unstamped += 1;
                     }
                     let t = Instant::now();
                     if let Some(last) = last_rx {
@@ -345,6 +350,7 @@ pub async fn reader(
     shared.delivered.fetch_add(delivered, Relaxed);
     shared.measured.fetch_add(measured, Relaxed);
     shared.mismatched.fetch_add(mismatched, Relaxed);
+    shared.unstamped.fetch_add(unstamped, Relaxed);
     shared.max_gap_ns.fetch_max(max_gap, Relaxed);
     if !clean {
         shared.dropped.fetch_add(1, Relaxed);

@@ -624,6 +624,11 @@ async fn run_load(
         arrival["sampling"] = json!(ARRIVAL_SAMPLING);
         r.insert("latency_at_arrival_us".into(), arrival);
     }
+    r.insert("measured".into(), json!(measured));
+    r.insert(
+        "arrival_unstamped".into(),
+        json!(shared.unstamped.load(Relaxed)),
+    );
     r.insert("sent".into(), json!(sent));
     r.insert("expected_deliveries".into(), json!(expected));
     r.insert("delivered".into(), json!(delivered));
@@ -799,6 +804,13 @@ fn summary(r: &mut Value) {
             println!(
                 "latency at arrival us (upper bound: the read's last packet reaching this machine): {}",
                 percentiles_line(a)
+            );
+        }
+        let unstamped = r["arrival_unstamped"].as_u64().unwrap_or(0);
+        if unstamped > 0 {
+            println!(
+                "latency at arrival: {unstamped} of {} measured replies left out (their read had no time stamp)",
+                r["measured"]
             );
         }
         println!(
