@@ -5,7 +5,9 @@
 //! trust store, or a deliberately slowed answer) run as the session's pending operation:
 //! meanwhile the task keeps writing, pinging, and honouring shutdown and the authentication
 //! deadline, and reads nothing more from that peer. Slower work (the admin's pairing
-//! notification, releasing a session claim) is spawned and never waited for here.
+//! notification, releasing a session claim) is spawned and never waited for here. Shutdown
+//! closes the connection through its outbound side ([`crate::open`]), so nothing shared is
+//! polled on every wake.
 //!
 //! Memory: nothing is buffered while the connection is idle. Reads go through a stack buffer;
 //! only a frame split across reads is kept on the heap, until it is complete.
@@ -31,7 +33,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use yonexus_protocol::envelope::ErrorCode;
 
 /// Frames a connection may send before it authenticates: a burst, then a steady rate. A
@@ -327,7 +328,6 @@ pub async fn run<S>(
     ticket: Ticket,
     handshake_permit: tokio::sync::OwnedSemaphorePermit,
     deadline: Instant,
-    shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -360,17 +360,11 @@ pub async fn run<S>(
     };
     drop(path);
     drop(handshake_permit);
-    serve(hub, io, remote, ticket, early, shutdown).await;
+    serve(hub, io, remote, ticket, early).await;
 }
 
-async fn serve<S>(
-    hub: Arc<Hub>,
-    io: S,
-    remote: SocketAddr,
-    ticket: Ticket,
-    early: Vec<u8>,
-    shutdown: CancellationToken,
-) where
+async fn serve<S>(hub: Arc<Hub>, io: S, remote: SocketAddr, ticket: Ticket, early: Vec<u8>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = hub.settings();
@@ -383,6 +377,8 @@ async fn serve<S>(
         settings.queue_limits(),
     ));
     drop(settings);
+    // Shutdown closes the connection through its outbound side, like any other close.
+    let _open = hub.open.join(&peer);
     metrics::connection_opened();
     metrics::connection_state(None, Some(ConnectionState::Unauthenticated));
     tracing::debug!(remote = %remote, conn = conn_id, "connection opened");
@@ -556,6 +552,8 @@ async fn serve<S>(
         if closing_since.is_none() && peer.is_closing() {
             closing_since = Some(Instant::now());
             sock.read_closed = true;
+            // Released before the peer can see the close, so a reconnect is admitted.
+            ticket = None;
         }
 
         // The next timer: closing grace, authentication deadline, or the next ping.
@@ -571,11 +569,6 @@ async fn serve<S>(
         let reading = op.is_none() && backlog.is_empty();
         tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if closing_since.is_none() => {
-                // Released before the peer can see the close, so a reconnect is admitted.
-                ticket = None;
-                peer.close(1001, "host shutting down");
-            }
             done = async { match op.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if op.is_some() => {
                 op = None;
                 // Nothing was read meanwhile (on purpose): the peer's silence does not count.
@@ -673,14 +666,7 @@ mod tests {
         let t = admission
             .try_admit(crate::guard::AddressKey::of(addr.ip()), 10, 10)
             .unwrap();
-        let f = super::serve(
-            hub,
-            s,
-            addr,
-            t,
-            Vec::new(),
-            tokio_util::sync::CancellationToken::new(),
-        );
+        let f = super::serve(hub, s, addr, t, Vec::new());
         let task = std::mem::size_of_val(&f);
         let session = std::mem::size_of::<crate::session::Session>();
         let peer = std::mem::size_of::<crate::outbound::Peer>();

@@ -11,6 +11,7 @@ use crate::guard::Guard;
 use crate::liveness::Thresholds;
 use crate::loglimit::LogLimiter;
 use crate::notify::Notifier;
+use crate::open::OpenConnections;
 use crate::outbound::QueueLimits;
 use crate::registry::Registry;
 use crate::router::Router;
@@ -72,6 +73,8 @@ pub struct Hub {
     pub admission: Arc<Admission>,
     pub guard: Guard,
     pub events: EventBus,
+    /// Every open connection (shutdown closes them through it).
+    pub open: OpenConnections,
     /// Pairing notifications in flight (one permit each), shared by every notifier.
     pub notifications: Semaphore,
     /// Slow work a connection hands off instead of waiting for it (pairing notifications,
@@ -105,6 +108,7 @@ impl Hub {
             admission: Arc::new(Admission::default()),
             guard,
             events: EventBus::default(),
+            open: OpenConnections::default(),
             notifications: Semaphore::new(NOTIFICATIONS_IN_FLIGHT),
             background: TaskTracker::new(),
             log_limit: LogLimiter::new(20),

@@ -24,7 +24,8 @@
 //!   [`outbound`]: a connection's outbound queue. [`reply`]: every control frame the host sends.
 //!   [`loglimit`]: rate-limited logging of refused peers. [`pairing`]: the pairing rules, as
 //!   plain functions. [`notify`]: delivering pairing codes to the admin (log, command, Discord).
-//! - [`registry`]: who is connected (identifier → outbound side). [`router`]: rule id →
+//! - [`registry`]: who is connected (identifier → outbound side). [`open`]: every open
+//!   connection's outbound side (shutdown closes them through it). [`router`]: rule id →
 //!   handler, swapped atomically; rule messages and their sender.
 //! - [`config`]: the operator's TOML file, validated, errors naming file and key.
 //! - [`store`]: the trust store (the embedded `trust.json` file, or PostgreSQL shared by several
@@ -72,6 +73,7 @@ pub mod liveness;
 pub mod loglimit;
 pub mod metrics;
 pub mod notify;
+pub mod open;
 pub mod outbound;
 pub mod pairing;
 pub mod plugins;

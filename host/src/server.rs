@@ -329,11 +329,11 @@ async fn accept_loop(
             continue;
         };
         let deadline = Instant::now() + Duration::from_millis(limits.upgrade_timeout_ms);
-        let (hub, shutdown) = (Arc::clone(&hub), shutdown.clone());
+        let hub = Arc::clone(&hub);
         match tls.clone() {
             None => {
                 tracker.spawn(crate::connection::run(
-                    hub, stream, remote, ticket, permit, deadline, shutdown,
+                    hub, stream, remote, ticket, permit, deadline,
                 ));
             }
             Some(acceptor) => {
@@ -341,7 +341,7 @@ async fn accept_loop(
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             crate::connection::run(
-                                hub, tls_stream, remote, ticket, permit, deadline, shutdown,
+                                hub, tls_stream, remote, ticket, permit, deadline,
                             )
                             .await
                         }
@@ -359,6 +359,9 @@ async fn accept_loop(
     }
     ready.store(false, Ordering::Release);
     drop(listener);
+    // Every connection sends what is queued, then its close frame; those still in their
+    // upgrade are closed as they open.
+    hub.open.close_all(1001, "host shutting down");
     tracker.close();
     let grace = Duration::from_millis(hub.settings().limits.shutdown_grace_ms);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

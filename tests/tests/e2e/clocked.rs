@@ -198,6 +198,9 @@ async fn graceful_shutdown_closes_followers_with_1001() {
     let clock = ManualClock::new(T0);
     let host = start(tmp.path(), &clock).await;
     let (mut raw, _) = login(&host, tmp.path(), &clock, "alpha").await;
+    // A connection that has not said hello yet is closed the same way.
+    let mut stranger = Raw::connect(&url(&host)).await.unwrap();
     host.shutdown().await;
-    assert_eq!(raw.closed().await.unwrap().0, 1001);
+    assert_eq!(raw.closed().await.unwrap(), (1001, "host shutting down".into()));
+    assert_eq!(stranger.closed().await.unwrap().0, 1001);
 }
