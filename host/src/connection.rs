@@ -61,6 +61,9 @@ const MAX_IOV: usize = 64;
 enum Io {
     /// Complete messages from the peer, in order.
     Messages(Vec<codec::Message>),
+    /// A close was asked for (said once; the close frame may not be out yet): start the close
+    /// grace.
+    Closing,
     /// Our close frame is written and flushed.
     Closed,
     /// The peer closed the TCP connection.
@@ -84,6 +87,10 @@ struct Socket<S> {
     unflushed: bool,
     /// Our close frame is in `out` (or out already).
     close_queued: bool,
+    /// A close was asked for (queued here, or waiting in the outbound queue behind frames the
+    /// socket has not taken yet), and whether the loop was told ([`Io::Closing`]).
+    closing: bool,
+    closing_announced: bool,
     /// The largest message accepted right now.
     limit: usize,
     /// Stop reading (a close was requested or the peer sent its close).
@@ -99,6 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
         self.out.push_back(codec::close(close.code, &close.reason));
         self.close_queued = true;
+        self.closing = true;
         self.read_closed = true;
     }
 
@@ -107,6 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         for _ in 0..4 {
             if !self.close_queued {
                 let batch = self.peer.take(cx, self.out.is_empty());
+                self.closing |= batch.closing;
                 if !batch.frames.is_empty() {
                     metrics::frames_out(
                         batch.frames.len(),
@@ -278,6 +287,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         if self.close_queued && self.out.is_empty() && !self.unflushed {
             return Poll::Ready(Io::Closed);
         }
+        if self.closing && !self.closing_announced {
+            // The close waits for the socket (a peer that does not read): the loop starts the
+            // grace that bounds that wait, whoever asked for the close and whenever.
+            self.closing_announced = true;
+            return Poll::Ready(Io::Closing);
+        }
         if read && !self.read_closed {
             return self.poll_read(cx);
         }
@@ -392,6 +407,8 @@ where
         written: 0,
         unflushed: false,
         close_queued: false,
+        closing: false,
+        closing_announced: false,
         limit: limits.max_unauthenticated_message,
         read_closed: false,
     };
@@ -586,6 +603,8 @@ where
                     last_heard = Instant::now();
                     backlog.extend(messages);
                 }
+                // The loop's top sees the close and starts its grace.
+                Io::Closing => {}
                 Io::Closed => {
                     // Our close frame is out: let the peer read it before the socket goes
                     // (closing with unread input would reset the connection and lose it).

@@ -78,6 +78,8 @@ pub struct Batch {
     pub frames: VecDeque<Bytes>,
     /// Set once: send `frames`, then the close frame, then end.
     pub close: Option<Close>,
+    /// A close was asked for: taken now or before, or waiting for the last batch to go out.
+    pub closing: bool,
 }
 
 /// The outbound side of one connection.
@@ -252,7 +254,12 @@ impl Peer {
         if close.is_some() {
             q.closed = true;
         }
-        Batch { frames, close }
+        let closing = q.closed || q.close.is_some();
+        Batch {
+            frames,
+            close,
+            closing,
+        }
     }
 
     /// The texts of the frames queued right now, removing them (tests and tools).

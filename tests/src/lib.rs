@@ -436,6 +436,21 @@ impl Raw {
         Ok(Raw { ws })
     }
 
+    /// Like [`Raw::connect`] (a `ws://` URL), over a socket whose receive buffer is `bytes`,
+    /// set before connecting so the kernel does not grow it: a follower that stops reading
+    /// backs the host up quickly.
+    pub async fn connect_with_receive_buffer(url: &str, bytes: u32) -> Result<Raw> {
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| anyhow!("not a ws:// URL: {url}"))?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(bytes)?;
+        let stream = socket.connect(authority.parse()?).await?;
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        Ok(Raw { ws })
+    }
+
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.ws.send(Message::text(text)).await?;
         Ok(())

@@ -507,7 +507,8 @@ impl RuleHandler for PluginHandler {
 
     fn deliver_event(&self, event: &FollowerEvent) {
         let inner = &self.inner;
-        if !inner.handles_events {
+        // A plugin disabled by its panic breaker is not called again until it is reloaded.
+        if !inner.handles_events || inner.shared.disabled.load(Ordering::Relaxed) {
             return;
         }
         // The follower's messages use the same key: same worker, same order.

@@ -298,9 +298,14 @@ impl Instance {
     /// Answer a message queued before the panic breaker tripped without calling the plugin:
     /// the sender gets the `HANDLER_FAILED` that dispatch now gives everyone.
     fn refuse_disabled(&self, msg: &RuleMessage) {
+        // Worded as dispatch words it for everyone else.
+        let refusal = crate::router::DispatchError::Failed {
+            rule: msg.rule_id().to_owned(),
+            reason: disabled_reason(&self.cfg.name),
+        };
         let frame = reply::error(
             ErrorCode::HandlerFailed,
-            disabled_reason(&self.cfg.name),
+            refusal.to_string(),
             self.ctx.clock.now(),
             None,
         );

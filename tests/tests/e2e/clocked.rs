@@ -3,6 +3,7 @@
 
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 use yonexus_e2e::*;
 use yonexus_host::clock::ManualClock;
 use yonexus_host::config::Config;
@@ -13,12 +14,13 @@ use yonexus_protocol::validate;
 const T0: i64 = 1_800_000_000;
 
 async fn start(dir: &std::path::Path, clock: &ManualClock) -> Host {
-    let text = config_text(
-        dir,
-        0,
-        &["alpha", "beta"],
-        "ttl_secs = 60\n[liveness]\nsweep_interval_secs = 3600\n",
-    );
+    start_with(dir, clock, "").await
+}
+
+/// [`start`] with more config sections.
+async fn start_with(dir: &std::path::Path, clock: &ManualClock, more: &str) -> Host {
+    let extra = format!("ttl_secs = 60\n[liveness]\nsweep_interval_secs = 3600\n{more}");
+    let text = config_text(dir, 0, &["alpha", "beta"], &extra);
     let config = Config::parse(&dir.join("yonexus.toml"), &text).unwrap();
     Host::start(&config, Arc::new(clock.clone())).await.unwrap()
 }
@@ -34,7 +36,17 @@ async fn login(
     clock: &ManualClock,
     id: &str,
 ) -> (Raw, Identity) {
-    let mut raw = Raw::connect(&url(host)).await.unwrap();
+    let raw = Raw::connect(&url(host)).await.unwrap();
+    login_on(raw, dir, clock, id).await
+}
+
+/// Pair and authenticate `id` on `raw`.
+async fn login_on(
+    mut raw: Raw,
+    dir: &std::path::Path,
+    clock: &ManualClock,
+    id: &str,
+) -> (Raw, Identity) {
     let mut ident = Identity::new(id);
     ident.pair(&mut raw, dir).await.unwrap();
     raw.send(
@@ -201,6 +213,40 @@ async fn graceful_shutdown_closes_followers_with_1001() {
     // A connection that has not said hello yet is closed the same way.
     let mut stranger = Raw::connect(&url(&host)).await.unwrap();
     host.shutdown().await;
-    assert_eq!(raw.closed().await.unwrap(), (1001, "host shutting down".into()));
+    assert_eq!(
+        raw.closed().await.unwrap(),
+        (1001, "host shutting down".into())
+    );
     assert_eq!(stranger.closed().await.unwrap().0, 1001);
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_long_for_a_follower_that_stopped_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    // An outbound queue far larger than the socket buffers (4 MiB each at most here).
+    let host = start_with(
+        tmp.path(),
+        &clock,
+        "[limits]\noutbound_queue_bytes = 67108864\n",
+    )
+    .await;
+    let raw = Raw::connect_with_receive_buffer(&url(&host), 4096)
+        .await
+        .unwrap();
+    let (mut raw, _) = login_on(raw, tmp.path(), &clock, "alpha").await;
+    // Echoes it never reads: 16 MiB, more than the sockets take, less than its outbound
+    // queue, so the host's writes stall and the close frame waits behind them.
+    let big = format!("echo::{}", "x".repeat(32 * 1024));
+    for _ in 0..512 {
+        raw.send_text(&big).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    host.shutdown().await;
+    // The connection ends at its close grace (2 s), not at its next ping (30 s) after the
+    // host's shutdown grace (5 s) ran out.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(4500), "shutdown took {took:?}");
+    drop(raw);
 }
