@@ -114,7 +114,8 @@
 //!   that was there before. The sender gets
 //!   `error HANDLER_FAILED`, the host keeps serving, and after repeated panics within a window
 //!   the host disables the plugin's rules until it is reloaded (any reload re-creates the
-//!   instance, also one that changes nothing else).
+//!   instance, also one that changes nothing else); messages and events already queued for it
+//!   then are not handed to it (senders get `HANDLER_FAILED`).
 //! - Aborts, segfaults, stack overflows and infinite loops are **not** contained (the plugin runs
 //!   in the host process). Rust plugins built with `panic = "abort"` are refused at load time
 //!   (the header records `cfg!(panic = "unwind")`).
