@@ -566,7 +566,8 @@ where
                 }
             }
         }
-        if closing_since.is_none() && peer.is_closing() {
+        // A close is known to the socket once it took it or saw it pending (`Io::Closing`).
+        if closing_since.is_none() && sock.closing {
             closing_since = Some(Instant::now());
             sock.read_closed = true;
             // Released before the peer can see the close, so a reconnect is admitted.
