@@ -111,7 +111,7 @@ impl Hub {
             open: OpenConnections::default(),
             notifications: Semaphore::new(NOTIFICATIONS_IN_FLIGHT),
             background: TaskTracker::new(),
-            log_limit: LogLimiter::new(20),
+            log_limit: LogLimiter::new(20, 60),
             next_conn_id: AtomicU64::new(1),
             delays: true,
             link: OnceLock::new(),
