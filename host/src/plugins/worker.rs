@@ -303,14 +303,14 @@ impl Instance {
             rule: msg.rule_id().to_owned(),
             reason: disabled_reason(&self.cfg.name),
         };
-        let frame = reply::error(
-            ErrorCode::HandlerFailed,
-            refusal.to_string(),
-            self.ctx.clock.now(),
-            None,
-        );
+        self.answer_failed(&msg.sender, refusal.to_string());
+    }
+
+    /// Tell a message's sender it was not handled (`HANDLER_FAILED`, `why`).
+    fn answer_failed(&self, sender: &Sender, why: String) {
+        let frame = reply::error(ErrorCode::HandlerFailed, why, self.ctx.clock.now(), None);
         // The sender may be gone; nothing else to do then.
-        let _ = msg.sender.peer.send(frame);
+        let _ = sender.peer.send(frame);
     }
 
     fn call_event(&self, ev: &FollowerEvent) {
@@ -387,14 +387,7 @@ impl Instance {
             }
         };
         if let Some(sender) = sender {
-            let frame = reply::error(
-                ErrorCode::HandlerFailed,
-                failure,
-                self.ctx.clock.now(),
-                None,
-            );
-            // The sender may be gone; nothing else to do then.
-            let _ = sender.peer.send(frame);
+            self.answer_failed(sender, failure);
         }
     }
 }
