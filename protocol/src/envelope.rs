@@ -2,13 +2,19 @@
 //!
 //! Decoding is strict about what the protocol needs (a string `type`, a payload object with the
 //! required fields of the right JSON type) and lenient about everything else (unknown payload
-//! fields are ignored). Every decode failure is a [`DecodeError`] whose text is fit to send back in
+//! fields are ignored). A key repeated in any object is an error ([`crate::json`]), and so is a
+//! `requestId` over [`MAX_REQUEST_ID_LEN`] bytes. Every decode failure is a [`DecodeError`] whose text is fit to send back in
 //! an `error{code:"MALFORMED_MESSAGE"}` frame.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+
+/// The longest `requestId` accepted, in bytes. The protocol sets no limit; a request id is an
+/// opaque tag the reply echoes (a UUID is 36 bytes), and echoing kilobytes back would let a peer
+/// grow every reply to its frame limit.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A decoded control envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -392,7 +398,7 @@ impl Envelope {
 
     /// Decode the JSON text that follows `builtin::`.
     pub fn decode(json: &str) -> Result<Envelope, DecodeError> {
-        let value: Value = serde_json::from_str(json).map_err(|e| {
+        let value: Value = crate::json::parse(json).map_err(|e| {
             DecodeError::Malformed(format!("invalid JSON in builtin envelope: {e}"))
         })?;
         let Value::Object(mut obj) = value else {
@@ -415,7 +421,12 @@ impl Envelope {
         };
         let request_id = match obj.get("requestId") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_LEN => Some(s.clone()),
+            Some(Value::String(_)) => {
+                return Err(DecodeError::Malformed(format!(
+                    "envelope field 'requestId' is longer than {MAX_REQUEST_ID_LEN} bytes"
+                )))
+            }
             Some(_) => {
                 return Err(DecodeError::Malformed(
                     "envelope field 'requestId' must be a string".into(),
@@ -483,6 +494,42 @@ fn decode_message(type_name: &str, p: Option<Value>) -> Result<Message, DecodeEr
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_repeated_key_is_malformed_not_last_one_wins() {
+        for text in [
+            r#"{"type":"heartbeat","type":"hello","payload":{"identifier":"a","protocolVersion":"1"}}"#,
+            r#"{"type":"hello","payload":{"identifier":"a","identifier":"b","protocolVersion":"1"}}"#,
+            r#"{"type":"hello","requestId":"1","requestId":"2","payload":{"identifier":"a","protocolVersion":"1"}}"#,
+        ] {
+            match Envelope::decode(text) {
+                Err(DecodeError::Malformed(why)) => {
+                    assert!(why.contains("duplicate key"), "{why}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_id_is_at_most_128_bytes() {
+        let with = |rid: &str| {
+            Envelope::decode(&format!(
+                r#"{{"type":"heartbeat","requestId":"{rid}","payload":{{"identifier":"a","status":"alive"}}}}"#
+            ))
+        };
+        let longest = "r".repeat(MAX_REQUEST_ID_LEN);
+        assert_eq!(
+            with(&longest).unwrap().request_id.as_deref(),
+            Some(&*longest)
+        );
+        match with(&"r".repeat(MAX_REQUEST_ID_LEN + 1)) {
+            Err(DecodeError::Malformed(why)) => {
+                assert_eq!(why, "envelope field 'requestId' is longer than 128 bytes")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn decodes_hello_with_string_or_number_version_and_ignores_unknown_fields() {

@@ -8,6 +8,7 @@
 //!   host's `rule::sender::content` rewrite.
 //! - [`envelope`]: the control envelope (`type`, `requestId`, `timestamp`, `payload`) and a typed
 //!   [`envelope::Message`] for every control message type, with decode errors worded for the wire.
+//! - [`json`]: parsing a peer's JSON with repeated object keys refused (no "last one wins").
 //! - [`signing`]: the exact bytes a follower signs, key and signature encodings, and verification.
 //! - [`validate`]: identifiers, rule ids, nonces, pairing codes and secrets (format and
 //!   generation) — each rule written once, used by the host, the follower and the tools.
@@ -19,6 +20,7 @@
 
 pub mod envelope;
 pub mod frame;
+pub mod json;
 pub mod signing;
 pub mod validate;
 pub mod wire;

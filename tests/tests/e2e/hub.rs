@@ -329,6 +329,28 @@ async fn rule_before_auth_closes_1008_and_malformed_frames_keep_the_connection()
             "Unsupported builtin type: teleport".into()
         )
     );
+    // A repeated key is refused, not read as its last value (which here would be a valid hello).
+    raw.send_text(
+        r#"builtin::{"type":"teleport","type":"hello","payload":{"identifier":"alpha","protocolVersion":"1"}}"#,
+    )
+    .await
+    .unwrap();
+    let (code, msg) = raw.error().await.unwrap();
+    assert_eq!(code, "MALFORMED_MESSAGE");
+    assert!(msg.contains("duplicate key 'type'"), "{msg}");
+    // A request id is not echoed at any length.
+    raw.send_text(&format!(
+        r#"builtin::{{"type":"hello","requestId":"{}","payload":{{"identifier":"alpha","protocolVersion":"1"}}}}"#,
+        "r".repeat(129)
+    ))
+    .await
+    .unwrap();
+    let (code, msg) = raw.error().await.unwrap();
+    assert_eq!(code, "MALFORMED_MESSAGE");
+    assert!(
+        msg.contains("'requestId' is longer than 128 bytes"),
+        "{msg}"
+    );
     raw.send_text("no separator here").await.unwrap();
     assert_eq!(raw.error().await.unwrap().0, "MALFORMED_MESSAGE");
     raw.send_text("::empty rule").await.unwrap();
