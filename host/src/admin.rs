@@ -180,6 +180,10 @@ pub fn client_rows(
                 (Some(_), Some(Liveness::Unstable)) => Liveness::Unstable,
                 (Some(_), _) => Liveness::Online,
             };
+            // Authenticating counts as being heard from; the host it happened on writes that
+            // at its next liveness flush, so until then the claim's time is the newer fact.
+            let since = at.as_ref().map(|w| w.connected_since);
+            let at_least = |written: Option<i64>| written.max(since);
             ClientRow {
                 allowed: allow.contains(id),
                 pairing_status: record
@@ -187,8 +191,8 @@ pub fn client_rows(
                     .as_str()
                     .into(),
                 liveness: liveness.as_str().into(),
-                last_heartbeat_at: record.and_then(|r| r.last_heartbeat_at),
-                last_authenticated_at: record.and_then(|r| r.last_authenticated_at),
+                last_heartbeat_at: at_least(record.and_then(|r| r.last_heartbeat_at)),
+                last_authenticated_at: at_least(record.and_then(|r| r.last_authenticated_at)),
                 connected_since: at.as_ref().map(|w| w.connected_since),
                 remote: at.as_ref().map(|w| w.remote.clone()),
                 node: at.and_then(|w| w.node),

@@ -225,6 +225,19 @@ async fn three_hosts_act_as_one_hub() {
     assert_eq!(node_of("alpha"), Some(json!("b")));
     assert_eq!(node_of("gamma"), Some(json!("a")));
     assert_eq!(node_of("beta"), Some(json!("c")));
+    // ...and when each was last heard from, although the host it is on writes liveness lazily.
+    for id in ["alpha", "gamma", "beta"] {
+        let row = rows
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["identifier"] == id))
+            .unwrap();
+        let heard = row["lastHeartbeatAt"].as_i64();
+        assert!(
+            heard.is_some_and(|t| (now() - 120..=now()).contains(&t)),
+            "{id}: {row}"
+        );
+        assert!(row["lastAuthenticatedAt"].is_i64(), "{id}: {row}");
+    }
 
     // A proof accepted on one host is refused on another (no replay across hosts).
     let nonce = validate::generate_nonce();
