@@ -170,6 +170,24 @@ impl HostProc {
         Self::start_logging(dir, config, "debug")
     }
 
+    /// [`HostProc::start`] for a restart on the port an earlier host had (for followers that
+    /// reconnect to the URL they know). Another process may hold that port for a moment while no
+    /// host listens on it (an outgoing connection's ephemeral port): retried for up to 10 s.
+    pub fn start_again(dir: &Path, config: &str) -> Result<HostProc> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::start(dir, config) {
+                Err(e)
+                    if format!("{e:#}").contains("Address already in use")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// [`HostProc::start`] with `RUST_LOG` set to `rust_log`.
     pub fn start_logging(dir: &Path, config: &str, rust_log: &str) -> Result<HostProc> {
         Self::spawn(dir, config, rust_log, &[])

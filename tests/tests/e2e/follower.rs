@@ -204,7 +204,7 @@ async fn library_follower_survives_host_restart_and_re_pairs_after_revoke() {
     host.stop();
     drop(host);
     let mut host =
-        HostProc::start(tmp.path(), &config_text(tmp.path(), port, &["alpha"], "")).unwrap();
+        HostProc::start_again(tmp.path(), &config_text(tmp.path(), port, &["alpha"], "")).unwrap();
     until(&mut events, |e| matches!(e, Event::Authenticated)).await;
     handle.send("echo", "two").unwrap();
     let seen = until(&mut events, |e| matches!(e, Event::Rule { .. })).await;

@@ -63,11 +63,11 @@ async fn host_restart_reauthenticates_without_pairing() {
     let mut host = start(tmp.path(), &["alpha"]);
     let (raw, ident) = paired_session(&host, "alpha").await.unwrap();
     raw.close().await;
-    let port = host.addr.port();
     assert_eq!(host.stop(), Some(0), "clean exit on SIGTERM");
     drop(host);
 
-    let host = HostProc::start(tmp.path(), &config_text(tmp.path(), port, &["alpha"], "")).unwrap();
+    // Any port: what carries over is the state directory.
+    let host = HostProc::start(tmp.path(), &config_text(tmp.path(), 0, &["alpha"], "")).unwrap();
     let mut raw = Raw::connect(&host.url()).await.unwrap();
     ident.login(&mut raw).await.unwrap();
     raw.send_text("echo::after restart").await.unwrap();
@@ -409,10 +409,9 @@ async fn pending_pairing_survives_restart_without_renotifying() {
         serde_json::to_value(first.admin_notification).unwrap(),
         "sent"
     );
-    let port = host.addr.port();
     host.stop();
     drop(host);
-    let host = HostProc::start(tmp.path(), &config_text(tmp.path(), port, &["alpha"], "")).unwrap();
+    let host = HostProc::start(tmp.path(), &config_text(tmp.path(), 0, &["alpha"], "")).unwrap();
     let mut raw = Raw::connect(&host.url()).await.unwrap();
     assert_eq!(ident.hello(&mut raw).await.unwrap(), "waiting_pair_confirm");
     let codes = codes_for(tmp.path(), "alpha");
