@@ -75,6 +75,7 @@ pub mod names {
     pub const LOG_LINES_SUPPRESSED: &str = "yonexus_log_lines_suppressed_total";
     pub const PLUGIN_DEMOTIONS: &str = "yonexus_plugin_demotions_total";
     pub const CLUSTER_UNDELIVERABLE: &str = "yonexus_cluster_undeliverable_total";
+    pub const CLUSTER_LINK_UP: &str = "yonexus_cluster_link_up";
 }
 use names::*;
 
@@ -219,6 +220,10 @@ fn describe_all() {
     describe_counter!(
         MESSAGES_TOO_LARGE,
         "Messages refused for exceeding the size limit."
+    );
+    describe_gauge!(
+        CLUSTER_LINK_UP,
+        "1 while this host is connected to NATS, 0 while not (clustered hosts only): while 0, sends to followers on other hosts answer TARGET_OFFLINE."
     );
 }
 
@@ -493,6 +498,11 @@ pub fn log_lines_suppressed(n: u64) {
 /// A frame another host sent for a follower no longer connected here.
 pub fn cluster_undeliverable() {
     counter!(CLUSTER_UNDELIVERABLE).increment(1);
+}
+
+/// This host's NATS connection went up or down.
+pub fn set_cluster_link_up(up: bool) {
+    gauge!(CLUSTER_LINK_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// The watchdog moved a non-blocking plugin to its own thread.

@@ -222,12 +222,16 @@ impl Link {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            crate::metrics::set_cluster_link_up(true);
                             tracing::info!(servers = %servers, "cluster link: connected to NATS")
                         }
-                        async_nats::Event::Disconnected => tracing::warn!(
-                            servers = %servers,
-                            "cluster link: NATS unreachable; followers on other hosts are offline from here until it returns"
-                        ),
+                        async_nats::Event::Disconnected => {
+                            crate::metrics::set_cluster_link_up(false);
+                            tracing::warn!(
+                                servers = %servers,
+                                "cluster link: NATS unreachable; followers on other hosts are offline from here until it returns"
+                            )
+                        }
                         other => tracing::debug!(servers = %servers, "cluster link: {other}"),
                     }
                 }
@@ -237,6 +241,7 @@ impl Link {
             .map_err(|e| err(e.to_string()))?;
         // It connects in the background; if the first attempts fail no "disconnected" event
         // follows, so say so once the first attempt has had its time.
+        crate::metrics::set_cluster_link_up(client.connection_state() == State::Connected);
         let (first, first_servers) = (client.clone(), servers.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(4)).await;

@@ -462,8 +462,21 @@ async fn nats_and_postgres_outages_and_a_killed_host() {
         "{out}"
     );
 
+    let admin_a = a.host.admin.unwrap();
+    let link_up = |want: &str| {
+        wait_for(Duration::from_secs(20), || {
+            let (_, body) = http_get(admin_a, "/metrics").ok()?;
+            body.lines()
+                .any(|l| l == format!("yonexus_cluster_link_up {want}"))
+                .then_some(())
+        })
+        .is_some()
+    };
+    assert!(link_up("1"), "the link gauge says connected");
+
     // NATS down: a send to another host answers TARGET_OFFLINE at once; local delivery works.
     nats.stop();
+    assert!(link_up("0"), "the link gauge says disconnected");
     let (status, out, err) = cli(&a.host.config, &["check"]);
     assert_ne!(status, 0, "{out}{err}");
     assert!(out.contains("NOT REACHABLE"), "{out}");
@@ -500,6 +513,7 @@ async fn nats_and_postgres_outages_and_a_killed_host() {
     );
     // NATS back (same port): the hosts reconnect by themselves.
     nats.restart().unwrap();
+    assert!(link_up("1"), "the link gauge says connected again");
     until_delivered(
         &mut alpha_a,
         &mut beta_b,
