@@ -684,7 +684,14 @@ mod tests {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let admission = Arc::new(crate::admission::Admission::default());
         let t = admission
-            .try_admit(crate::guard::AddressKey::of(addr.ip()), 10, 10)
+            .try_admit(
+                crate::guard::AddressKey::of(addr.ip()),
+                true,
+                std::time::Instant::now(),
+                config.limits.connection_rate(),
+                10,
+                10,
+            )
             .unwrap();
         let f = super::serve(hub, s, addr, t, Vec::new());
         let task = std::mem::size_of_val(&f);

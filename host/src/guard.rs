@@ -95,6 +95,28 @@ impl std::fmt::Display for AddressKey {
     }
 }
 
+/// Before `addr` is added to a per-address map: if the map is at [`MAX_ADDRESSES`] and `addr`
+/// is new, forget the entries `expired` says hold nothing, and if it is still full of live
+/// ones, the older half by `since` in one pass — so a full map costs one pass per many new
+/// addresses, not one per event, and a flood of addresses never grows it.
+pub fn make_room<V, T: Ord + Copy>(
+    map: &mut HashMap<AddressKey, V>,
+    addr: AddressKey,
+    expired: impl Fn(&V) -> bool,
+    since: impl Fn(&V) -> T,
+) {
+    if map.len() < MAX_ADDRESSES || map.contains_key(&addr) {
+        return;
+    }
+    map.retain(|_, v| !expired(v));
+    if map.len() >= MAX_ADDRESSES {
+        let mut ages: Vec<T> = map.values().map(&since).collect();
+        let mid = ages.len() / 2;
+        let (_, &mut cut, _) = ages.select_nth_unstable(mid);
+        map.retain(|_, v| since(v) > cut);
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     start: i64,
@@ -180,17 +202,12 @@ impl Guard {
     pub fn failure(&self, addr: AddressKey, now: i64) -> Duration {
         let policy = self.policy();
         let mut map = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&addr) && map.len() >= MAX_ADDRESSES {
-            map.retain(|_, w| !w.expired(now, policy.window_secs));
-            if map.len() >= MAX_ADDRESSES {
-                // Still full of live entries: forget the older half in one pass, so the cost of
-                // a full map is paid once per many new addresses, not per failure.
-                let mut starts: Vec<i64> = map.values().map(|w| w.start).collect();
-                let mid = starts.len() / 2;
-                let (_, &mut cut, _) = starts.select_nth_unstable(mid);
-                map.retain(|_, w| w.start > cut);
-            }
-        }
+        make_room(
+            &mut map,
+            addr,
+            |w| w.expired(now, policy.window_secs),
+            |w| w.start,
+        );
         let n = map
             .entry(addr)
             .or_insert(Window {

@@ -307,6 +307,9 @@ async fn accept_loop(
         let limits = hub.settings().limits;
         let ticket: Ticket = match hub.admission.try_admit(
             AddressKey::of(remote.ip()),
+            remote.ip().to_canonical().is_loopback(),
+            std::time::Instant::now(),
+            limits.connection_rate(),
             limits.max_unauthenticated,
             limits.max_unauthenticated_per_ip,
         ) {

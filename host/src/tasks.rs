@@ -33,6 +33,10 @@ pub async fn sweep(hub: &Hub) {
         lifecycle::sweep_one(hub, &identifier, &peer, now, thresholds);
     }
     hub.guard.sweep(now);
+    hub.admission.sweep(
+        std::time::Instant::now(),
+        hub.settings().limits.connection_rate(),
+    );
     publish_liveness_gauge(hub).await;
     if let Err(e) = hub.store.flush().await {
         tracing::warn!(error = %e, "cannot write liveness to the trust store");

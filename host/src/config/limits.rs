@@ -16,6 +16,13 @@ pub struct LimitsConfig {
     /// Unauthenticated connections in total, and per remote IP; beyond them upgrades get 503.
     pub max_unauthenticated: usize,
     pub max_unauthenticated_per_ip: usize,
+    /// New connections per remote address (IPv4 address, IPv6 /64) per second, and the burst
+    /// allowed above that rate; more are refused at accept like those over the caps.
+    pub new_connections_per_ip_per_sec: u32,
+    pub new_connections_burst_per_ip: u32,
+    /// Whether that rate applies to loopback addresses too (off: behind a local reverse proxy
+    /// every follower arrives from loopback; the proxy limits its own clients).
+    pub new_connections_limit_loopback: bool,
     /// Largest message accepted before authentication, and after it.
     pub max_unauthenticated_message: usize,
     pub max_message_size: usize,
@@ -57,6 +64,13 @@ impl Default for LimitsConfig {
             auth_timeout_secs: 10,
             max_unauthenticated: 1_000,
             max_unauthenticated_per_ip: 20,
+            // A site of 200 followers behind one NAT reconnects at once after a host restart
+            // (the per-address cap of 20 unauthenticated paces it anyway); a stranger gets 20
+            // connections a second, each of which costs the host an accept, an upgrade and
+            // at most 32 frames before it is closed.
+            new_connections_per_ip_per_sec: 20,
+            new_connections_burst_per_ip: 200,
+            new_connections_limit_loopback: false,
             // Before authentication only hello, pair_confirm and auth_request arrive, each well
             // under 1 KiB. A frame held half-sent keeps up to this much per connection: at most
             // max_unauthenticated (1000) × 4 KiB = 4 MiB for a stranger to pin (64 KiB let one
@@ -93,10 +107,27 @@ impl LimitsConfig {
         }
     }
 
+    /// The per-address rate of new connections.
+    pub fn connection_rate(&self) -> crate::admission::ConnectionRate {
+        crate::admission::ConnectionRate {
+            per_sec: self.new_connections_per_ip_per_sec,
+            burst: self.new_connections_burst_per_ip,
+            loopback: self.new_connections_limit_loopback,
+        }
+    }
+
     /// Every limit positive, and the sizes consistent with each other.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 18] = [
             ("limits.max_handshakes", self.max_handshakes as u64),
+            (
+                "limits.new_connections_per_ip_per_sec",
+                u64::from(self.new_connections_per_ip_per_sec),
+            ),
+            (
+                "limits.new_connections_burst_per_ip",
+                u64::from(self.new_connections_burst_per_ip),
+            ),
             (
                 "limits.auth_failures_per_connection",
                 u64::from(self.auth_failures_per_connection),

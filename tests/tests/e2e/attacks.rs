@@ -386,3 +386,65 @@ async fn handshake_flood_over_the_caps_is_refused_before_any_handshake() {
         ) >= 50.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_churn_from_one_address_is_paced_by_its_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Loopback is exempt by default (a local reverse proxy); this test is the stranger.
+    let host = host(
+        tmp.path(),
+        &["alpha"],
+        "new_connections_per_ip_per_sec = 5\nnew_connections_burst_per_ip = 20\nnew_connections_limit_loopback = true\n",
+    );
+    let (mut genuine, _) = paired_session(&host, "alpha").await.unwrap();
+    // Connect, upgrade, close, as fast as possible, for 2 s: the burst and then about 5 a
+    // second get a WebSocket; everything else is answered 503 before any handshake.
+    let started = Instant::now();
+    let (mut upgraded, mut refused) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(2) {
+        match Raw::connect(&host.url()).await {
+            Ok(raw) => {
+                upgraded += 1;
+                raw.close().await;
+            }
+            Err(e) => {
+                assert!(format!("{e:#}").contains("503"), "{e:#}");
+                refused += 1;
+            }
+        }
+    }
+    println!("churn for 2 s: {upgraded} upgraded, {refused} refused");
+    assert!(
+        (15..=20 + 5 * 3).contains(&upgraded),
+        "{upgraded} upgraded (burst 20, 5/s)"
+    );
+    assert!(refused > upgraded, "{refused} refused");
+    // The follower already connected is not affected.
+    echo(&mut genuine, "served during the churn").await;
+    assert!(
+        metric_of(
+            &host,
+            "yonexus_connections_rejected_total{reason=\"connection_rate\"}"
+        ) >= f64::from(refused)
+    );
+    // A second later there is a token again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    Raw::connect(&host.url()).await.unwrap().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_is_not_paced_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = host(tmp.path(), &["alpha"], "");
+    // More than the default burst (200) in a row, from loopback: every one upgrades.
+    for _ in 0..250 {
+        Raw::connect(&host.url()).await.unwrap().close().await;
+    }
+    assert_eq!(
+        metric_of(
+            &host,
+            "yonexus_connections_rejected_total{reason=\"connection_rate\"}"
+        ),
+        0.0
+    );
+}
