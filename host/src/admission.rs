@@ -22,6 +22,17 @@ pub struct ConnectionRate {
     pub loopback: bool,
 }
 
+impl ConnectionRate {
+    /// The rate `[limits]` sets.
+    pub fn from_limits(limits: &crate::config::LimitsConfig) -> ConnectionRate {
+        ConnectionRate {
+            per_sec: limits.new_connections_per_ip_per_sec,
+            burst: limits.new_connections_burst_per_ip,
+            loopback: limits.new_connections_limit_loopback,
+        }
+    }
+}
+
 /// One address's bucket of new-connection tokens.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {

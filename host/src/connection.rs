@@ -688,7 +688,7 @@ mod tests {
                 crate::guard::AddressKey::of(addr.ip()),
                 true,
                 std::time::Instant::now(),
-                config.limits.connection_rate(),
+                crate::admission::ConnectionRate::from_limits(&config.limits),
                 10,
                 10,
             )

@@ -24,6 +24,8 @@ pub const MAX_ADDRESSES: usize = 65_536;
 pub const FRESHNESS_SECS: i64 = 10;
 /// Accepted nonces are remembered this long: past it the proof is stale anyway.
 pub const NONCE_MEMORY_SECS: i64 = 2 * FRESHNESS_SECS + 1;
+// The shared store (PostgreSQL) must remember them at least as long.
+const _: () = assert!(crate::store::postgres::NONCE_KEEP_SECS >= NONCE_MEMORY_SECS);
 
 /// The tunable part of the policy (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,20 @@ pub struct Policy {
     pub base_delay: Duration,
     /// The longest delay.
     pub max_delay: Duration,
+}
+
+impl Policy {
+    /// The policy `[limits]` sets.
+    pub fn from_limits(limits: &crate::config::LimitsConfig) -> Policy {
+        Policy {
+            free_failures_per_address: limits.free_failures_per_address,
+            free_logins_per_identifier: limits.free_logins_per_identifier,
+            window_secs: i64::try_from(limits.failure_window_secs).unwrap_or(i64::MAX),
+            base_delay: Duration::from_millis(250)
+                .min(Duration::from_millis(limits.max_failure_delay_ms)),
+            max_delay: Duration::from_millis(limits.max_failure_delay_ms),
+        }
+    }
 }
 
 impl Default for Policy {

@@ -97,7 +97,7 @@ impl Hub {
         router: Arc<Router>,
         clock: SharedClock,
     ) -> Self {
-        let guard = Guard::new(settings.limits.guard_policy());
+        let guard = Guard::new(crate::guard::Policy::from_limits(&settings.limits));
         Hub {
             settings: RwLock::new(Arc::new(settings)),
             notifier: RwLock::new(Arc::new(notifier)),
@@ -157,7 +157,8 @@ impl Hub {
     }
 
     pub fn set_settings(&self, settings: Settings) {
-        self.guard.set_policy(settings.limits.guard_policy());
+        self.guard
+            .set_policy(crate::guard::Policy::from_limits(&settings.limits));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 

@@ -10,10 +10,7 @@
 //! target's outbound side ([`outbound`], found through the [`registry`] or carried with the
 //! message), and written by that connection's task in one batch.
 //!
-//! Layout, leaves first (a module uses only modules above it, with two knots kept acyclic at
-//! the level of submodules: `config::limits` builds the [`guard`] policy while the guard counts
-//! in the [`store`], which reads `config::store`; [`hub`] holds the `cluster::link` while
-//! `cluster::inbound` drives the hub).
+//! Layout, leaves first: a module uses only modules above it (no import cycles).
 //! - [`clock`]: the injectable wall clock. [`trust`]: trust records and their enums.
 //!   [`metrics`]: every metric's name and labels, cached handles, the recorder. [`ws`]: WebSocket
 //!   upgrade and frame codec (server side). [`fanout`]: recent items plus a broadcast of new
@@ -32,14 +29,16 @@
 //!   hosts), durable changes and lazy liveness.
 //! - [`guard`]: what strangers can make the host remember, bounded; failure delays.
 //!   [`auth`]: the authentication rule, a plain function. [`admission`]: caps on
-//!   unauthenticated connections (total and per address).
+//!   unauthenticated connections (total and per address) and the rate of new ones per address.
 //! - [`plugins`]: rule handlers as `cdylib` plugins (C ABI checks, loading, workers).
 //! - [`cluster`]: several hosts as one hub — the NATS link and where remote followers are
-//!   (`link`, `presence`), and applying what other hosts publish (`inbound`).
+//!   (`link`, `presence`).
 //! - [`hub`]: the shared context (settings, store, registry, router, notifier, guard, events,
 //!   the cluster link, background work).
 //! - [`lifecycle`]: authenticated, went offline, liveness changed, revoked — registry, store
 //!   and events changed together, in one place.
+//! - [`cluster_inbound`]: what other hosts publish, applied to this hub; the reconciliation
+//!   with the store.
 //! - [`session`]: the protocol state machine of one connection (no sockets inside).
 //! - [`connection`]: one connection's task: socket, session, outbound queue.
 //! - [`tasks`]: background tasks (liveness sweep, lazy writes, store health).
@@ -57,6 +56,7 @@ pub mod atomic_file;
 pub mod auth;
 pub mod clock;
 pub mod cluster;
+pub mod cluster_inbound;
 pub mod config;
 pub mod connection;
 pub mod dashboard;

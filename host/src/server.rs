@@ -3,7 +3,7 @@
 //! notifier, the accept loop with its admission caps, background tasks, the admin socket, and
 //! graceful shutdown.
 
-use crate::admission::{Refusal, Ticket};
+use crate::admission::{ConnectionRate, Refusal, Ticket};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::AddressKey;
@@ -135,13 +135,13 @@ impl Host {
             )
             .await?;
             hub.set_link(Arc::clone(&link));
-            tracker.spawn(crate::cluster::inbound::run(
+            tracker.spawn(crate::cluster_inbound::run(
                 Arc::clone(&hub),
                 Arc::clone(&link),
                 subscriptions,
                 shutdown.clone(),
             ));
-            tracker.spawn(crate::cluster::inbound::reconcile_loop(
+            tracker.spawn(crate::cluster_inbound::reconcile_loop(
                 Arc::clone(&hub),
                 link,
                 shutdown.clone(),
@@ -309,7 +309,7 @@ async fn accept_loop(
             AddressKey::of(remote.ip()),
             remote.ip().to_canonical().is_loopback(),
             std::time::Instant::now(),
-            limits.connection_rate(),
+            ConnectionRate::from_limits(&limits),
             limits.max_unauthenticated,
             limits.max_unauthenticated_per_ip,
         ) {

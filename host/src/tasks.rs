@@ -35,7 +35,7 @@ pub async fn sweep(hub: &Hub) {
     hub.guard.sweep(now);
     hub.admission.sweep(
         std::time::Instant::now(),
-        hub.settings().limits.connection_rate(),
+        crate::admission::ConnectionRate::from_limits(&hub.settings().limits),
     );
     publish_liveness_gauge(hub).await;
     if let Err(e) = hub.store.flush().await {

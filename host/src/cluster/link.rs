@@ -171,7 +171,7 @@ pub struct Link {
     pub dropped: AtomicU64,
 }
 
-/// The subscriptions [`super::inbound::run`] serves.
+/// The subscriptions [`crate::cluster_inbound::run`] serves.
 pub struct Subscriptions {
     pub deliver: Subscriber,
     pub broadcast: Subscriber,

@@ -5,15 +5,15 @@
 //! - [`link`]: the NATS connection, the subjects and message shapes, and the outbox that
 //!   publishes in order without ever blocking a caller;
 //! - [`presence`]: where each follower connected to another host is (node, connection, epoch);
-//! - [`inbound`]: applying what other hosts publish (deliveries, broadcasts, lifecycle events,
-//!   session claims, revocations) and the periodic reconciliation with the store (lease
-//!   renewal, crashed hosts' followers, lost claims).
+//!
+//! Applying what other hosts publish to this hub (deliveries, broadcasts, lifecycle events,
+//! session claims, revocations) and the periodic reconciliation with the store is
+//! [`crate::cluster_inbound`], outside this module: the hub and the lifecycle use this one.
 //!
 //! Subjects (all under `yonexus.`): `deliver.<node>` (a frame for one follower on that node),
 //! `broadcast` (a frame for every follower but one), `events` (lifecycle events), `claims`
 //! (session claims: the newest epoch wins), `revoke` (disconnect a revoked follower everywhere).
 
-pub mod inbound;
 pub mod link;
 pub mod presence;
 

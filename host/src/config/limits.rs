@@ -2,7 +2,6 @@
 
 use super::error::Invalid;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// `[limits]`: protection against hostile and slow peers. Every value has a default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -95,27 +94,6 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
-    /// The guard's policy for failures and logins.
-    pub fn guard_policy(&self) -> crate::guard::Policy {
-        crate::guard::Policy {
-            free_failures_per_address: self.free_failures_per_address,
-            free_logins_per_identifier: self.free_logins_per_identifier,
-            window_secs: i64::try_from(self.failure_window_secs).unwrap_or(i64::MAX),
-            base_delay: Duration::from_millis(250)
-                .min(Duration::from_millis(self.max_failure_delay_ms)),
-            max_delay: Duration::from_millis(self.max_failure_delay_ms),
-        }
-    }
-
-    /// The per-address rate of new connections.
-    pub fn connection_rate(&self) -> crate::admission::ConnectionRate {
-        crate::admission::ConnectionRate {
-            per_sec: self.new_connections_per_ip_per_sec,
-            burst: self.new_connections_burst_per_ip,
-            loopback: self.new_connections_limit_loopback,
-        }
-    }
-
     /// Every limit positive, and the sizes consistent with each other.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
         let positive: [(&str, u64); 18] = [

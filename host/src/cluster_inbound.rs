@@ -4,12 +4,15 @@
 //! reconciliation with the store: renew this host's claims, learn every live claim (so a
 //! crashed host's followers drop out when their lease ends), and close local sessions whose
 //! claim another host won while a message was lost.
+//!
+//! Beside [`crate::cluster`], not in it: the cluster module is the transport (the NATS link,
+//! who is where) that the hub and the lifecycle use; this is what drives the hub from it.
 
-use super::link::{
+use crate::cluster::link::{
     EventMsg, Link, RevokeMsg, Subscriptions, HEADER_EXCEPT, HEADER_ORIGIN, HEADER_TARGET,
     LEASE_SECS, MAX_CONTROL, RECONCILE_EVERY,
 };
-use super::presence::RemoteFollower;
+use crate::cluster::presence::RemoteFollower;
 use crate::events::FollowerEvent;
 use crate::hub::Hub;
 use crate::lifecycle;
