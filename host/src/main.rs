@@ -152,7 +152,7 @@ enum Command {
     /// e.g. `yonexus manpage | man -l -`, or
     /// `yonexus manpage --dir /usr/local/share/man/man1`.
     Manpage {
-        /// Write yonexus.1 and yonexus-<command>.1 into this folder.
+        /// Write yonexus.1 and `yonexus-<command>.1` into this folder.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },

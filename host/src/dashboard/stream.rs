@@ -7,7 +7,7 @@
 //!   on connect and when that changes; while it does not, the lists are not re-sent (the page
 //!   keeps the last ones and says they may be stale);
 //! - `rate`: one [`RateSample`](super::sampler::RateSample) per second (also a heartbeat);
-//! - `lifecycle`: one [`LifecycleEvent`](super::view::LifecycleEvent) as it happens;
+//! - `lifecycle`: one [`LifecycleEvent`] as it happens;
 //! - `resync`: the stream fell behind and skipped events; re-read `/api/events`.
 
 use super::sampler::{Part, Snapshot};

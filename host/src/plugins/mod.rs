@@ -12,7 +12,7 @@
 //!   panic strategy), the 1.1 flags ([`HeaderInfo::non_blocking`], [`HeaderInfo::thread_safe`]),
 //!   reading newer optional fields only when the plugin's struct has them.
 //! - `host_api`: the callbacks a plugin calls (send, error, broadcast, log, now, connected),
-//!   backed by the real [`Registry`](crate::registry::Registry); the table lives in a
+//!   backed by the real [`Registry`]; the table lives in a
 //!   never-freed slot so late calls from a destroyed instance return `STATUS_GONE`.
 //! - `worker`: the instance's worker thread(s) (one; one per core for a thread-safe plugin),
 //!   each with a mailbox drained a batch per wake-up; deadlines, failure replies, panic

@@ -1,5 +1,5 @@
 //! The trust store: one [`TrustRecord`] per follower identifier, behind one API whatever keeps
-//! it — the embedded file (`trust.json`, the default, see [`file`]) or, for several hosts,
+//! it — the embedded file (`trust.json`, the default, see [`mod@file`]) or, for several hosts,
 //! PostgreSQL ([`postgres`], with its schema in [`migrations`], its URL and redaction in
 //! [`pg_target`], and this host's unwritten liveness in [`cache`]). docs/store.md describes
 //! both.
