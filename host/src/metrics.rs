@@ -309,7 +309,8 @@ pub fn set_connections(state: ConnectionState, n: usize) {
 }
 
 /// A connection was refused or dropped by a limit or timeout. `reason`: e.g.
-/// `"too_many_unauthenticated"`, `"per_ip_limit"`, `"upgrade_timeout"`, `"auth_timeout"`.
+/// `"too_many_unauthenticated"`, `"per_ip_limit"`, `"connection_rate"`, `"too_many_handshakes"`,
+/// `"upgrade_timeout"`, `"auth_timeout"`.
 pub fn connection_rejected(reason: &'static str) {
     counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
 }

@@ -131,6 +131,47 @@ mod tests {
     }
 
     #[test]
+    fn serde_json_s_raw_value_key_is_an_ordinary_key() {
+        // With serde_json's `raw_value` feature (on in this workspace through other crates),
+        // `from_str::<Value>` reads an object with this one key as the JSON *inside* its string:
+        // a way to hide one envelope in another. Here it stays what it says.
+        let text = r#"{"$serde_json::private::RawValue":"{\"type\":\"hello\"}"}"#;
+        let v = parse(text).unwrap();
+        assert_eq!(
+            v["$serde_json::private::RawValue"],
+            Value::String(r#"{"type":"hello"}"#.into())
+        );
+        assert!(v.get("type").is_none());
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            any::<u64>().prop_map(|n| Value::Number(n.into())),
+            any::<f64>().prop_map(|f| Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("\\PC{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reads_what_serde_json_reads(v in arb_json()) {
+            let text = v.to_string();
+            proptest::prop_assert_eq!(parse(&text).unwrap(), serde_json::from_str::<Value>(&text).unwrap());
+        }
+    }
+
+    #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let text = "[".repeat(100_000);
         assert!(parse(&text).is_err());

@@ -1,5 +1,5 @@
 //! Enumerations that travel as strings (`nextAction`, `reason`, `code`, …): each is declared once
-//! with [`wire_enum!`], which gives it `as_str()`, `Display`, parsing and serde that use exactly
+//! with [`wire_enum!`](crate::wire_enum), which gives it `as_str()`, `Display`, parsing and serde that use exactly
 //! the wire names.
 //!
 //! Enums the host sends to followers also carry an `Unknown(String)` variant: a newer host may

@@ -211,6 +211,8 @@ impl Link {
             .collect::<Result<_, _>>()
             .map_err(|e| err(format!("bad server address: {e}")))?;
         let log_servers = servers.clone();
+        // Down until the client's own Connected event (it also comes for the first connection).
+        crate::metrics::set_cluster_link_up(false);
         let client = async_nats::ConnectOptions::new()
             .name(format!("yonexus-{node}"))
             .no_echo()
@@ -241,7 +243,6 @@ impl Link {
             .map_err(|e| err(e.to_string()))?;
         // It connects in the background; if the first attempts fail no "disconnected" event
         // follows, so say so once the first attempt has had its time.
-        crate::metrics::set_cluster_link_up(client.connection_state() == State::Connected);
         let (first, first_servers) = (client.clone(), servers.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(4)).await;

@@ -28,9 +28,14 @@ fn node_config(dir: &Path, name: &str, pg_url: &str, nats_url: &str, port: u16) 
 }
 
 fn start_node(root: &Path, name: &str, pg: &Postgres, nats: &Nats) -> Node {
+    start_node_with(root, name, pg, nats, "")
+}
+
+/// [`start_node`] with `extra` appended to its config (whole TOML tables).
+fn start_node_with(root: &Path, name: &str, pg: &Postgres, nats: &Nats, extra: &str) -> Node {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let text = node_config(&dir, name, &pg.url(), &nats.url(), 0);
+    let text = node_config(&dir, name, &pg.url(), &nats.url(), 0) + extra;
     let host = HostProc::start(&dir, &text).unwrap_or_else(|e| panic!("node {name}: {e:#}"));
     Node { host, dir }
 }
@@ -98,9 +103,12 @@ async fn three_hosts_act_as_one_hub() {
     let tmp = tempfile::tempdir().unwrap();
     let pg = Postgres::start().unwrap();
     let nats = Nats::start().unwrap();
-    let a = start_node(tmp.path(), "a", &pg, &nats);
-    let b = start_node(tmp.path(), "b", &pg, &nats);
-    let c = start_node(tmp.path(), "c", &pg, &nats);
+    // No liveness sweep during the test: another host's `clients` must show when a follower
+    // was last heard from before that follower's host has written its liveness.
+    let quiet = "\n[liveness]\nsweep_interval_secs = 3600\n";
+    let a = start_node_with(tmp.path(), "a", &pg, &nats, quiet);
+    let b = start_node_with(tmp.path(), "b", &pg, &nats, quiet);
+    let c = start_node_with(tmp.path(), "c", &pg, &nats, quiet);
 
     // A second host under a name that is taken is refused at start, and says why.
     let dup = tmp.path().join("a-again");
