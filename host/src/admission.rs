@@ -190,12 +190,16 @@ impl Admission {
 mod tests {
     use super::*;
 
+    const fn rate(per_sec: u32, burst: u32, loopback: bool) -> ConnectionRate {
+        ConnectionRate {
+            per_sec,
+            burst,
+            loopback,
+        }
+    }
+
     /// No connection rate to speak of: the caps alone decide.
-    const UNLIMITED: ConnectionRate = ConnectionRate {
-        per_sec: u32::MAX,
-        burst: u32::MAX,
-        loopback: true,
-    };
+    const UNLIMITED: ConnectionRate = rate(u32::MAX, u32::MAX, true);
 
     fn admit(
         a: &Arc<Admission>,
@@ -209,11 +213,7 @@ mod tests {
     #[test]
     fn a_burst_then_the_rate_per_address() {
         let a = Arc::new(Admission::default());
-        let rate = ConnectionRate {
-            per_sec: 10,
-            burst: 5,
-            loopback: false,
-        };
+        let rate = rate(10, 5, false);
         let ip = AddressKey::of("192.0.2.1".parse().unwrap());
         let other = AddressKey::of("192.0.2.2".parse().unwrap());
         let t0 = Instant::now();
@@ -245,11 +245,7 @@ mod tests {
     #[test]
     fn a_refusal_for_the_rate_takes_no_token_and_a_cap_refusal_does() {
         let a = Arc::new(Admission::default());
-        let rate = ConnectionRate {
-            per_sec: 1,
-            burst: 2,
-            loopback: false,
-        };
+        let rate = rate(1, 2, false);
         let ip = AddressKey::of("192.0.2.1".parse().unwrap());
         let t0 = Instant::now();
         let held = a.try_admit(ip, false, t0, rate, 1_000, 1).unwrap();
@@ -279,11 +275,7 @@ mod tests {
     #[test]
     fn loopback_is_exempt_unless_configured() {
         let a = Arc::new(Admission::default());
-        let mut rate = ConnectionRate {
-            per_sec: 1,
-            burst: 1,
-            loopback: false,
-        };
+        let mut rate = rate(1, 1, false);
         let lo = AddressKey::of("127.0.0.1".parse().unwrap());
         let t0 = Instant::now();
         for _ in 0..10 {
@@ -305,11 +297,7 @@ mod tests {
     #[test]
     fn a_flood_of_addresses_stays_bounded_and_refilled_buckets_are_forgotten() {
         let a = Arc::new(Admission::default());
-        let rate = ConnectionRate {
-            per_sec: 20,
-            burst: 100,
-            loopback: false,
-        };
+        let rate = rate(20, 100, false);
         let t0 = Instant::now();
         let n = crate::guard::MAX_ADDRESSES as u32 + 1_000;
         for i in 0..n {
